@@ -1,0 +1,116 @@
+//! The command line, as clap definitions only. `main` turns these into calls
+//! of [`crate::commands`]; nothing else sees clap types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "certswap",
+    version,
+    about = "Install a renewed TLS certificate on nginx/apache atomically and prove it is served",
+    long_about = None
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "CERTSWAP_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One TLS handshake: print what the server serves.
+    Probe(ProbeArgs),
+    /// Parse and validate a bundle; touch nothing.
+    Check(CheckArgs),
+    /// Validate, swap, config-test, reload, and verify the new cert is served.
+    Install(InstallArgs),
+    /// Put the previous version back, verified.
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// HOST:PORT, or SNI@HOST:PORT.
+    pub target: String,
+    /// Server name to send (default: the host).
+    #[arg(long)]
+    pub sni: Option<String>,
+    /// Judge trust against the certificates in this PEM file instead of the system roots.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Handshake timeout.
+    #[arg(long, default_value = "5s")]
+    pub timeout: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 unless the served leaf has this SHA-256 (hex, colons allowed).
+    #[arg(long, value_name = "HEX")]
+    pub expect_sha256: Option<String>,
+    /// Exit 1 unless the served leaf's notAfter is this instant (RFC 3339).
+    #[arg(long, value_name = "RFC3339")]
+    pub expect_not_after: Option<String>,
+}
+
+/// The files of a bundle, as given on the command line.
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// Certificate file: leaf, or leaf followed by its chain (PEM or DER).
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// Private key; without it the new cert must match the installed key.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Separate chain file (vendor `NAME_chain.crt`).
+    #[arg(long)]
+    pub chain: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Also check against this site's installed cert and names (needs the config).
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The site of the config to install to.
+    #[arg(long)]
+    pub site: String,
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Install even if the cert does not extend the installed one or drops names.
+    #[arg(long)]
+    pub force: bool,
+    /// Validate and report what would happen; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The site to roll back.
+    #[arg(long)]
+    pub site: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}

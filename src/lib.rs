@@ -1,0 +1,32 @@
+//! certswap: install a renewed TLS certificate on nginx or apache atomically,
+//! prove with a TLS handshake that the live server serves it, and roll back
+//! when it does not.
+//!
+//! # Layout
+//! - [`cli`]       clap definitions only; the core never sees clap types.
+//! - [`config`]    the TOML schema, defaults and validation of a config file.
+//! - [`cert`]      facts of one certificate: names, dates, spec, fingerprints.
+//! - [`bundle`]    PEM/DER files → [`bundle::Bundle`] { leaf, chain, key }.
+//! - [`validate`]  the rules of pipeline step 2, each a named check.
+//! - [`fsio`]      durable file primitives: create-exclusive, fsync, rename.
+//! - [`store`]     stage / swap / backup versions / journal / recovery.
+//! - [`server`]    the web servers behind one trait: config test and reload.
+//! - [`probe`]     TLS handshake probe, served-chain facts, wait-until-served.
+//! - [`install`]   the pipeline of DESIGN.md as one readable function.
+//! - [`report`]    text and JSON output of results.
+//! - [`failpoint`] test-only crash points (`CERTSWAP_FAILPOINT`).
+//! - [`commands`]  one function per CLI command, wiring the pieces together.
+
+pub mod bundle;
+pub mod cert;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod failpoint;
+pub mod fsio;
+pub mod install;
+pub mod probe;
+pub mod report;
+pub mod server;
+pub mod store;
+pub mod validate;
