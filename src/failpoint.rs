@@ -1,1 +1,31 @@
-//! (being written)
+//! Test-only crash points. When `CERTSWAP_FAILPOINT` names a point, the
+//! process aborts there (like `kill -9`: no destructors, no cleanup), so
+//! tests can prove that the journal repairs a crash at every step boundary.
+//! Unset in production; reading one env var once costs nothing.
+
+use std::sync::OnceLock;
+
+/// The variable tests set, e.g. `CERTSWAP_FAILPOINT=after-rename-cert`.
+pub const ENV: &str = "CERTSWAP_FAILPOINT";
+
+/// Every point install and rollback pass, in pipeline order.
+pub const POINTS: &[&str] = &[
+    "after-stage",
+    "after-rename-cert",
+    "after-rename-key",
+    "after-swap",
+    "after-configtest",
+    "after-reload",
+    "mid-probe",
+    "after-commit",
+];
+
+/// Abort the process if `name` is the configured failpoint.
+pub fn hit(name: &str) {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    let armed = ARMED.get_or_init(|| std::env::var(ENV).ok().filter(|v| !v.is_empty()));
+    if armed.as_deref() == Some(name) {
+        eprintln!("certswap: failpoint {name} reached, aborting");
+        std::process::abort();
+    }
+}

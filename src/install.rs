@@ -1,1 +1,540 @@
-//! (being written)
+//! The pipeline of DESIGN.md for one site, as one readable function:
+//!
+//! ```text
+//! 1 bundle → 2 validate → 3 stage → 4 swap → 5 configtest → 6 reload → 7 probe → 8 commit
+//!                │                             │               │          │
+//!                └─ reject: nothing touched    └──────── rollback ◀──────┘
+//! ```
+//!
+//! [`install`] runs steps 1–8; [`rollback`] puts the newest saved version
+//! back through steps 3–8. Both end with the served leaf proven by fresh
+//! handshakes: "verified" (invariant 5), or the old leaf served again
+//! (invariant 6).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use crate::bundle::{self, Bundle};
+use crate::cert::{self, CertInfo};
+use crate::config::{Config, Site};
+use crate::failpoint;
+use crate::probe::{self, Prober, Served, Target};
+use crate::report::{Leaf, Outcome, ResultKind, ServedRow};
+use crate::server::{ServerError, WebServer};
+use crate::store::{self, NewFile, Op, Recovery, Role, SiteStore, Store, StoreError, Txn};
+use crate::validate::{self, Installed};
+
+/// How long one probe slice may run before install looks at the server
+/// again: a server that died on its reload is found within this time
+/// instead of at the end of the whole deadline.
+const PROBE_SLICE: Duration = Duration::from_secs(1);
+
+/// A failure before any file changed (exit 2): the environment, not the bundle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstallError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("before changing anything: {target} does not answer: {reason}; nothing was changed")]
+    NotServing { target: String, reason: String },
+    #[error("recovering an interrupted change of {site}: {source}")]
+    Recover { site: String, source: ServerError },
+}
+
+/// What the pipeline needs from the host: config, server, prober, store.
+pub struct Env<'a> {
+    pub config: &'a Config,
+    pub server: &'a dyn WebServer,
+    pub prober: &'a Prober,
+    pub store: &'a Store,
+}
+
+/// One `certswap install`.
+pub struct Request<'a> {
+    pub site: &'a Site,
+    pub cert: &'a Path,
+    pub key: Option<&'a Path>,
+    pub chain: Option<&'a Path>,
+    pub force: bool,
+    pub dry_run: bool,
+}
+
+/// Steps 1–2 only (`certswap check`, and the start of every install):
+/// parse the bundle and apply every rule against what `site` has installed
+/// (or, without a site, against nothing). Touches nothing. Returns the
+/// bundle when it may be installed; otherwise `out` ends rejected.
+pub fn check(
+    site: Option<&Site>,
+    cert: &Path,
+    chain: Option<&Path>,
+    key: Option<&Path>,
+    force: bool,
+    out: &mut Outcome,
+) -> Option<Bundle> {
+    let started = Instant::now();
+
+    // 1. bundle: parse the files.
+    let mut bundle = match bundle::load(cert, chain, key) {
+        Ok(b) => b,
+        Err(e) => {
+            out.reject(e.to_string());
+            return None;
+        }
+    };
+
+    // 2. validate against what is installed now.
+    let (installed, names) = match site {
+        Some(site) => {
+            let (installed, read_warnings) = read_installed(site);
+            out.warnings.extend(read_warnings);
+            (installed, site.all_names())
+        }
+        None => (Installed::default(), Vec::new()),
+    };
+    out.old = installed.leaf.as_ref().map(Leaf::of);
+    out.new = Some(Leaf::of(&bundle.leaf));
+    let ctx = validate::Context {
+        site_names: &names,
+        installed: &installed,
+        now: OffsetDateTime::now_utc(),
+        force,
+    };
+    let report = validate::validate(&mut bundle, &ctx);
+    out.timings_ms.validate = ms(started);
+    match report {
+        Ok(r) => {
+            out.warnings.extend(r.warnings);
+            out.days_added = r.days_added;
+            out.result = ResultKind::DryRun;
+            Some(bundle)
+        }
+        Err(e) => {
+            out.reject(e.to_string());
+            None
+        }
+    }
+}
+
+/// Install the bundle of `req` on its site and prove it is served.
+pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError> {
+    let site = req.site;
+    let mut out = Outcome::new(&site.name);
+
+    // 1–2. bundle and validate; a rejection has touched nothing.
+    let Some(bundle) = check(
+        Some(site),
+        req.cert,
+        req.chain,
+        req.key,
+        req.force,
+        &mut out,
+    ) else {
+        return Ok(out);
+    };
+    if req.dry_run {
+        return Ok(out);
+    }
+
+    // Only now take the lock and repair: a rejected bundle sends no signal
+    // and writes nothing, not even a lock file (invariant 1).
+    let _lock = env.store.lock()?;
+    let site_store = env.store.site(&site.name);
+    recover_site(env, site, &site_store)?;
+
+    let files = new_files(site, &bundle);
+    let new_sha = bundle.leaf.sha256.clone();
+    apply(env, site, &site_store, Op::Install, files, &new_sha, out)
+}
+
+/// Put the newest saved version of `site` back, verified.
+pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
+    let mut out = Outcome::new(&site.name);
+    let _lock = env.store.lock()?;
+    let site_store = env.store.site(&site.name);
+    recover_site(env, site, &site_store)?;
+
+    let (version, files) = site_store.previous()?;
+    let Some(leaf) = files
+        .iter()
+        .find(|f| f.role == Role::Cert)
+        .and_then(|f| leaf_of_pem(&f.bytes))
+    else {
+        out.reject(format!(
+            "the saved version {} of {} holds no readable certificate",
+            version.id, site.name
+        ));
+        return Ok(out);
+    };
+    let (installed, _) = read_installed(site);
+    out.old = installed.leaf.as_ref().map(Leaf::of);
+    out.new = Some(Leaf::of(&leaf));
+    apply(
+        env,
+        site,
+        &site_store,
+        Op::Rollback {
+            version: version.id,
+        },
+        files,
+        &leaf.sha256,
+        out,
+    )
+}
+
+/// Steps 3–8: stage, swap, config test, reload, probe, commit — or undo.
+fn apply(
+    env: &Env<'_>,
+    site: &Site,
+    site_store: &SiteStore,
+    op: Op,
+    files: Vec<NewFile>,
+    new_sha: &str,
+    mut out: Outcome,
+) -> Result<Outcome, InstallError> {
+    // What each endpoint serves before anything changes: the proof target
+    // of a rollback, and a server that does not answer now is refused
+    // before any file moves.
+    let before = serving_now(env.prober, &site.endpoints)?;
+
+    // 3. stage: undo copy, staged files beside the targets, journal.
+    let t = Instant::now();
+    let mut txn = site_store.begin(op, files)?;
+
+    // 4. swap: rename over the targets, fsync the directories.
+    if let Err(e) = txn.swap() {
+        out.timings_ms.swap = ms(t);
+        return undo(env, txn, &before, false, e.to_string(), out);
+    }
+    out.timings_ms.swap = ms(t);
+
+    // 5. configtest: no reload without a passing test (invariant 4).
+    let t = Instant::now();
+    let tested = env.server.configtest();
+    out.timings_ms.configtest = ms(t);
+    if let Err(e) = tested {
+        return undo(env, txn, &before, false, e.to_string(), out);
+    }
+    failpoint::hit("after-configtest");
+
+    // 6. reload, journalled first: recovery must reload after a crash here.
+    let t = Instant::now();
+    txn.mark_reloading()?;
+    let reloaded = env.server.reload();
+    out.timings_ms.reload = ms(t);
+    if let Err(e) = reloaded {
+        return undo(env, txn, &before, true, e.to_string(), out);
+    }
+    failpoint::hit("after-reload");
+
+    // 7. probe: every endpoint serves the new leaf on `consecutive` fresh
+    //    handshakes in a row (invariant 5).
+    let t = Instant::now();
+    let waited = wait_served(env, &site.endpoints, new_sha, true);
+    out.timings_ms.probe = ms(t);
+    out.served = waited.rows;
+    if let Some(why) = waited.failure {
+        return undo(env, txn, &before, true, why, out);
+    }
+
+    // 8. commit: the change stands; keep the last versions.
+    txn.commit(store::KEEP_VERSIONS)?;
+    out.result = ResultKind::Verified;
+    Ok(out)
+}
+
+/// Rollback of an open change: restore the old files, then (if the server
+/// may have loaded the new ones) config-test and reload, and prove the old
+/// leaves are served again. Always ends `rolled_back` (exit 3).
+fn undo(
+    env: &Env<'_>,
+    txn: Txn,
+    before: &[(Target, String)],
+    reloaded: bool,
+    reason: String,
+    mut out: Outcome,
+) -> Result<Outcome, InstallError> {
+    out.result = ResultKind::RolledBack;
+    let mut problems = vec![reason];
+    if let Err(e) = txn.abort() {
+        problems.push(format!("RESTORING THE OLD FILES FAILED: {e}"));
+        out.error = Some(problems.join("; "));
+        return Ok(out);
+    }
+    if reloaded {
+        match env.server.configtest() {
+            Err(e) => problems.push(format!("after restoring the old files the config test still fails, so no reload was sent: {e}")),
+            Ok(()) => {
+                let again = match env.server.check_alive() {
+                    Ok(()) => env.server.reload(),
+                    // apache's parent exits on a pair it cannot load: start
+                    // it again now that the old files are back.
+                    Err(ServerError::DiedOnReload { .. }) | Err(ServerError::NotRunning { .. }) => env.server.start(),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = again {
+                    problems.push(format!("reloading with the old files failed: {e}"));
+                }
+            }
+        }
+    }
+    // Invariant 6: the old leaf is served again, proven by handshakes.
+    let mut rows = Vec::new();
+    for (sha, targets) in group_by_sha(before) {
+        let w = wait_served(env, &targets, &sha, false);
+        rows.extend(w.rows);
+        if let Some(why) = w.failure {
+            problems.push(format!("the old certificate is NOT served again: {why}"));
+        }
+    }
+    out.served = rows;
+    out.error = Some(problems.join("; "));
+    Ok(out)
+}
+
+struct Waited {
+    rows: Vec<ServedRow>,
+    /// None when every target served the expected leaf.
+    failure: Option<String>,
+}
+
+/// Probe `targets` until they serve `sha` (in slices, looking at the server
+/// between slices so a dead server ends the wait early).
+fn wait_served(env: &Env<'_>, targets: &[Target], sha: &str, new: bool) -> Waited {
+    let pc = &env.config.probe;
+    let deadline = Instant::now() + pc.deadline;
+    let mut first = true;
+    loop {
+        let slice = PROBE_SLICE.min(deadline.saturating_duration_since(Instant::now()));
+        let outcome = probe::block_on(probe::wait_until_served(
+            env.prober,
+            targets,
+            sha,
+            pc.consecutive,
+            slice,
+        ));
+        if first && new {
+            failpoint::hit("mid-probe");
+            first = false;
+        }
+        let rows: Vec<ServedRow> = outcome
+            .last
+            .iter()
+            .zip(targets)
+            .map(|(r, t)| ServedRow::of(t, r))
+            .collect();
+        if outcome.ok {
+            return Waited {
+                rows,
+                failure: None,
+            };
+        }
+        if let Err(e) = env.server.check_alive() {
+            return Waited {
+                rows,
+                failure: Some(e.to_string()),
+            };
+        }
+        if Instant::now() >= deadline {
+            let why = describe_mismatch(&outcome.last, targets, sha, pc.deadline, pc.consecutive);
+            return Waited {
+                rows,
+                failure: Some(why),
+            };
+        }
+    }
+}
+
+fn describe_mismatch(
+    last: &[Result<Served, probe::ProbeError>],
+    targets: &[Target],
+    sha: &str,
+    deadline: Duration,
+    consecutive: u32,
+) -> String {
+    let mut parts = Vec::new();
+    for (r, t) in last.iter().zip(targets) {
+        match r {
+            Ok(s) if s.leaf.sha256 == sha => {}
+            Ok(s) => parts.push(format!(
+                "{t} serves {} (sha256 {}, notAfter {})",
+                s.leaf.subject,
+                short(&s.leaf.sha256),
+                cert::rfc3339(s.leaf.not_after)
+            )),
+            Err(e) => parts.push(e.to_string()),
+        }
+    }
+    if parts.is_empty() {
+        parts.push("it was served, but not on enough consecutive handshakes".into());
+    }
+    format!(
+        "the expected certificate (sha256 {}) was not served on {consecutive} consecutive handshakes within {deadline:?}: {}",
+        short(sha),
+        parts.join("; ")
+    )
+}
+
+/// One handshake per endpoint before anything changes.
+fn serving_now(prober: &Prober, targets: &[Target]) -> Result<Vec<(Target, String)>, InstallError> {
+    let results = probe::block_on(probe::probe_many(prober, targets, 64));
+    let mut out = Vec::new();
+    for (t, r) in targets.iter().zip(results) {
+        match r {
+            Ok(s) => out.push((t.clone(), s.leaf.sha256)),
+            Err(e) => {
+                return Err(InstallError::NotServing {
+                    target: t.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn group_by_sha(before: &[(Target, String)]) -> Vec<(String, Vec<Target>)> {
+    let mut groups: Vec<(String, Vec<Target>)> = Vec::new();
+    for (t, sha) in before {
+        match groups.iter_mut().find(|(s, _)| s == sha) {
+            Some((_, ts)) => ts.push(t.clone()),
+            None => groups.push((sha.clone(), vec![t.clone()])),
+        }
+    }
+    groups
+}
+
+/// Finish or undo a change a crash interrupted, and if the server may have
+/// loaded the files of that change, test and reload so it serves what is on
+/// disk again.
+pub fn recover_site(
+    env: &Env<'_>,
+    site: &Site,
+    site_store: &SiteStore,
+) -> Result<Recovery, InstallError> {
+    let mut targets = vec![site.cert.clone(), site.key.clone()];
+    targets.extend(site.chain.clone());
+    let r = site_store.recover(&targets)?;
+    if let Recovery::RolledBack { reload: true, .. } = &r {
+        let map = |source| InstallError::Recover {
+            site: site.name.clone(),
+            source,
+        };
+        env.server.configtest().map_err(map)?;
+        match env.server.check_alive() {
+            Ok(()) => env.server.reload().map_err(map)?,
+            Err(_) => env.server.start().map_err(map)?,
+        }
+        // As after any rollback, prove the restored leaf is what is served
+        // before the command goes on (invariant 6).
+        if let Some(leaf) = std::fs::read(&site.cert).ok().and_then(|b| leaf_of_pem(&b)) {
+            let w = wait_served(env, &site.endpoints, &leaf.sha256, false);
+            if let Some(why) = w.failure {
+                tracing::warn!(site = %site.name, "after recovery: {why}");
+            }
+        }
+    }
+    match &r {
+        Recovery::Clean => {}
+        Recovery::RolledBack { op, .. } => tracing::warn!(
+            site = %site.name,
+            "an interrupted {} was rolled back: the previous files are restored",
+            op_name(op)
+        ),
+        Recovery::Completed { op } => {
+            tracing::warn!(site = %site.name, "an interrupted {} had committed; finished it", op_name(op))
+        }
+    }
+    Ok(r)
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Install => "install",
+        Op::Rollback { .. } => "rollback",
+    }
+}
+
+/// What the site's files hold now, for validation. Unreadable installed
+/// files are not fatal (the new bundle may be the repair), but said.
+fn read_installed(site: &Site) -> (Installed, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut installed = Installed::default();
+    if site.cert.exists() {
+        match bundle::read_certs(&site.cert) {
+            Ok(mut certs) if !certs.is_empty() => {
+                installed.leaf = Some(certs.remove(0));
+                installed.chain_len = certs.len();
+            }
+            Ok(_) => {}
+            Err(e) => warnings.push(format!(
+                "the installed certificate cannot be read, so it is not compared: {e}"
+            )),
+        }
+    }
+    if let Some(chain) = &site.chain
+        && chain.exists()
+    {
+        match bundle::read_certs(chain) {
+            Ok(c) => installed.chain_len += c.len(),
+            Err(e) => warnings.push(format!("the installed chain cannot be read: {e}")),
+        }
+    }
+    if site.key.exists() {
+        match bundle::read_key(&site.key) {
+            Ok(k) => installed.key = Some(k),
+            Err(e) => warnings.push(format!("the installed key cannot be read: {e}")),
+        }
+    }
+    (installed, warnings)
+}
+
+/// The bytes each of the site's files gets from `bundle`: a full chain in
+/// `cert`, or leaf in `cert` and chain in `chain` when the site has one.
+fn new_files(site: &Site, bundle: &Bundle) -> Vec<NewFile> {
+    let mut files = Vec::new();
+    let cert_pem = match &site.chain {
+        Some(_) => bundle.leaf.to_pem(),
+        None => bundle.fullchain_pem(),
+    };
+    files.push(NewFile {
+        role: Role::Cert,
+        target: site.cert.clone(),
+        bytes: cert_pem.into_bytes(),
+    });
+    if let Some(key) = &bundle.key {
+        files.push(NewFile {
+            role: Role::Key,
+            target: site.key.clone(),
+            bytes: key.pem.clone().into_bytes(),
+        });
+    }
+    // A bundle without a chain leaves a separate chain file as it is (the
+    // validation warned that clients may see an incomplete chain).
+    if let Some(chain) = &site.chain
+        && !bundle.chain.is_empty()
+    {
+        files.push(NewFile {
+            role: Role::Chain,
+            target: chain.clone(),
+            bytes: bundle.chain_pem().into_bytes(),
+        });
+    }
+    files
+}
+
+fn leaf_of_pem(bytes: &[u8]) -> Option<CertInfo> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::pem_slice_iter(bytes).next()?.ok()?;
+    CertInfo::from_der(&der).ok()
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..16).unwrap_or(sha)
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}

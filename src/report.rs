@@ -1,1 +1,229 @@
-//! (being written)
+//! What certswap tells people and scripts: the outcome of an install or
+//! rollback (the JSON object of DESIGN.md, or a short text), and the
+//! description of one served certificate.
+
+use serde::Serialize;
+
+use crate::cert::{self, CertInfo};
+use crate::probe::{ProbeError, Served, Target};
+
+/// How an install ended; also decides the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultKind {
+    Verified,
+    RolledBack,
+    Rejected,
+    DryRun,
+    /// `certswap check`: the bundle passes every rule.
+    Valid,
+}
+
+impl ResultKind {
+    /// DESIGN.md exit codes: 0 ok, 1 validation failed, 3 rolled back.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ResultKind::Verified | ResultKind::DryRun | ResultKind::Valid => 0,
+            ResultKind::Rejected => 1,
+            ResultKind::RolledBack => 3,
+        }
+    }
+}
+
+/// The identity of a leaf: what the served one is compared with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Leaf {
+    pub sha256: String,
+    pub not_after: String,
+}
+
+impl Leaf {
+    pub fn of(c: &CertInfo) -> Leaf {
+        Leaf {
+            sha256: c.sha256.clone(),
+            not_after: cert::rfc3339(c.not_after),
+        }
+    }
+}
+
+/// What one endpoint served at the end of the wait.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServedRow {
+    pub endpoint: String,
+    pub sni: String,
+    pub sha256: Option<String>,
+    pub not_after: Option<String>,
+    pub trusted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ServedRow {
+    pub fn of(t: &Target, r: &Result<Served, ProbeError>) -> ServedRow {
+        match r {
+            Ok(s) => ServedRow {
+                endpoint: t.addr.clone(),
+                sni: t.sni.clone(),
+                sha256: Some(s.leaf.sha256.clone()),
+                not_after: Some(cert::rfc3339(s.leaf.not_after)),
+                trusted: Some(s.trusted),
+                error: None,
+            },
+            Err(e) => ServedRow {
+                endpoint: t.addr.clone(),
+                sni: t.sni.clone(),
+                sha256: None,
+                not_after: None,
+                trusted: None,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
+/// Milliseconds spent per pipeline step.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub validate: u64,
+    pub swap: u64,
+    pub configtest: u64,
+    pub reload: u64,
+    pub probe: u64,
+}
+
+/// The result of one install or rollback: `install --json` prints this.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub site: String,
+    pub result: ResultKind,
+    pub old: Option<Leaf>,
+    pub new: Option<Leaf>,
+    pub served: Vec<ServedRow>,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+    /// Days the new notAfter lies past the old one.
+    pub days_added: Option<i64>,
+    pub timings_ms: Timings,
+}
+
+impl Outcome {
+    pub fn new(site: &str) -> Outcome {
+        Outcome {
+            site: site.to_string(),
+            result: ResultKind::Rejected,
+            old: None,
+            new: None,
+            served: Vec::new(),
+            warnings: Vec::new(),
+            error: None,
+            days_added: None,
+            timings_ms: Timings::default(),
+        }
+    }
+
+    /// End as rejected with `why`: nothing was touched.
+    pub fn reject(&mut self, why: String) {
+        self.result = ResultKind::Rejected;
+        self.error = Some(why);
+    }
+
+    fn site_suffix(&self) -> String {
+        if self.site.is_empty() {
+            String::new()
+        } else {
+            format!(" for {}", self.site)
+        }
+    }
+
+    /// The text a person reads.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let headline = match self.result {
+            ResultKind::Verified => format!("verified: {} serves the new certificate", self.site),
+            ResultKind::DryRun => format!(
+                "dry run: the bundle for {} passes every check; nothing was changed",
+                self.site
+            ),
+            ResultKind::Valid => {
+                format!("valid: the bundle passes every check{}", self.site_suffix())
+            }
+            ResultKind::Rejected => format!("rejected: nothing was changed{}", self.site_suffix()),
+            ResultKind::RolledBack => format!(
+                "rolled back: {} is back on its previous certificate",
+                self.site
+            ),
+        };
+        s.push_str(&headline);
+        s.push('\n');
+        if let Some(o) = &self.old {
+            s.push_str(&format!(
+                "  old:    notAfter {}  sha256 {}\n",
+                o.not_after, o.sha256
+            ));
+        }
+        if let Some(n) = &self.new {
+            let added = match self.days_added {
+                Some(d) => format!("  ({d:+} days)"),
+                None => String::new(),
+            };
+            s.push_str(&format!(
+                "  new:    notAfter {}  sha256 {}{added}\n",
+                n.not_after, n.sha256
+            ));
+        }
+        for r in &self.served {
+            match (&r.sha256, &r.not_after, &r.error) {
+                (Some(h), Some(na), _) => s.push_str(&format!(
+                    "  served: {}@{}  notAfter {}  sha256 {}  trusted {}\n",
+                    r.sni,
+                    r.endpoint,
+                    na,
+                    h,
+                    if r.trusted == Some(true) { "yes" } else { "no" }
+                )),
+                (_, _, Some(e)) => {
+                    s.push_str(&format!("  served: {}@{}  error: {e}\n", r.sni, r.endpoint))
+                }
+                _ => {}
+            }
+        }
+        for w in &self.warnings {
+            s.push_str(&format!("  warning: {w}\n"));
+        }
+        if let Some(e) = &self.error {
+            s.push_str(&format!("  reason: {e}\n"));
+        }
+        if matches!(self.result, ResultKind::Verified | ResultKind::RolledBack) {
+            let t = &self.timings_ms;
+            s.push_str(&format!(
+                "  timings: validate {} ms, swap {} ms, configtest {} ms, reload {} ms, probe {} ms\n",
+                t.validate, t.swap, t.configtest, t.reload, t.probe
+            ));
+        }
+        s
+    }
+}
+
+/// `certswap probe` in text: the fields people compare with
+/// `openssl x509 -noout -dates` lines as openssl prints them.
+pub fn served_text(s: &Served) -> String {
+    let l = &s.leaf;
+    let mut out = String::new();
+    out.push_str(&format!("endpoint:     {}\n", s.target.addr));
+    out.push_str(&format!("sni:          {}\n", s.target.sni));
+    out.push_str(&format!("protocol:     {}\n", s.protocol));
+    out.push_str(&format!("subject:      {}\n", l.subject));
+    out.push_str(&format!("issuer:       {}\n", l.issuer));
+    out.push_str(&format!("serial:       {}\n", l.serial));
+    out.push_str(&format!("names:        {}\n", l.names.join(", ")));
+    out.push_str(&format!("notBefore={}\n", cert::openssl_date(l.not_before)));
+    out.push_str(&format!("notAfter={}\n", cert::openssl_date(l.not_after)));
+    out.push_str(&format!("sha256:       {}\n", l.sha256));
+    out.push_str(&format!("chain length: {}\n", s.chain.len()));
+    match &s.trust_error {
+        None if s.trusted => out.push_str("trusted:      yes\n"),
+        Some(e) => out.push_str(&format!("trusted:      no ({e})\n")),
+        None => out.push_str("trusted:      no\n"),
+    }
+    out
+}

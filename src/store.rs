@@ -1,1 +1,924 @@
-//! (being written)
+//! What certswap keeps on disk for each site, and every change it makes to
+//! a site's files: take the host lock, copy the current files aside (undo),
+//! stage the new files next to their targets, journal, rename them into
+//! place, and either commit (the undo copy becomes a backup version) or
+//! restore the undo copy. [`SiteStore::recover`] repairs whatever a crash
+//! left, at the start of every command that touches a site.
+//!
+//! Layout under `state_dir` (all 0700/0600):
+//! ```text
+//! lock                          flock(2): one certswap changes files at a time
+//! sites/SITE/journal.json       present only while a change is open
+//! sites/SITE/undo/              the files as they were before the open change
+//! sites/SITE/versions/000007/   earlier versions, newest last (keep K)
+//! ```
+//! Order of a change, each step durable before the next (kubelet
+//! AtomicWriter style, numbers as in DESIGN.md step 3–4 and 8):
+//!   1. undo copy written to `undo.tmp/`, fsynced, renamed to `undo/`;
+//!   2. new files staged as `.NAME.certswap-new` beside each target;
+//!   3. journal written (phase `staged`) — before the first rename, so a
+//!      missing journal always means no target was touched;
+//!   4. staged files renamed over the targets, directories fsynced,
+//!      journal phase `swapped`; `reloading` just before a reload;
+//!   5. commit: journal phase `committed` (the commit point), then the undo
+//!      copy becomes a version, old versions are pruned, the journal goes.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::cert::sha256_hex;
+use crate::failpoint;
+use crate::fsio::{self, Perms};
+
+/// How many earlier versions a site keeps by default.
+pub const KEEP_VERSIONS: usize = 3;
+/// Suffix of files staged beside their targets.
+pub const STAGED_SUFFIX: &str = ".certswap-new";
+const RESTORE_SUFFIX: &str = ".certswap-restore";
+/// Cert and key files are small; anything bigger is not ours to copy.
+const MAX_TARGET_BYTES: u64 = 1024 * 1024;
+
+/// Why the store could not do its part. Each names the path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("{path}: cannot {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "another certswap is changing certificates on this host (lock {path} is held); try again when it has finished"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "{path} is a symlink; in-place mode replaces regular files only (point the config at the real file, or use mode = \"managed\")"
+    )]
+    TargetIsSymlink { path: PathBuf },
+    #[error(
+        "{path}: the directory is writable by other users, so certswap will not put a key there"
+    )]
+    UnsafeDir { path: PathBuf },
+    #[error(
+        "{path}: the saved copy does not match its journal (sha256 differs); refusing to restore it"
+    )]
+    Corrupt { path: PathBuf },
+    #[error("{path}: the journal cannot be read: {reason}")]
+    BadJournal { path: PathBuf, reason: String },
+    #[error("site {site} has no earlier version to go back to (none in {path})")]
+    NoVersion { site: String, path: PathBuf },
+}
+
+fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> StoreError + use<> {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+/// The part of a site a file plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Cert,
+    Key,
+    Chain,
+}
+
+impl Role {
+    fn file_name(self) -> &'static str {
+        match self {
+            Role::Cert => "cert",
+            Role::Key => "key",
+            Role::Chain => "chain",
+        }
+    }
+
+    /// Mode for a file that replaces nothing: keys private, certs public.
+    fn default_perms(self) -> Perms {
+        match self {
+            Role::Key => Perms::own(0o600),
+            Role::Cert | Role::Chain => Perms::own(0o644),
+        }
+    }
+}
+
+/// One file a change writes.
+#[derive(Debug, Clone)]
+pub struct NewFile {
+    pub role: Role,
+    pub target: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+/// A file as it was before a change (or in a saved version).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedFile {
+    pub role: Role,
+    pub target: PathBuf,
+    /// None when the target did not exist.
+    pub sha256: Option<String>,
+    pub perms: Option<Perms>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedMeta {
+    created: String,
+    files: Vec<SavedFile>,
+}
+
+/// What a change is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Install,
+    /// Going back to the named version, which is dropped on commit.
+    Rollback {
+        version: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Staged,
+    Swapped,
+    Reloading,
+    Committed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JournalFile {
+    role: Role,
+    target: PathBuf,
+    staged: PathBuf,
+    old_sha256: Option<String>,
+    new_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Journal {
+    version: u32,
+    site: String,
+    op: Op,
+    phase: Phase,
+    started: String,
+    files: Vec<JournalFile>,
+}
+
+/// The whole state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Held while a command changes files; released on drop.
+#[derive(Debug)]
+pub struct Lock {
+    _flock: Flock<File>,
+}
+
+/// What recovery found and did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// No interrupted change.
+    Clean,
+    /// An interrupted change was undone; the old files are back. When
+    /// `reload` is set the server may have loaded the new files, so the
+    /// caller must config-test and reload.
+    RolledBack { op: Op, reload: bool },
+    /// The change had reached its commit point; housekeeping finished.
+    Completed { op: Op },
+}
+
+impl Store {
+    /// Open (creating if needed, mode 0700) the state directory.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        mkdir_private(root)?;
+        mkdir_private(&root.join("sites"))?;
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Take the host-wide lock without waiting: a second certswap fails fast.
+    pub fn lock(&self) -> Result<Lock, StoreError> {
+        let path = self.root.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open the lock file"))?;
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(flock) => Ok(Lock { _flock: flock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StoreError::Locked { path }),
+            Err((_, e)) => Err(StoreError::Io {
+                path,
+                action: "lock",
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// The store of one site. `name` must have passed
+    /// [`crate::config::check_site_name`] (it becomes a directory name).
+    pub fn site(&self, name: &str) -> SiteStore {
+        SiteStore {
+            name: name.to_string(),
+            dir: self
+                .root
+                .join("sites")
+                .join(name.replace('*', "_wildcard_")),
+        }
+    }
+}
+
+/// One site's journal, undo copy and versions.
+#[derive(Debug, Clone)]
+pub struct SiteStore {
+    name: String,
+    dir: PathBuf,
+}
+
+/// An open change: files staged, journal written. Dropping it without
+/// [`Txn::commit`] or [`Txn::abort`] leaves the journal for recovery, which
+/// is exactly what a crash does.
+#[derive(Debug)]
+pub struct Txn {
+    site: SiteStore,
+    journal: Journal,
+}
+
+/// A saved earlier version of a site's files.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub id: String,
+    pub dir: PathBuf,
+    pub created: String,
+    pub files: Vec<SavedFile>,
+}
+
+impl SiteStore {
+    fn journal_path(&self) -> PathBuf {
+        self.dir.join("journal.json")
+    }
+    fn undo_dir(&self) -> PathBuf {
+        self.dir.join("undo")
+    }
+    fn versions_dir(&self) -> PathBuf {
+        self.dir.join("versions")
+    }
+
+    /// Finish or undo a change a crash interrupted, and remove staged files
+    /// left beside `targets`. Idempotent: running it twice does nothing more.
+    pub fn recover(&self, targets: &[PathBuf]) -> Result<Recovery, StoreError> {
+        let journal = self.read_journal()?;
+        let outcome = match journal {
+            None => {
+                // No journal means no target was touched: drop any undo
+                // copy or staged file a crash before the journal left.
+                remove_dir_durable(&self.undo_dir())?;
+                remove_dir_durable(&self.dir.join("undo.tmp"))?;
+                Recovery::Clean
+            }
+            Some(j) if j.phase == Phase::Committed => {
+                let op = j.op.clone();
+                Txn {
+                    site: self.clone(),
+                    journal: j,
+                }
+                .finish_commit(KEEP_VERSIONS)?;
+                Recovery::Completed { op }
+            }
+            Some(j) => {
+                let reload = j.phase >= Phase::Swapped;
+                let op = j.op.clone();
+                Txn {
+                    site: self.clone(),
+                    journal: j,
+                }
+                .abort()?;
+                Recovery::RolledBack { op, reload }
+            }
+        };
+        for t in targets {
+            for suffix in [STAGED_SUFFIX, RESTORE_SUFFIX] {
+                let p = fsio::sibling(t, suffix);
+                fsio::durable_remove(&p).map_err(io_err(&p, "remove a leftover staged file"))?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn read_journal(&self) -> Result<Option<Journal>, StoreError> {
+        let path = self.journal_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path, "read the journal")(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::BadJournal {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Steps 1–3: save the current files, stage `files` beside their
+    /// targets, write the journal. Nothing a server reads has changed yet.
+    pub fn begin(&self, op: Op, files: Vec<NewFile>) -> Result<Txn, StoreError> {
+        mkdir_private(&self.dir)?;
+        for f in &files {
+            check_target(f)?;
+        }
+
+        // 1. The undo copy, complete before it has its name.
+        let tmp = self.dir.join("undo.tmp");
+        remove_dir_durable(&tmp)?;
+        mkdir_private(&tmp)?;
+        let mut saved = Vec::new();
+        for f in &files {
+            saved.push(save_copy(f.role, &f.target, &tmp)?);
+        }
+        write_meta(&tmp, &saved)?;
+        remove_dir_durable(&self.undo_dir())?;
+        fsio::durable_rename(&tmp, &self.undo_dir())
+            .map_err(io_err(&tmp, "rename the undo copy"))?;
+
+        // 2. Stage, with the mode and owner of the file each one replaces.
+        let mut journal_files = Vec::new();
+        for (f, old) in files.iter().zip(&saved) {
+            let staged = fsio::sibling(&f.target, STAGED_SUFFIX);
+            fsio::durable_remove(&staged).map_err(io_err(&staged, "remove an old staged file"))?;
+            let perms = old.perms.unwrap_or_else(|| f.role.default_perms());
+            fsio::create_new(&staged, &f.bytes, perms)
+                .map_err(io_err(&staged, "stage the new file"))?;
+            journal_files.push(JournalFile {
+                role: f.role,
+                target: f.target.clone(),
+                staged,
+                old_sha256: old.sha256.clone(),
+                new_sha256: sha256_hex(&f.bytes),
+            });
+        }
+
+        // 3. The journal, before the first rename.
+        let txn = Txn {
+            site: self.clone(),
+            journal: Journal {
+                version: 1,
+                site: self.name.clone(),
+                op,
+                phase: Phase::Staged,
+                started: now_rfc3339(),
+                files: journal_files,
+            },
+        };
+        txn.write_journal()?;
+        failpoint::hit("after-stage");
+        Ok(txn)
+    }
+
+    /// Saved versions, oldest first.
+    pub fn versions(&self) -> Result<Vec<Version>, StoreError> {
+        let dir = self.versions_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir, "list versions")(e)),
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        ids.sort();
+        let mut out = Vec::new();
+        for id in ids {
+            let vdir = dir.join(&id);
+            let meta = read_meta(&vdir)?;
+            out.push(Version {
+                id,
+                dir: vdir,
+                created: meta.created,
+                files: meta.files,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The newest saved version, as files to write back.
+    pub fn previous(&self) -> Result<(Version, Vec<NewFile>), StoreError> {
+        let v = self
+            .versions()?
+            .pop()
+            .ok_or_else(|| StoreError::NoVersion {
+                site: self.name.clone(),
+                path: self.versions_dir(),
+            })?;
+        let files = load_saved(&v.dir, &v.files)?;
+        Ok((v, files))
+    }
+}
+
+impl Txn {
+    fn write_journal(&self) -> Result<(), StoreError> {
+        let path = self.site.journal_path();
+        let bytes =
+            serde_json::to_vec_pretty(&self.journal).map_err(|e| StoreError::BadJournal {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        fsio::write_atomic(&path, &bytes, Perms::own(0o600))
+            .map_err(io_err(&path, "write the journal"))
+    }
+
+    /// The SHA-256 each target had before this change (None: did not exist).
+    pub fn old_sha256(&self, role: Role) -> Option<&str> {
+        self.journal
+            .files
+            .iter()
+            .find(|f| f.role == role)
+            .and_then(|f| f.old_sha256.as_deref())
+    }
+
+    /// Step 4: rename every staged file over its target.
+    pub fn swap(&mut self) -> Result<(), StoreError> {
+        for f in &self.journal.files {
+            fsio::durable_rename(&f.staged, &f.target)
+                .map_err(io_err(&f.target, "rename the new file into place"))?;
+            match f.role {
+                Role::Cert => failpoint::hit("after-rename-cert"),
+                Role::Key => failpoint::hit("after-rename-key"),
+                Role::Chain => failpoint::hit("after-rename-chain"),
+            }
+        }
+        self.journal.phase = Phase::Swapped;
+        self.write_journal()?;
+        failpoint::hit("after-swap");
+        Ok(())
+    }
+
+    /// Record that a reload is about to happen: from here on, recovery must
+    /// reload after restoring, since the server may have read the new files.
+    pub fn mark_reloading(&mut self) -> Result<(), StoreError> {
+        self.journal.phase = Phase::Reloading;
+        self.write_journal()
+    }
+
+    /// Step 8: the change stands. Keep `keep` versions.
+    pub fn commit(mut self, keep: usize) -> Result<(), StoreError> {
+        self.journal.phase = Phase::Committed;
+        self.write_journal()?;
+        failpoint::hit("after-commit");
+        self.finish_commit(keep)
+    }
+
+    fn finish_commit(self, keep: usize) -> Result<(), StoreError> {
+        let site = &self.site;
+        let undo = site.undo_dir();
+        match &self.journal.op {
+            Op::Install => {
+                let had_files =
+                    undo.exists() && read_meta(&undo)?.files.iter().any(|f| f.sha256.is_some());
+                if had_files {
+                    let vdir = site.versions_dir();
+                    mkdir_private(&vdir)?;
+                    let next = site
+                        .versions()?
+                        .last()
+                        .and_then(|v| v.id.parse::<u64>().ok())
+                        .map_or(1, |n| n + 1);
+                    let dest = vdir.join(format!("{next:06}"));
+                    fsio::durable_rename(&undo, &dest)
+                        .map_err(io_err(&undo, "save the previous version"))?;
+                } else {
+                    remove_dir_durable(&undo)?;
+                }
+                let versions = site.versions()?;
+                let excess = versions.len().saturating_sub(keep);
+                for v in &versions[..excess] {
+                    remove_dir_durable(&v.dir)?;
+                }
+            }
+            Op::Rollback { version } => {
+                remove_dir_durable(&site.versions_dir().join(version))?;
+                remove_dir_durable(&undo)?;
+            }
+        }
+        let j = site.journal_path();
+        fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"))
+    }
+
+    /// Put back the files as they were before this change (the undo copy),
+    /// the same durable way, then close the change.
+    pub fn abort(self) -> Result<(), StoreError> {
+        let site = &self.site;
+        let undo = site.undo_dir();
+        let meta = read_meta(&undo)?;
+        for f in &self.journal.files {
+            fsio::durable_remove(&f.staged).map_err(io_err(&f.staged, "remove the staged file"))?;
+            let saved = meta
+                .files
+                .iter()
+                .find(|s| s.role == f.role && s.target == f.target);
+            match saved.and_then(|s| s.sha256.as_deref().map(|h| (s, h))) {
+                None => {
+                    // The target did not exist before this change.
+                    fsio::durable_remove(&f.target)
+                        .map_err(io_err(&f.target, "remove the new file"))?;
+                }
+                Some((s, hash)) => {
+                    if current_sha256(&f.target)?.as_deref() == Some(hash) {
+                        continue; // never renamed, or already restored
+                    }
+                    let src = undo.join(s.role.file_name());
+                    let bytes = std::fs::read(&src).map_err(io_err(&src, "read the saved copy"))?;
+                    if sha256_hex(&bytes) != hash {
+                        return Err(StoreError::Corrupt { path: src });
+                    }
+                    let tmp = fsio::sibling(&f.target, RESTORE_SUFFIX);
+                    fsio::durable_remove(&tmp)
+                        .map_err(io_err(&tmp, "remove an old restore file"))?;
+                    let perms = s.perms.unwrap_or_else(|| s.role.default_perms());
+                    fsio::create_new(&tmp, &bytes, perms)
+                        .map_err(io_err(&tmp, "write the restored file"))?;
+                    fsio::durable_rename(&tmp, &f.target)
+                        .map_err(io_err(&f.target, "restore the previous file"))?;
+                }
+            }
+        }
+        remove_dir_durable(&undo)?;
+        let j = site.journal_path();
+        fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"))
+    }
+}
+
+/// Refuse targets certswap must not replace in place (DESIGN invariant 8
+/// and the key-safety rule): symlinks, and key dirs others can write to.
+fn check_target(f: &NewFile) -> Result<(), StoreError> {
+    if let Ok(m) = std::fs::symlink_metadata(&f.target)
+        && m.file_type().is_symlink()
+    {
+        return Err(StoreError::TargetIsSymlink {
+            path: f.target.clone(),
+        });
+    }
+    let dir = fsio::parent_of(&f.target);
+    let m = std::fs::metadata(&dir).map_err(io_err(&dir, "read the target directory"))?;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = m.permissions().mode();
+    // World-writable without the sticky bit: anyone could swap the file.
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(StoreError::UnsafeDir { path: dir });
+    }
+    Ok(())
+}
+
+fn current_sha256(path: &Path) -> Result<Option<String>, StoreError> {
+    match fsio::read_limited(path, MAX_TARGET_BYTES) {
+        Ok(b) => Ok(Some(sha256_hex(&b))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path, "read")(e)),
+    }
+}
+
+/// Copy the file at `target` into `dir/ROLE` (if it exists) and describe it.
+fn save_copy(role: Role, target: &Path, dir: &Path) -> Result<SavedFile, StoreError> {
+    let bytes = match fsio::read_limited(target, MAX_TARGET_BYTES) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(SavedFile {
+                role,
+                target: target.to_path_buf(),
+                sha256: None,
+                perms: None,
+            });
+        }
+        Err(e) => return Err(io_err(target, "read the installed file")(e)),
+    };
+    let perms = Perms::of(target).map_err(io_err(target, "read the mode of"))?;
+    let dest = dir.join(role.file_name());
+    // The copy is private to root whatever the original's mode: it may be a key.
+    fsio::create_new(&dest, &bytes, Perms::own(0o600)).map_err(io_err(&dest, "save a copy"))?;
+    Ok(SavedFile {
+        role,
+        target: target.to_path_buf(),
+        sha256: Some(sha256_hex(&bytes)),
+        perms: Some(perms),
+    })
+}
+
+fn load_saved(dir: &Path, files: &[SavedFile]) -> Result<Vec<NewFile>, StoreError> {
+    let mut out = Vec::new();
+    for s in files {
+        let Some(hash) = &s.sha256 else { continue };
+        let src = dir.join(s.role.file_name());
+        let bytes = std::fs::read(&src).map_err(io_err(&src, "read the saved version"))?;
+        if &sha256_hex(&bytes) != hash {
+            return Err(StoreError::Corrupt { path: src });
+        }
+        out.push(NewFile {
+            role: s.role,
+            target: s.target.clone(),
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+fn write_meta(dir: &Path, files: &[SavedFile]) -> Result<(), StoreError> {
+    let meta = SavedMeta {
+        created: now_rfc3339(),
+        files: files.to_vec(),
+    };
+    let path = dir.join("meta.json");
+    let bytes = serde_json::to_vec_pretty(&meta).map_err(|e| StoreError::BadJournal {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    fsio::create_new(&path, &bytes, Perms::own(0o600)).map_err(io_err(&path, "write"))?;
+    fsio::fsync_dir(dir).map_err(io_err(dir, "fsync"))
+}
+
+fn read_meta(dir: &Path) -> Result<SavedMeta, StoreError> {
+    let path = dir.join("meta.json");
+    let bytes = std::fs::read(&path).map_err(io_err(&path, "read"))?;
+    serde_json::from_slice(&bytes).map_err(|e| StoreError::BadJournal {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+fn mkdir_private(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(io_err(dir, "create the directory")(e)),
+    }
+}
+
+fn remove_dir_durable(dir: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            fsio::fsync_dir(&fsio::parent_of(dir)).map_err(io_err(dir, "fsync the parent of"))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(dir, "remove")(e)),
+    }
+}
+
+fn now_rfc3339() -> String {
+    crate::cert::rfc3339(time::OffsetDateTime::now_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        cert: PathBuf,
+        key: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ssl = dir.path().join("ssl");
+        std::fs::create_dir(&ssl).expect("mkdir");
+        let cert = ssl.join("a.pem");
+        let key = ssl.join("a.key");
+        std::fs::write(&cert, b"old cert").expect("write");
+        std::fs::write(&key, b"old key").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let store = Store::open(&dir.path().join("state")).expect("store");
+        Fixture {
+            _dir: dir,
+            store,
+            cert,
+            key,
+        }
+    }
+
+    fn new_files(f: &Fixture, tag: &str) -> Vec<NewFile> {
+        vec![
+            NewFile {
+                role: Role::Cert,
+                target: f.cert.clone(),
+                bytes: format!("{tag} cert").into_bytes(),
+            },
+            NewFile {
+                role: Role::Key,
+                target: f.key.clone(),
+                bytes: format!("{tag} key").into_bytes(),
+            },
+        ]
+    }
+
+    fn read(p: &Path) -> String {
+        String::from_utf8(std::fs::read(p).expect("read")).expect("utf8")
+    }
+
+    fn leftovers(f: &Fixture) -> Vec<String> {
+        std::fs::read_dir(f.cert.parent().expect("parent"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    }
+
+    #[test]
+    fn commit_installs_keeps_mode_and_saves_a_version() {
+        let f = fixture();
+        let site = f.store.site("a.test");
+        let mut txn = site
+            .begin(Op::Install, new_files(&f, "new"))
+            .expect("begin");
+        assert_eq!(read(&f.cert), "old cert", "staging must not touch targets");
+        txn.swap().expect("swap");
+        txn.commit(KEEP_VERSIONS).expect("commit");
+        assert_eq!(read(&f.cert), "new cert");
+        assert_eq!(read(&f.key), "new key");
+        assert_eq!(
+            Perms::of(&f.key).expect("perms").mode,
+            0o640,
+            "key mode copied"
+        );
+        let versions = site.versions().expect("versions");
+        assert_eq!(versions.len(), 1);
+        assert!(leftovers(&f).is_empty(), "{:?}", leftovers(&f));
+        assert!(!site.journal_path().exists());
+    }
+
+    #[test]
+    fn abort_restores_the_old_bytes() {
+        let f = fixture();
+        let site = f.store.site("a.test");
+        let mut txn = site
+            .begin(Op::Install, new_files(&f, "new"))
+            .expect("begin");
+        txn.swap().expect("swap");
+        txn.abort().expect("abort");
+        assert_eq!(read(&f.cert), "old cert");
+        assert_eq!(read(&f.key), "old key");
+        assert_eq!(Perms::of(&f.key).expect("perms").mode, 0o640);
+        assert!(site.versions().expect("versions").is_empty());
+        assert!(leftovers(&f).is_empty());
+    }
+
+    #[test]
+    fn recovery_undoes_a_change_left_open_at_each_phase() {
+        for phase in [Phase::Staged, Phase::Swapped, Phase::Reloading] {
+            let f = fixture();
+            let site = f.store.site("a.test");
+            let mut txn = site
+                .begin(Op::Install, new_files(&f, "new"))
+                .expect("begin");
+            if phase >= Phase::Swapped {
+                txn.swap().expect("swap");
+            }
+            if phase == Phase::Reloading {
+                txn.mark_reloading().expect("mark");
+            }
+            drop(txn); // like a crash: the journal stays
+            let r = site
+                .recover(&[f.cert.clone(), f.key.clone()])
+                .expect("recover");
+            assert_eq!(
+                r,
+                Recovery::RolledBack {
+                    op: Op::Install,
+                    reload: phase >= Phase::Swapped
+                },
+                "{phase:?}"
+            );
+            assert_eq!(read(&f.cert), "old cert", "{phase:?}");
+            assert_eq!(read(&f.key), "old key", "{phase:?}");
+            assert!(leftovers(&f).is_empty(), "{phase:?}: {:?}", leftovers(&f));
+            // Idempotent.
+            assert_eq!(
+                site.recover(std::slice::from_ref(&f.cert)).expect("again"),
+                Recovery::Clean
+            );
+        }
+    }
+
+    #[test]
+    fn recovery_after_the_commit_point_keeps_the_new_files() {
+        let f = fixture();
+        let site = f.store.site("a.test");
+        let mut txn = site
+            .begin(Op::Install, new_files(&f, "new"))
+            .expect("begin");
+        txn.swap().expect("swap");
+        txn.journal.phase = Phase::Committed;
+        txn.write_journal().expect("journal");
+        drop(txn);
+        let r = site
+            .recover(std::slice::from_ref(&f.cert))
+            .expect("recover");
+        assert_eq!(r, Recovery::Completed { op: Op::Install });
+        assert_eq!(read(&f.cert), "new cert");
+        assert_eq!(site.versions().expect("versions").len(), 1);
+    }
+
+    #[test]
+    fn rollback_goes_back_one_version_and_pops_it() {
+        let f = fixture();
+        let site = f.store.site("a.test");
+        for tag in ["v2", "v3"] {
+            let mut txn = site.begin(Op::Install, new_files(&f, tag)).expect("begin");
+            txn.swap().expect("swap");
+            txn.commit(KEEP_VERSIONS).expect("commit");
+        }
+        let (v, files) = site.previous().expect("previous");
+        assert_eq!(String::from_utf8_lossy(&files[0].bytes), "v2 cert");
+        let mut txn = site
+            .begin(Op::Rollback { version: v.id }, files)
+            .expect("begin");
+        txn.swap().expect("swap");
+        txn.commit(KEEP_VERSIONS).expect("commit");
+        assert_eq!(read(&f.cert), "v2 cert");
+        assert_eq!(site.versions().expect("versions").len(), 1);
+        let (_, files) = site.previous().expect("previous");
+        assert_eq!(String::from_utf8_lossy(&files[0].bytes), "old cert");
+    }
+
+    #[test]
+    fn only_the_last_versions_are_kept() {
+        let f = fixture();
+        let site = f.store.site("a.test");
+        for i in 0..5 {
+            let mut txn = site
+                .begin(Op::Install, new_files(&f, &format!("v{i}")))
+                .expect("begin");
+            txn.swap().expect("swap");
+            txn.commit(KEEP_VERSIONS).expect("commit");
+        }
+        let ids: Vec<String> = site
+            .versions()
+            .expect("versions")
+            .into_iter()
+            .map(|v| v.id)
+            .collect();
+        assert_eq!(ids, vec!["000003", "000004", "000005"]);
+    }
+
+    #[test]
+    fn a_corrupt_undo_copy_is_not_restored() {
+        let f = fixture();
+        let site = f.store.site("a.test");
+        let mut txn = site
+            .begin(Op::Install, new_files(&f, "new"))
+            .expect("begin");
+        txn.swap().expect("swap");
+        std::fs::write(site.undo_dir().join("cert"), b"tampered").expect("write");
+        assert!(matches!(txn.abort(), Err(StoreError::Corrupt { .. })));
+        assert_eq!(read(&f.cert), "new cert", "nothing half-restored");
+    }
+
+    #[test]
+    fn symlink_targets_and_world_writable_dirs_are_refused() {
+        let f = fixture();
+        let site = f.store.site("a.test");
+        let real = f.cert.with_file_name("real.pem");
+        std::fs::rename(&f.cert, &real).expect("mv");
+        std::os::unix::fs::symlink(&real, &f.cert).expect("symlink");
+        let e = site
+            .begin(Op::Install, new_files(&f, "new"))
+            .expect_err("symlink");
+        assert!(matches!(e, StoreError::TargetIsSymlink { .. }), "{e}");
+        std::fs::remove_file(&f.cert).expect("rm");
+        std::fs::rename(&real, &f.cert).expect("mv back");
+
+        let dir = f.cert.parent().expect("parent");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = site
+            .begin(Op::Install, new_files(&f, "new"))
+            .expect_err("unsafe dir");
+        assert!(matches!(e, StoreError::UnsafeDir { .. }), "{e}");
+        assert_eq!(read(&f.cert), "old cert");
+    }
+
+    #[test]
+    fn a_second_lock_fails_fast() {
+        let f = fixture();
+        let _held = f.store.lock().expect("first");
+        assert!(matches!(f.store.lock(), Err(StoreError::Locked { .. })));
+    }
+}

@@ -1,0 +1,120 @@
+//! apache2 / httpd: `apache2 -t -f CONFIG`, then SIGUSR1 (graceful) to the
+//! parent. Measured here: `apache2 -t` passes a mismatched pair and a
+//! truncated cert, and the graceful reload then makes the parent exit, so
+//! after a reload the parent must be checked (a zombie is not alive) and a
+//! dead server started again once the old files are back.
+
+use std::ffi::OsString;
+
+use nix::sys::signal::Signal;
+
+use super::{
+    ProcessState, ServerError, WebServer, process, run_captured, run_reload_command, summarize,
+};
+use crate::config::ServerConfig;
+
+pub struct Apache {
+    cfg: ServerConfig,
+}
+
+impl Apache {
+    pub fn new(cfg: ServerConfig) -> Apache {
+        Apache { cfg }
+    }
+
+    fn base_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        if let Some(p) = &self.cfg.prefix {
+            args.push("-d".into());
+            args.push(p.into());
+        }
+        args.push("-f".into());
+        args.push(self.cfg.config.clone().into());
+        args
+    }
+
+    /// The last error lines of apache's own log, when the config names one
+    /// we can find (best effort: used only to explain a death).
+    fn error_log_tail(&self) -> String {
+        let Ok(conf) = std::fs::read_to_string(&self.cfg.config) else {
+            return String::new();
+        };
+        let path = conf.lines().find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("ErrorLog ")
+                .map(|p| p.trim().trim_matches('"').to_string())
+        });
+        let Some(path) = path else {
+            return String::new();
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return String::new();
+        };
+        let lines: Vec<&str> = text
+            .lines()
+            .rev()
+            .filter(|l| l.contains(":error]") || l.contains(":emerg]") || l.contains(":crit]"))
+            .take(3)
+            .collect();
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {path}: {}",
+                lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )
+        }
+    }
+}
+
+impl WebServer for Apache {
+    fn name(&self) -> &'static str {
+        "apache"
+    }
+
+    fn configtest(&self) -> Result<(), ServerError> {
+        let mut args = vec![OsString::from("-t")];
+        args.extend(self.base_args());
+        match run_captured(&self.cfg.binary, &args)? {
+            Ok(_) => Ok(()),
+            Err((_, output)) => Err(ServerError::ConfigTest {
+                server: "apache",
+                output: summarize(&output, None),
+            }),
+        }
+    }
+
+    fn reload(&self) -> Result<(), ServerError> {
+        match &self.cfg.reload_command {
+            Some(cmd) => run_reload_command(cmd),
+            None => process::signal("apache", &self.cfg.pid_file, Signal::SIGUSR1).map(|_| ()),
+        }
+    }
+
+    fn check_alive(&self) -> Result<(), ServerError> {
+        // The parent dies only after it has re-read the certificates, a
+        // moment after the signal: install checks this between probe slices.
+        let pid = process::read_pid(&self.cfg.pid_file)?;
+        match process::process_state(pid) {
+            ProcessState::Running => Ok(()),
+            ProcessState::Dead(_) => Err(ServerError::DiedOnReload {
+                server: "apache",
+                pid,
+                log: self.error_log_tail(),
+            }),
+        }
+    }
+
+    fn start(&self) -> Result<(), ServerError> {
+        let mut args = self.base_args();
+        args.push("-k".into());
+        args.push("start".into());
+        match run_captured(&self.cfg.binary, &args)? {
+            Ok(_) => Ok(()),
+            Err((_, output)) => Err(ServerError::Start {
+                server: "apache",
+                output: summarize(&output, None),
+            }),
+        }
+    }
+}
