@@ -3,11 +3,15 @@
 //! file. Size-limited, encrypted keys refused. Nothing here touches disk
 //! beyond reading the named files.
 
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::{self, PemObject, SectionKind};
 
-use crate::cert::{CertInfo, KeyKind};
+use crate::cert::{self, CertInfo, KeyKind};
 
 /// The largest input file certswap reads (DESIGN.md step 1).
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -42,7 +46,8 @@ pub enum BundleError {
 }
 
 /// A private key as read, with the PEM text certswap will write.
-#[derive(Debug)]
+///
+/// `Debug` is written by hand so that no key bytes reach a log line.
 pub struct KeyMaterial {
     pub der: PrivateKeyDer<'static>,
     /// PEM text to install (the input PEM block, or DER converted to PEM).
@@ -63,35 +68,676 @@ pub struct Bundle {
     pub key_path: Option<PathBuf>,
 }
 
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("der", &"[secret key elided]")
+            .field("pem", &"[secret key elided]")
+            .field("spki_sha256", &cert::sha256_hex(&self.spki_der))
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
 impl Bundle {
     /// Leaf followed by the chain, as PEM: the content of a full-chain file.
     pub fn fullchain_pem(&self) -> String {
-        todo!()
+        std::iter::once(&self.leaf)
+            .chain(&self.chain)
+            .map(CertInfo::to_pem)
+            .collect()
     }
 
     /// The chain only, as PEM (for an apache-style separate chain file).
     pub fn chain_pem(&self) -> String {
-        todo!()
+        self.chain.iter().map(CertInfo::to_pem).collect()
     }
 }
 
 /// Read a bundle. `cert` may hold the leaf alone or leaf + chain (PEM, or a
 /// single DER certificate); `chain` adds more chain certificates; `key` is
 /// the private key (PEM PKCS#8 / PKCS#1 / SEC1, or DER).
-pub fn load(
-    _cert: &Path,
-    _chain: Option<&Path>,
-    _key: Option<&Path>,
-) -> Result<Bundle, BundleError> {
-    todo!()
+///
+/// Without `key`, a private key block inside the `cert` file (a combined
+/// cert+key PEM) is used as the key.
+pub fn load(cert: &Path, chain: Option<&Path>, key: Option<&Path>) -> Result<Bundle, BundleError> {
+    let cert_bytes = read_limited(cert)?;
+    let parsed = parse_certs(cert, &cert_bytes)?;
+    let mut certs = parsed.certs.into_iter();
+    let leaf = certs.next().ok_or_else(|| BundleError::NoCertificate {
+        path: cert.to_path_buf(),
+    })?;
+    let mut chain_certs: Vec<CertInfo> = certs.collect();
+    if let Some(chain_path) = chain {
+        chain_certs.extend(read_certs(chain_path)?);
+    }
+
+    let (key, key_path) = match key {
+        Some(key_path) => (Some(read_key(key_path)?), Some(key_path.to_path_buf())),
+        None if parsed.has_key => (
+            Some(parse_key(cert, &cert_bytes)?),
+            Some(cert.to_path_buf()),
+        ),
+        None => (None, None),
+    };
+
+    Ok(Bundle {
+        leaf,
+        chain: chain_certs,
+        key,
+        cert_path: cert.to_path_buf(),
+        key_path,
+    })
 }
 
 /// Read the certificates in one file (PEM or DER). Used for installed files too.
-pub fn read_certs(_path: &Path) -> Result<Vec<CertInfo>, BundleError> {
-    todo!()
+pub fn read_certs(path: &Path) -> Result<Vec<CertInfo>, BundleError> {
+    let bytes = read_limited(path)?;
+    Ok(parse_certs(path, &bytes)?.certs)
 }
 
 /// Read one private key file.
-pub fn read_key(_path: &Path) -> Result<KeyMaterial, BundleError> {
-    todo!()
+pub fn read_key(path: &Path) -> Result<KeyMaterial, BundleError> {
+    let bytes = read_limited(path)?;
+    parse_key(path, &bytes)
+}
+
+/// Read a whole file, refusing more than [`MAX_FILE_BYTES`]. The metadata
+/// check catches big regular files early; the bounded read also covers
+/// pipes, devices and a file that grows while being read.
+fn read_limited(path: &Path) -> Result<Vec<u8>, BundleError> {
+    let read_err = |source| BundleError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(BundleError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(BundleError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(BundleError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// The certificates of one file, and whether it also holds a private key.
+struct ParsedCerts {
+    certs: Vec<CertInfo>,
+    has_key: bool,
+}
+
+fn parse_certs(path: &Path, bytes: &[u8]) -> Result<ParsedCerts, BundleError> {
+    if !is_pem(bytes) {
+        return parse_der_cert(path, bytes);
+    }
+    if pem_has_encrypted_key(bytes) {
+        // An encrypted key alone is a key given as --cert; next to
+        // certificates it is a combined file whose key cannot be used.
+        return Err(if contains(bytes, b"-----BEGIN CERTIFICATE-----") {
+            BundleError::EncryptedKey {
+                path: path.to_path_buf(),
+            }
+        } else {
+            BundleError::KeyInsteadOfCert {
+                path: path.to_path_buf(),
+            }
+        });
+    }
+
+    let mut certs = Vec::new();
+    let mut has_key = false;
+    for (index, item) in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes).enumerate() {
+        let (kind, der) = item.map_err(|e| malformed(path, pem_reason(&e, index + 1)))?;
+        match kind {
+            SectionKind::Certificate => {
+                let info = CertInfo::from_der(&der).map_err(|e| {
+                    malformed(
+                        path,
+                        format!("certificate #{} of the file: {e}", certs.len() + 1),
+                    )
+                })?;
+                certs.push(info);
+            }
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey => {
+                has_key = true;
+            }
+            // CRLs, CSRs and public keys are not part of what gets installed.
+            _ => {}
+        }
+    }
+    if certs.is_empty() {
+        return Err(if has_key {
+            BundleError::KeyInsteadOfCert {
+                path: path.to_path_buf(),
+            }
+        } else {
+            BundleError::NoCertificate {
+                path: path.to_path_buf(),
+            }
+        });
+    }
+    Ok(ParsedCerts { certs, has_key })
+}
+
+/// A file that is not PEM: one DER certificate, or else say what it is.
+fn parse_der_cert(path: &Path, bytes: &[u8]) -> Result<ParsedCerts, BundleError> {
+    match CertInfo::from_der(bytes) {
+        Ok(info) => Ok(ParsedCerts {
+            certs: vec![info],
+            has_key: false,
+        }),
+        Err(_) if is_encrypted_der_key(bytes) || PrivateKeyDer::try_from(bytes).is_ok() => {
+            Err(BundleError::KeyInsteadOfCert {
+                path: path.to_path_buf(),
+            })
+        }
+        // Every DER certificate starts with a SEQUENCE tag: anything else
+        // is not a certificate at all (text, a zip, a typo'd path).
+        Err(e) if bytes.first() == Some(&0x30) => Err(malformed(
+            path,
+            format!("not a valid DER certificate ({e})"),
+        )),
+        Err(_) => Err(BundleError::NoCertificate {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+fn parse_key(path: &Path, bytes: &[u8]) -> Result<KeyMaterial, BundleError> {
+    let der = if is_pem(bytes) {
+        if pem_has_encrypted_key(bytes) {
+            return Err(BundleError::EncryptedKey {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut keys = Vec::new();
+        for (index, item) in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes).enumerate() {
+            let (kind, der) = item.map_err(|e| malformed(path, pem_reason(&e, index + 1)))?;
+            if let Some(key) = PrivateKeyDer::from_pem(kind, der) {
+                keys.push(key);
+            }
+        }
+        match keys.len() {
+            0 => {
+                return Err(BundleError::NoKey {
+                    path: path.to_path_buf(),
+                });
+            }
+            1 => keys.remove(0),
+            count => {
+                return Err(BundleError::SeveralKeys {
+                    path: path.to_path_buf(),
+                    count,
+                });
+            }
+        }
+    } else {
+        if is_encrypted_der_key(bytes) {
+            return Err(BundleError::EncryptedKey {
+                path: path.to_path_buf(),
+            });
+        }
+        match PrivateKeyDer::try_from(bytes) {
+            Ok(key) => key.clone_key(),
+            Err(_) if CertInfo::from_der(bytes).is_ok() => {
+                return Err(BundleError::NoKey {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(_) => {
+                return Err(malformed(path, "not a PEM or DER private key".into()));
+            }
+        }
+    };
+    key_material(path, der)
+}
+
+/// Derive what certswap needs of a key. The public key comes from ring via
+/// rustls, the same code that will later sign handshakes with it, so a key
+/// that passes here is one the TLS stack can use.
+fn key_material(path: &Path, der: PrivateKeyDer<'static>) -> Result<KeyMaterial, BundleError> {
+    // Never format the key or ring's error: only a fixed reason.
+    let unsupported = || {
+        malformed(
+            path,
+            "unsupported or corrupt private key (supported: RSA 2048-8192 bits, ECDSA P-256/P-384, Ed25519)".into(),
+        )
+    };
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|_| unsupported())?;
+    let spki_der = signing_key
+        .public_key()
+        .ok_or_else(unsupported)?
+        .as_ref()
+        .to_vec();
+    let kind = cert::key_kind_of_spki(&spki_der).map_err(|_| unsupported())?;
+    let label = match &der {
+        PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
+        PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
+        _ => "PRIVATE KEY",
+    };
+    let pem = ::pem::encode_config(
+        &::pem::Pem::new(label, der.secret_der().to_vec()),
+        ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF),
+    );
+    Ok(KeyMaterial {
+        der,
+        pem,
+        spki_der,
+        kind,
+    })
+}
+
+/// A reason for a PEM syntax error that names the block but never echoes
+/// file content (the block may be a private key).
+fn pem_reason(e: &pem::Error, block: usize) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "truncated PEM: block #{block} ('{}') has no END line",
+            String::from_utf8_lossy(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { .. } => {
+            format!("malformed PEM: block #{block} has a broken BEGIN line")
+        }
+        pem::Error::Base64Decode(_) => {
+            format!("malformed PEM: block #{block} has corrupt base64 content")
+        }
+        _ => format!("malformed PEM at block #{block}"),
+    }
+}
+
+fn malformed(path: &Path, reason: String) -> BundleError {
+    BundleError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn is_pem(bytes: &[u8]) -> bool {
+    contains(bytes, b"-----BEGIN ")
+}
+
+/// PKCS#8 "ENCRYPTED PRIVATE KEY" blocks are skipped by the PEM reader as an
+/// unknown label, and legacy OpenSSL encryption ("Proc-Type: 4,ENCRYPTED"
+/// headers) looks like corrupt base64: both are caught here first so the
+/// user is told what to do instead.
+fn pem_has_encrypted_key(bytes: &[u8]) -> bool {
+    contains(bytes, b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || contains(bytes, b"Proc-Type: 4,ENCRYPTED")
+}
+
+/// A DER PKCS#8 EncryptedPrivateKeyInfo: its AlgorithmIdentifier near the
+/// start names PBES2 (1.2.840.113549.1.5.13) or a PKCS#12 PBE scheme
+/// (1.2.840.113549.1.12.1.*).
+fn is_encrypted_der_key(bytes: &[u8]) -> bool {
+    const PBES2: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x05, 0x0d,
+    ];
+    const PKCS12_PBE: &[u8] = &[
+        0x06, 0x0a, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x0c, 0x01,
+    ];
+    let head = &bytes[..bytes.len().min(32)];
+    bytes.first() == Some(&0x30) && (contains(head, PBES2) || contains(head, PKCS12_PBE))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use rcgen::KeyPair;
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::cert::testpki::*;
+
+    struct Fixture {
+        dir: TempDir,
+        leaf: CertInfo,
+        inter: CertInfo,
+        key: KeyPair,
+    }
+
+    fn fixture() -> Fixture {
+        let root_ca = root("Bundle Root");
+        let inter = intermediate("Bundle Inter", &root_ca);
+        let key = p256();
+        let leaf = sign_leaf(&leaf_params(&["www.example.com"]), &key, &inter);
+        Fixture {
+            dir: tempfile::tempdir().expect("tempdir"),
+            leaf,
+            inter: inter.cert,
+            key,
+        }
+    }
+
+    impl Fixture {
+        fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, content).expect("write fixture");
+            path
+        }
+    }
+
+    fn openssl(dir: &Path, args: &[&str], out_name: &str) -> Vec<u8> {
+        let out_path = dir.join(out_name);
+        // `-out` goes right after the subcommand: genrsa wants the key size last.
+        let out = Command::new("openssl")
+            .arg(args[0])
+            .arg("-out")
+            .arg(&out_path)
+            .args(&args[1..])
+            .output()
+            .expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?} failed: {out:?}");
+        std::fs::read(&out_path).expect("read openssl output")
+    }
+
+    #[test]
+    fn pem_leaf_then_chain_with_key() {
+        let f = fixture();
+        let cert = f.write("site.pem", f.leaf.to_pem() + &f.inter.to_pem());
+        let key = f.write("site.key", f.key.serialize_pem());
+        let b = load(&cert, None, Some(&key)).expect("load");
+        assert_eq!(b.leaf.sha256, f.leaf.sha256);
+        assert_eq!(b.chain.len(), 1);
+        assert_eq!(b.chain[0].sha256, f.inter.sha256);
+        let k = b.key.as_ref().expect("key");
+        assert_eq!(k.spki_der, f.leaf.spki_der);
+        assert_eq!(
+            k.kind,
+            KeyKind::Ec {
+                curve: "P-256".into()
+            }
+        );
+        assert!(k.pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        assert_eq!(b.key_path.as_deref(), Some(key.as_path()));
+        assert_eq!(b.fullchain_pem(), f.leaf.to_pem() + &f.inter.to_pem());
+        assert_eq!(b.chain_pem(), f.inter.to_pem());
+    }
+
+    #[test]
+    fn separate_chain_file_apache_style() {
+        let f = fixture();
+        let cert = f.write("site_public.crt", f.leaf.to_pem());
+        let chain = f.write("site_chain.crt", f.inter.to_pem());
+        let b = load(&cert, Some(&chain), None).expect("load");
+        assert_eq!(b.chain.len(), 1);
+        assert!(b.key.is_none());
+        assert!(b.key_path.is_none());
+    }
+
+    #[test]
+    fn combined_cert_and_key_file_supplies_the_key() {
+        let f = fixture();
+        let cert = f.write(
+            "combined.pem",
+            f.leaf.to_pem() + &f.key.serialize_pem() + &f.inter.to_pem(),
+        );
+        let b = load(&cert, None, None).expect("load");
+        assert_eq!(b.chain.len(), 1);
+        assert_eq!(b.key.expect("key").spki_der, f.leaf.spki_der);
+        assert_eq!(b.key_path.as_deref(), Some(cert.as_path()));
+    }
+
+    #[test]
+    fn der_cert_accepted() {
+        let f = fixture();
+        let cert = f.write("site.der", f.leaf.der.as_ref());
+        let certs = read_certs(&cert).expect("read der");
+        assert_eq!(certs.len(), 1);
+        assert_eq!(certs[0].sha256, f.leaf.sha256);
+    }
+
+    #[test]
+    fn der_key_accepted_and_converted_to_pem() {
+        let f = fixture();
+        let key = f.write("site.key.der", f.key.serialize_der());
+        let k = read_key(&key).expect("read der key");
+        assert_eq!(k.spki_der, f.leaf.spki_der);
+        assert_eq!(
+            k.pem.trim_end(),
+            f.key.serialize_pem().replace("\r\n", "\n").trim_end()
+        );
+    }
+
+    #[test]
+    fn pkcs1_and_sec1_keep_their_labels() {
+        let f = fixture();
+        let d = f.dir.path();
+        let rsa = openssl(d, &["genrsa", "-traditional", "2048"], "rsa.key");
+        assert!(rsa.starts_with(b"-----BEGIN RSA PRIVATE KEY-----"));
+        let k = read_key(&f.write("rsa.key", &rsa)).expect("pkcs1");
+        assert!(k.pem.starts_with("-----BEGIN RSA PRIVATE KEY-----\n"));
+        assert!(matches!(k.der, PrivateKeyDer::Pkcs1(_)));
+        assert_eq!(k.kind, KeyKind::Rsa { bits: 2048 });
+
+        let ec = openssl(
+            d,
+            &["ecparam", "-genkey", "-name", "secp384r1", "-noout"],
+            "ec.key",
+        );
+        assert!(ec.starts_with(b"-----BEGIN EC PRIVATE KEY-----"));
+        let k = read_key(&f.write("ec.key", &ec)).expect("sec1");
+        assert!(k.pem.starts_with("-----BEGIN EC PRIVATE KEY-----\n"));
+        assert_eq!(
+            k.kind,
+            KeyKind::Ec {
+                curve: "P-384".into()
+            }
+        );
+    }
+
+    #[test]
+    fn encrypted_key_refused() {
+        let f = fixture();
+        let d = f.dir.path();
+        let pkcs8 = openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-aes-128-cbc",
+                "-pass",
+                "pass:secret",
+            ],
+            "enc8.key",
+        );
+        assert!(pkcs8.starts_with(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+        let legacy = openssl(
+            d,
+            &[
+                "genrsa",
+                "-traditional",
+                "-aes128",
+                "-passout",
+                "pass:secret",
+                "2048",
+            ],
+            "legacy.key",
+        );
+        assert!(String::from_utf8_lossy(&legacy).contains("Proc-Type: 4,ENCRYPTED"));
+        let der = openssl(
+            d,
+            &[
+                "pkcs8",
+                "-topk8",
+                "-in",
+                d.join("enc8.key").to_str().expect("utf-8 path"),
+                "-passin",
+                "pass:secret",
+                "-v2",
+                "aes-256-cbc",
+                "-passout",
+                "pass:other",
+                "-outform",
+                "DER",
+            ],
+            "enc8.der",
+        );
+
+        for (name, bytes) in [("a.key", &pkcs8), ("b.key", &legacy), ("c.der", &der)] {
+            let path = f.write(name, bytes);
+            let err = read_key(&path).expect_err("encrypted key must be refused");
+            assert!(
+                matches!(err, BundleError::EncryptedKey { .. }),
+                "{name}: {err}"
+            );
+            assert!(err.to_string().contains(name));
+        }
+    }
+
+    #[test]
+    fn key_as_cert_refused() {
+        let f = fixture();
+        let pem_key = f.write("site.key", f.key.serialize_pem());
+        let der_key = f.write("site.key.der", f.key.serialize_der());
+        for path in [pem_key, der_key] {
+            let err = load(&path, None, None).expect_err("key given as cert");
+            assert!(matches!(err, BundleError::KeyInsteadOfCert { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn cert_as_key_is_no_key() {
+        let f = fixture();
+        let cert = f.write("site.pem", f.leaf.to_pem());
+        assert!(matches!(read_key(&cert), Err(BundleError::NoKey { .. })));
+        let der = f.write("site.der", f.leaf.der.as_ref());
+        assert!(matches!(read_key(&der), Err(BundleError::NoKey { .. })));
+    }
+
+    #[test]
+    fn several_keys_refused() {
+        let f = fixture();
+        let two = f.write("two.key", f.key.serialize_pem() + &p256().serialize_pem());
+        assert!(matches!(
+            read_key(&two),
+            Err(BundleError::SeveralKeys { count: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_pem_refused() {
+        let f = fixture();
+        let full = f.leaf.to_pem() + &f.inter.to_pem();
+        let cut = &full[..full.len() - 200];
+        let path = f.write("cut.pem", cut);
+        let err = read_certs(&path).expect_err("truncated");
+        match &err {
+            BundleError::Malformed { reason, .. } => {
+                assert!(reason.contains("truncated"), "{reason}");
+                assert!(reason.contains("#2"), "{reason}");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mangled_base64_refused() {
+        let f = fixture();
+        let pem_text = f.leaf.to_pem();
+        // Corrupt one character inside the second base64 line.
+        let mut lines: Vec<String> = pem_text.lines().map(str::to_owned).collect();
+        lines[2].replace_range(10..11, "!");
+        let path = f.write("mangled.pem", lines.join("\n"));
+        let err = read_certs(&path).expect_err("mangled");
+        assert!(
+            matches!(&err, BundleError::Malformed { reason, .. } if reason.contains("base64")),
+            "{err:?}"
+        );
+
+        // Valid base64 of the wrong bytes: the certificate itself is bad.
+        let mut der = f.leaf.der.to_vec();
+        der.truncate(der.len() / 2);
+        let half = ::pem::encode(&::pem::Pem::new("CERTIFICATE", der));
+        let err = read_certs(&f.write("half.pem", half)).expect_err("half a cert");
+        assert!(
+            matches!(&err, BundleError::Malformed { reason, .. } if reason.contains("certificate #1")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn corrupt_key_message_has_no_key_bytes() {
+        let f = fixture();
+        // Valid base64 and a PKCS#8 label, but bytes no key parser accepts.
+        let body = vec![0x30, 0x03, 0x02, 0x01, 0x00];
+        let text = ::pem::encode(&::pem::Pem::new("PRIVATE KEY", body));
+        let b64 = text.lines().nth(1).expect("base64 line").to_owned();
+        let err = read_key(&f.write("bad.key", &text)).expect_err("corrupt key");
+        let msg = err.to_string();
+        assert!(msg.contains("unsupported or corrupt private key"), "{msg}");
+        assert!(!msg.contains(&b64), "{msg}");
+
+        let good = read_key(&f.write("good.key", f.key.serialize_pem())).expect("key");
+        let dbg = format!("{good:?}");
+        assert!(dbg.contains("elided"), "{dbg}");
+        assert!(!dbg.contains("BEGIN"), "{dbg}");
+    }
+
+    #[test]
+    fn oversize_refused() {
+        let f = fixture();
+        let mut big = f.leaf.to_pem().into_bytes();
+        big.resize(MAX_FILE_BYTES as usize + 1, b'\n');
+        let path = f.write("big.pem", big);
+        assert!(matches!(
+            read_certs(&path),
+            Err(BundleError::TooLarge { .. })
+        ));
+        assert!(matches!(read_key(&path), Err(BundleError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn empty_and_garbage_refused() {
+        let f = fixture();
+        let empty = f.write("empty.pem", "");
+        assert!(matches!(read_certs(&empty), Err(BundleError::Empty { .. })));
+        let blank = f.write("blank.pem", "\n  \n");
+        assert!(matches!(read_certs(&blank), Err(BundleError::Empty { .. })));
+        let garbage = f.write("garbage.pem", "hello, this is not a certificate\n");
+        assert!(matches!(
+            read_certs(&garbage),
+            Err(BundleError::NoCertificate { .. })
+        ));
+        let der_garbage = f.write("garbage.der", [0x30, 0x03, 0x01, 0x01, 0xff]);
+        assert!(matches!(
+            read_certs(&der_garbage),
+            Err(BundleError::Malformed { .. })
+        ));
+        let csr_only = f.write(
+            "only.csr",
+            "-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n",
+        );
+        assert!(matches!(
+            read_certs(&csr_only),
+            Err(BundleError::NoCertificate { .. })
+        ));
+        let missing = f.dir.path().join("missing.pem");
+        assert!(matches!(
+            read_certs(&missing),
+            Err(BundleError::Read { .. })
+        ));
+    }
 }
