@@ -35,12 +35,32 @@ pub enum Command {
     Install(InstallArgs),
     /// Put the previous version back, verified.
     Rollback(RollbackArgs),
+    /// Every site: installed notAfter, days left, state; with --probe, what is served.
+    Status(StatusArgs),
+    /// Print the TLS sites found in the web server's config as [[site]] blocks.
+    Discover(DiscoverArgs),
+    /// The agent: watch sources, install renewals, check expiry and drift.
+    Run(RunArgs),
+    /// For certbot `--deploy-hook` and acme.sh `--reloadcmd`: install the renewed lineage.
+    DeployHook(DeployHookArgs),
+    /// Print shell completions.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// HOST:PORT, or SNI@HOST:PORT.
-    pub target: String,
+    #[arg(required_unless_present = "targets", conflicts_with = "targets")]
+    pub target: Option<String>,
+    /// Probe every `SNI@HOST:PORT` (or `HOST:PORT`) line of FILE concurrently.
+    #[arg(long, value_name = "FILE")]
+    pub targets: Option<PathBuf>,
+    /// Handshakes in flight with --targets.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
     /// Server name to send (default: the host).
     #[arg(long)]
     pub sni: Option<String>,
@@ -65,8 +85,8 @@ pub struct ProbeArgs {
 #[derive(Debug, Args)]
 pub struct BundleArgs {
     /// Certificate file: leaf, or leaf followed by its chain (PEM or DER).
-    #[arg(long)]
-    pub cert: PathBuf,
+    #[arg(long, required_unless_present = "batch")]
+    pub cert: Option<PathBuf>,
     /// Private key; without it the new cert must match the installed key.
     #[arg(long)]
     pub key: Option<PathBuf>,
@@ -90,8 +110,12 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     /// The site of the config to install to.
-    #[arg(long)]
-    pub site: String,
+    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    pub site: Option<String>,
+    /// Install every SITE.pem/SITE.key pair in DIR as one batch: one config
+    /// test, one reload, concurrent probes, per-site results.
+    #[arg(long, value_name = "DIR")]
+    pub batch: Option<PathBuf>,
     #[command(flatten)]
     pub bundle: BundleArgs,
     /// Install even if the cert does not extend the installed one or drops names.
@@ -113,4 +137,51 @@ pub struct RollbackArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Also handshake with every endpoint: what is served, and drift from disk.
+    #[arg(long)]
+    pub probe: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// Print JSON instead of TOML.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Log line format of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Do one pass (sources, installs, expiry and drift checks) and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployHookArgs {
+    /// Print one JSON object per installed site.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
 }

@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::cli::{CheckArgs, Cli, Command, InstallArgs, ProbeArgs, RollbackArgs};
+use crate::cli::{
+    CheckArgs, Cli, Command, CompletionsArgs, DeployHookArgs, InstallArgs, ProbeArgs, RollbackArgs,
+    RunArgs, StatusArgs,
+};
 use crate::config::Config;
 use crate::install::{self, Env, Request};
 use crate::probe::{self, Prober, Target};
@@ -25,6 +28,12 @@ pub fn run(cli: Cli) -> u8 {
         Command::Check(a) => check_cmd(&cli.config, a),
         Command::Install(a) => install_cmd(&cli.config, a),
         Command::Rollback(a) => rollback_cmd(&cli.config, a),
+        Command::Status(a) => status_cmd(&cli.config, a),
+        Command::Discover(a) => discover_cmd(&cli.config, a),
+        Command::Run(a) => run_cmd(&cli.config, a),
+        Command::DeployHook(a) => deploy_hook_cmd(&cli.config, a),
+        Command::Completions(a) => completions_cmd(a),
+        Command::Man => man_cmd(),
     };
     match result {
         Ok(code) => code,
@@ -40,7 +49,13 @@ type CmdResult = Result<u8, String>;
 
 fn probe_cmd(a: &ProbeArgs) -> CmdResult {
     let timeout = parse_duration("--timeout", &a.timeout)?;
-    let mut target = Target::parse(&a.target, None).map_err(|e| e.to_string())?;
+    if let Some(file) = &a.targets {
+        return probe_targets_cmd(a, file, timeout);
+    }
+    let Some(spec) = &a.target else {
+        return Err("probe needs HOST:PORT or --targets FILE".into());
+    };
+    let mut target = Target::parse(spec, None).map_err(|e| e.to_string())?;
     if let Some(sni) = &a.sni {
         target.sni = sni.clone();
     }
@@ -90,6 +105,68 @@ fn probe_cmd(a: &ProbeArgs) -> CmdResult {
     }
 }
 
+/// `probe --targets FILE`: every line concurrently on one runtime; a
+/// failed target is a row, not a crash. Exit 0 when every target answered.
+fn probe_targets_cmd(a: &ProbeArgs, file: &Path, timeout: Duration) -> CmdResult {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    let mut targets = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut t =
+            Target::parse(line, None).map_err(|e| format!("{}:{}: {e}", file.display(), i + 1))?;
+        if let Some(sni) = &a.sni {
+            t.sni = sni.clone();
+        }
+        targets.push(t);
+    }
+    let prober = Prober::new(a.ca.as_deref(), timeout).map_err(|e| e.to_string())?;
+    let results = probe::block_on(probe::probe_many(&prober, &targets, a.concurrency.max(1)));
+    let mut failed = 0usize;
+    let mut out = String::new();
+    for (t, r) in targets.iter().zip(&results) {
+        match r {
+            Ok(s) if a.json => {
+                let mut v = s.to_json();
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("target".into(), t.to_string().into());
+                }
+                out.push_str(&v.to_string());
+            }
+            Ok(s) => out.push_str(&format!(
+                "{t}  notAfter={}  sha256={}  trusted={}",
+                crate::cert::openssl_date(s.leaf.not_after),
+                s.leaf.sha256,
+                if s.trusted { "yes" } else { "no" }
+            )),
+            Err(e) => {
+                failed += 1;
+                if a.json {
+                    out.push_str(
+                        &serde_json::json!({"target": t.to_string(), "error": e.to_string()})
+                            .to_string(),
+                    );
+                } else {
+                    out.push_str(&format!("{t}  error: {e}"));
+                }
+            }
+        }
+        out.push('\n');
+    }
+    print!("{out}");
+    if failed > 0 {
+        eprintln!(
+            "certswap: {failed} of {} targets gave no handshake",
+            targets.len()
+        );
+        return Ok(EXIT_ENV);
+    }
+    Ok(EXIT_OK)
+}
+
 fn check_cmd(config: &Path, a: &CheckArgs) -> CmdResult {
     let cfg;
     let site = match &a.site {
@@ -101,9 +178,10 @@ fn check_cmd(config: &Path, a: &CheckArgs) -> CmdResult {
     };
     let mut out = Outcome::new(site.map_or("", |s| s.name.as_str()));
     let b = &a.bundle;
+    let cert = b.cert.as_deref().ok_or("check needs --cert FILE")?;
     install::check(
         site,
-        &b.cert,
+        cert,
         b.chain.as_deref(),
         b.key.as_deref(),
         false,
@@ -117,21 +195,22 @@ fn check_cmd(config: &Path, a: &CheckArgs) -> CmdResult {
 
 fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
-    let site = cfg.site(&a.site).map_err(|e| e.to_string())?;
-    if site.mode == crate::config::Mode::Managed {
-        return Err(format!(
-            "{}: site {} has mode = \"managed\", which this version does not support yet; use \"in-place\"",
-            cfg.path.display(),
-            site.name
-        ));
+    if let Some(dir) = &a.batch {
+        return batch_cmd(&cfg, dir, a);
     }
+    let name = a
+        .site
+        .as_deref()
+        .ok_or("install needs --site NAME (or --batch DIR)")?;
+    let site = cfg.site(name).map_err(|e| e.to_string())?;
+    let b = &a.bundle;
+    let cert = b.cert.as_deref().ok_or("install needs --cert FILE")?;
     with_env(&cfg, a.json, |env| {
-        let b = &a.bundle;
         install::install(
             env,
             &Request {
                 site,
-                cert: &b.cert,
+                cert,
                 key: b.key.as_deref(),
                 chain: b.chain.as_deref(),
                 force: a.force,
@@ -141,29 +220,118 @@ fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
     })
 }
 
+/// `install --batch DIR`: one outcome per bundle; the exit code is the
+/// worst of them (3 over 2 over 1 over 0).
+fn batch_cmd(cfg: &Config, dir: &Path, a: &InstallArgs) -> CmdResult {
+    let parts = EnvParts::build(cfg)?;
+    let outcomes = crate::batch::install_dir(&parts.env(cfg), dir, a.force, a.dry_run)
+        .map_err(|e| e.to_string())?;
+    emit_many(&outcomes, a.json)
+}
+
+fn emit_many(outcomes: &[Outcome], json: bool) -> CmdResult {
+    let mut worst = EXIT_OK;
+    for out in outcomes {
+        if json {
+            let text =
+                serde_json::to_string(out).map_err(|e| format!("cannot encode the result: {e}"))?;
+            println!("{text}");
+        } else {
+            print!("{}", out.to_text());
+        }
+        let code = out.result.exit_code();
+        if code == 3 || (worst != 3 && code > worst) {
+            worst = code;
+        }
+    }
+    Ok(worst)
+}
+
 fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
     let site = cfg.site(&a.site).map_err(|e| e.to_string())?;
     with_env(&cfg, a.json, |env| install::rollback(env, site))
 }
 
-/// Build server, prober and store from the config, run `f`, print.
+fn status_cmd(config: &Path, a: &StatusArgs) -> CmdResult {
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let report = crate::status::collect(&cfg, a.probe).map_err(|e| e.to_string())?;
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(report.exit_code())
+}
+
+fn discover_cmd(_config: &Path, _a: &crate::cli::DiscoverArgs) -> CmdResult {
+    Err("discover is not built yet".into())
+}
+
+fn run_cmd(config: &Path, a: &RunArgs) -> CmdResult {
+    crate::agent::run(config, crate::agent::RunOptions { once: a.once })
+        .map_err(|e| e.to_string())?;
+    Ok(EXIT_OK)
+}
+
+fn deploy_hook_cmd(config: &Path, a: &DeployHookArgs) -> CmdResult {
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let parts = EnvParts::build(&cfg)?;
+    let vars = |k: &str| std::env::var(k).ok();
+    let outcomes = crate::hook::deploy(&parts.env(&cfg), &vars).map_err(|e| e.to_string())?;
+    emit_many(&outcomes, a.json)
+}
+
+fn completions_cmd(a: &CompletionsArgs) -> CmdResult {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    clap_complete::generate(a.shell, &mut cmd, "certswap", &mut std::io::stdout());
+    Ok(EXIT_OK)
+}
+
+fn man_cmd() -> CmdResult {
+    use clap::CommandFactory;
+    let man = clap_mangen::Man::new(Cli::command());
+    man.render(&mut std::io::stdout())
+        .map_err(|e| format!("cannot write the man page: {e}"))?;
+    Ok(EXIT_OK)
+}
+
+/// What an [`Env`] borrows: the server, prober and store of a config.
+struct EnvParts {
+    server: Box<dyn server::WebServer>,
+    prober: Prober,
+    store: Store,
+}
+
+impl EnvParts {
+    fn build(cfg: &Config) -> Result<EnvParts, String> {
+        Ok(EnvParts {
+            server: server::from_config(&cfg.server),
+            prober: Prober::new(cfg.probe.ca_file.as_deref(), cfg.probe.timeout)
+                .map_err(|e| e.to_string())?,
+            store: Store::open(&cfg.state_dir).map_err(|e| e.to_string())?,
+        })
+    }
+
+    fn env<'a>(&'a self, cfg: &'a Config) -> Env<'a> {
+        Env {
+            config: cfg,
+            server: self.server.as_ref(),
+            prober: &self.prober,
+            store: &self.store,
+        }
+    }
+}
+
+/// Build the environment of `cfg`, run `f`, print its outcome.
 fn with_env(
     cfg: &Config,
     json: bool,
     f: impl FnOnce(&Env<'_>) -> Result<Outcome, install::InstallError>,
 ) -> CmdResult {
-    let server = server::from_config(&cfg.server);
-    let prober =
-        Prober::new(cfg.probe.ca_file.as_deref(), cfg.probe.timeout).map_err(|e| e.to_string())?;
-    let store = Store::open(&cfg.state_dir).map_err(|e| e.to_string())?;
-    let env = Env {
-        config: cfg,
-        server: server.as_ref(),
-        prober: &prober,
-        store: &store,
-    };
-    match f(&env) {
+    let parts = EnvParts::build(cfg)?;
+    match f(&parts.env(cfg)) {
         Ok(out) => emit(&out, json),
         Err(e) => {
             if json {

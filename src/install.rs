@@ -184,7 +184,7 @@ pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
 }
 
 /// Steps 3–8: stage, swap, config test, reload, probe, commit — or undo.
-fn apply(
+pub(crate) fn apply(
     env: &Env<'_>,
     site: &Site,
     site_store: &SiteStore,
@@ -247,7 +247,7 @@ fn apply(
 /// Rollback of an open change: restore the old files, then (if the server
 /// may have loaded the new ones) config-test and reload, and prove the old
 /// leaves are served again. Always ends `rolled_back` (exit 3).
-fn undo(
+pub(crate) fn undo(
     env: &Env<'_>,
     txn: Txn,
     before: &[(Target, String)],
@@ -293,15 +293,15 @@ fn undo(
     Ok(out)
 }
 
-struct Waited {
-    rows: Vec<ServedRow>,
+pub(crate) struct Waited {
+    pub(crate) rows: Vec<ServedRow>,
     /// None when every target served the expected leaf.
-    failure: Option<String>,
+    pub(crate) failure: Option<String>,
 }
 
 /// Probe `targets` until they serve `sha` (in slices, looking at the server
 /// between slices so a dead server ends the wait early).
-fn wait_served(env: &Env<'_>, targets: &[Target], sha: &str, new: bool) -> Waited {
+pub(crate) fn wait_served(env: &Env<'_>, targets: &[Target], sha: &str, new: bool) -> Waited {
     let pc = &env.config.probe;
     let deadline = Instant::now() + pc.deadline;
     let mut first = true;
@@ -377,7 +377,7 @@ fn describe_mismatch(
 }
 
 /// One handshake per endpoint before anything changes.
-fn serving_now(prober: &Prober, targets: &[Target]) -> Result<Vec<(Target, String)>, InstallError> {
+pub(crate) fn serving_now(prober: &Prober, targets: &[Target]) -> Result<Vec<(Target, String)>, InstallError> {
     let results = probe::block_on(probe::probe_many(prober, targets, 64));
     let mut out = Vec::new();
     for (t, r) in targets.iter().zip(results) {
@@ -394,7 +394,7 @@ fn serving_now(prober: &Prober, targets: &[Target]) -> Result<Vec<(Target, Strin
     Ok(out)
 }
 
-fn group_by_sha(before: &[(Target, String)]) -> Vec<(String, Vec<Target>)> {
+pub(crate) fn group_by_sha(before: &[(Target, String)]) -> Vec<(String, Vec<Target>)> {
     let mut groups: Vec<(String, Vec<Target>)> = Vec::new();
     for (t, sha) in before {
         match groups.iter_mut().find(|(s, _)| s == sha) {
@@ -458,7 +458,7 @@ fn op_name(op: &Op) -> &'static str {
 
 /// What the site's files hold now, for validation. Unreadable installed
 /// files are not fatal (the new bundle may be the repair), but said.
-fn read_installed(site: &Site) -> (Installed, Vec<String>) {
+pub(crate) fn read_installed(site: &Site) -> (Installed, Vec<String>) {
     let mut warnings = Vec::new();
     let mut installed = Installed::default();
     if site.cert.exists() {
@@ -492,7 +492,7 @@ fn read_installed(site: &Site) -> (Installed, Vec<String>) {
 
 /// The bytes each of the site's files gets from `bundle`: a full chain in
 /// `cert`, or leaf in `cert` and chain in `chain` when the site has one.
-fn new_files(site: &Site, bundle: &Bundle) -> Vec<NewFile> {
+pub(crate) fn new_files(site: &Site, bundle: &Bundle) -> Vec<NewFile> {
     let mut files = Vec::new();
     let cert_pem = match &site.chain {
         Some(_) => bundle.leaf.to_pem(),
@@ -524,7 +524,7 @@ fn new_files(site: &Site, bundle: &Bundle) -> Vec<NewFile> {
     files
 }
 
-fn leaf_of_pem(bytes: &[u8]) -> Option<CertInfo> {
+pub(crate) fn leaf_of_pem(bytes: &[u8]) -> Option<CertInfo> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let der = CertificateDer::pem_slice_iter(bytes).next()?.ok()?;

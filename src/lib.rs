@@ -13,10 +13,16 @@
 //! - [`server`]    the web servers behind one trait: config test and reload.
 //! - [`probe`]     TLS handshake probe, served-chain facts, wait-until-served.
 //! - [`install`]   the pipeline of DESIGN.md as one readable function.
+//! - [`batch`]     many sites in one go: one config test, one reload.
+//! - [`status`]    every site at a glance: days left, state, drift.
+//! - [`agent`]     the daemon loop: sources, batches, expiry and drift watch.
+//! - [`hook`]      certbot / acme.sh deploy hook.
 //! - [`report`]    text and JSON output of results.
 //! - [`failpoint`] test-only crash points (`CERTSWAP_FAILPOINT`).
 //! - [`commands`]  one function per CLI command, wiring the pieces together.
 
+pub mod agent;
+pub mod batch;
 pub mod bundle;
 pub mod cert;
 pub mod cli;
@@ -24,9 +30,11 @@ pub mod commands;
 pub mod config;
 pub mod failpoint;
 pub mod fsio;
+pub mod hook;
 pub mod install;
 pub mod probe;
 pub mod report;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod validate;
