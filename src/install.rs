@@ -377,7 +377,10 @@ fn describe_mismatch(
 }
 
 /// One handshake per endpoint before anything changes.
-pub(crate) fn serving_now(prober: &Prober, targets: &[Target]) -> Result<Vec<(Target, String)>, InstallError> {
+pub(crate) fn serving_now(
+    prober: &Prober,
+    targets: &[Target],
+) -> Result<Vec<(Target, String)>, InstallError> {
     let results = probe::block_on(probe::probe_many(prober, targets, 64));
     let mut out = Vec::new();
     for (t, r) in targets.iter().zip(results) {
