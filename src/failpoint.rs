@@ -29,3 +29,11 @@ pub fn hit(name: &str) {
         std::process::abort();
     }
 }
+
+/// Tests only: with `CERTSWAP_TEST_SKIP_VALIDATION=1` a *debug* build skips
+/// the rules of step 2, so a test can hand a server a pair it will choke on
+/// (apache's parent exits on a mismatched pair that `apache2 -t` passes).
+/// Release builds never honour it.
+pub fn skip_validation() -> bool {
+    cfg!(debug_assertions) && std::env::var("CERTSWAP_TEST_SKIP_VALIDATION").is_ok_and(|v| v == "1")
+}

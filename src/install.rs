@@ -11,14 +11,14 @@
 //! handshakes: "verified" (invariant 5), or the old leaf served again
 //! (invariant 6).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
 use crate::bundle::{self, Bundle};
 use crate::cert::{self, CertInfo};
-use crate::config::{Config, Site};
+use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 use crate::probe::{self, Prober, Served, Target};
 use crate::report::{Leaf, Outcome, ResultKind, ServedRow};
@@ -101,7 +101,11 @@ pub fn check(
         now: OffsetDateTime::now_utc(),
         force,
     };
-    let report = validate::validate(&mut bundle, &ctx);
+    let report = if failpoint::skip_validation() {
+        Ok(validate::Report::default())
+    } else {
+        validate::validate(&mut bundle, &ctx)
+    };
     out.timings_ms.validate = ms(started);
     match report {
         Ok(r) => {
@@ -155,7 +159,10 @@ pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
     let site_store = env.store.site(&site.name);
     recover_site(env, site, &site_store)?;
 
-    let (version, files) = site_store.previous()?;
+    let (version, files) = match site.mode {
+        Mode::InPlace => site_store.previous()?,
+        Mode::Managed => site_store.previous_managed()?,
+    };
     let Some(leaf) = files
         .iter()
         .find(|f| f.role == Role::Cert)
@@ -200,7 +207,10 @@ pub(crate) fn apply(
 
     // 3. stage: undo copy, staged files beside the targets, journal.
     let t = Instant::now();
-    let mut txn = site_store.begin(op, files)?;
+    let mut txn = match site.mode {
+        Mode::InPlace => site_store.begin(op, files)?,
+        Mode::Managed => site_store.begin_managed(op, files, &site_targets(site))?,
+    };
 
     // 4. swap: rename over the targets, fsync the directories.
     if let Err(e) = txn.swap() {
@@ -346,7 +356,7 @@ pub(crate) fn wait_served(env: &Env<'_>, targets: &[Target], sha: &str, new: boo
     }
 }
 
-fn describe_mismatch(
+pub(crate) fn describe_mismatch(
     last: &[Result<Served, probe::ProbeError>],
     targets: &[Target],
     sha: &str,
@@ -416,8 +426,7 @@ pub fn recover_site(
     site: &Site,
     site_store: &SiteStore,
 ) -> Result<Recovery, InstallError> {
-    let mut targets = vec![site.cert.clone(), site.key.clone()];
-    targets.extend(site.chain.clone());
+    let targets: Vec<PathBuf> = site_targets(site).into_iter().map(|(_, p)| p).collect();
     let r = site_store.recover(&targets)?;
     if let Recovery::RolledBack { reload: true, .. } = &r {
         let map = |source| InstallError::Recover {
@@ -457,6 +466,18 @@ fn op_name(op: &Op) -> &'static str {
         Op::Install => "install",
         Op::Rollback { .. } => "rollback",
     }
+}
+
+/// Every file the server reads for `site`, with its role.
+pub(crate) fn site_targets(site: &Site) -> Vec<(Role, PathBuf)> {
+    let mut t = vec![
+        (Role::Cert, site.cert.clone()),
+        (Role::Key, site.key.clone()),
+    ];
+    if let Some(chain) = &site.chain {
+        t.push((Role::Chain, chain.clone()));
+    }
+    t
 }
 
 /// What the site's files hold now, for validation. Unreadable installed

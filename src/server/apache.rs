@@ -5,6 +5,7 @@
 //! dead server started again once the old files are back.
 
 use std::ffi::OsString;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -12,6 +13,10 @@ use super::{
     ProcessState, ServerError, WebServer, process, run_captured, run_reload_command, summarize,
 };
 use crate::config::ServerConfig;
+
+/// How long a started apache may take to write its pid file (≈1 s at
+/// 1000 vhosts here).
+const START_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Apache {
     cfg: ServerConfig,
@@ -106,15 +111,45 @@ impl WebServer for Apache {
     }
 
     fn start(&self) -> Result<(), ServerError> {
+        // A dead parent leaves its pid file behind, and apache's own
+        // "already running" check is kill(pid, 0), which a zombie passes:
+        // `-k start` would then exit 0 without starting. The file is stale
+        // (/proc says the process is gone), so it goes first.
+        if let Ok(pid) = process::read_pid(&self.cfg.pid_file)
+            && matches!(process::process_state(pid), ProcessState::Dead(_))
+        {
+            let _ = std::fs::remove_file(&self.cfg.pid_file);
+        }
         let mut args = self.base_args();
         args.push("-k".into());
         args.push("start".into());
-        match run_captured(&self.cfg.binary, &args)? {
-            Ok(_) => Ok(()),
-            Err((_, output)) => Err(ServerError::Start {
-                server: "apache",
-                output: summarize(&output, None),
-            }),
+        let output = match run_captured(&self.cfg.binary, &args)? {
+            Ok(output) => output,
+            Err((_, output)) => {
+                return Err(ServerError::Start {
+                    server: "apache",
+                    output: summarize(&output, None),
+                });
+            }
+        };
+        // `-k start` returns once the parent has forked; it is up when its
+        // pid file names a live process.
+        let until = Instant::now() + START_WAIT;
+        loop {
+            if process::live_pid("apache", &self.cfg.pid_file).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(ServerError::Start {
+                    server: "apache",
+                    output: format!(
+                        "no live parent in {} after {START_WAIT:?}: {}",
+                        self.cfg.pid_file.display(),
+                        summarize(&output, None)
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
         }
     }
 }

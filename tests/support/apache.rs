@@ -258,9 +258,32 @@ impl Apache {
     /// Stop apache now: TERM to the parent, ≤ 5 s, then KILL; reaped. Drop
     /// does the same.
     pub fn stop(&mut self) {
+        let tracked = self.process.as_ref().map(|p| p.pid());
         if let Some(p) = self.process.take() {
             p.stop(Signal::SIGTERM, Duration::from_secs(5));
         }
+        // certswap starts apache again itself (`-k start`) when the parent
+        // died on a reload: that daemon was started for this test too, and
+        // its pid is in this guard's pid file.
+        if let Some(pid) = self.pid()
+            && Some(pid) != tracked
+            && pid_alive(pid)
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pid_alive(pid) && Instant::now() < deadline {
+                sleep(Duration::from_millis(20));
+            }
+            if pid_alive(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// The pid of the parent now serving: the guard's own child, or the
+    /// daemon certswap started after the child died.
+    pub fn serving_pid(&self) -> Option<i32> {
+        self.pid().filter(|p| pid_alive(*p))
     }
 
     /// A certswap config (TOML) for this apache: `[server]` kind "apache"

@@ -10,6 +10,7 @@
 pub mod apache;
 pub mod nginx;
 pub mod pki;
+pub mod world;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -30,6 +30,8 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+mod managed;
+
 use crate::cert::sha256_hex;
 use crate::failpoint;
 use crate::fsio::{self, Perms};
@@ -171,6 +173,16 @@ struct Journal {
     phase: Phase,
     started: String,
     files: Vec<JournalFile>,
+    /// Managed mode: the version `live/SITE` pointed at before, and the one
+    /// this change flips it to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    flip: Option<Flip>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Flip {
+    old: String,
+    new: String,
 }
 
 /// The whole state directory.
@@ -231,12 +243,12 @@ impl Store {
     /// The store of one site. `name` must have passed
     /// [`crate::config::check_site_name`] (it becomes a directory name).
     pub fn site(&self, name: &str) -> SiteStore {
+        let dir_name = name.replace('*', "_wildcard_");
         SiteStore {
             name: name.to_string(),
-            dir: self
-                .root
-                .join("sites")
-                .join(name.replace('*', "_wildcard_")),
+            dir: self.root.join("sites").join(&dir_name),
+            root: self.root.clone(),
+            dir_name,
         }
     }
 }
@@ -245,6 +257,9 @@ impl Store {
 #[derive(Debug, Clone)]
 pub struct SiteStore {
     name: String,
+    /// The site's name as a directory name.
+    dir_name: String,
+    root: PathBuf,
     dir: PathBuf,
 }
 
@@ -287,6 +302,7 @@ impl SiteStore {
                 // copy or staged file a crash before the journal left.
                 remove_dir_durable(&self.undo_dir())?;
                 remove_dir_durable(&self.dir.join("undo.tmp"))?;
+                self.remove_managed_leftovers()?;
                 Recovery::Clean
             }
             Some(j) if j.phase == Phase::Committed => {
@@ -381,6 +397,7 @@ impl SiteStore {
                 phase: Phase::Staged,
                 started: now_rfc3339(),
                 files: journal_files,
+                flip: None,
             },
         };
         txn.write_journal()?;
@@ -425,7 +442,7 @@ impl SiteStore {
                 site: self.name.clone(),
                 path: self.versions_dir(),
             })?;
-        let files = load_saved(&v.dir, &v.files)?;
+        let files = load_saved(&v.dir, &v.files, Role::file_name)?;
         Ok((v, files))
     }
 }
@@ -453,6 +470,10 @@ impl Txn {
 
     /// Step 4: rename every staged file over its target.
     pub fn swap(&mut self) -> Result<(), StoreError> {
+        if let Some(flip) = self.journal.flip.clone() {
+            // Managed: one rename flips cert, key and chain together.
+            self.site.point_live_at(&flip.new)?;
+        }
         for f in &self.journal.files {
             fsio::durable_rename(&f.staged, &f.target)
                 .map_err(io_err(&f.target, "rename the new file into place"))?;
@@ -484,6 +505,12 @@ impl Txn {
     }
 
     fn finish_commit(self, keep: usize) -> Result<(), StoreError> {
+        if let Some(flip) = &self.journal.flip {
+            self.site
+                .finish_managed_commit(&self.journal.op, flip, keep)?;
+            let j = self.site.journal_path();
+            return fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"));
+        }
         let site = &self.site;
         let undo = site.undo_dir();
         match &self.journal.op {
@@ -522,6 +549,11 @@ impl Txn {
     /// Put back the files as they were before this change (the undo copy),
     /// the same durable way, then close the change.
     pub fn abort(self) -> Result<(), StoreError> {
+        if let Some(flip) = &self.journal.flip {
+            self.site.abort_managed(&self.journal.op, flip)?;
+            let j = self.site.journal_path();
+            return fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"));
+        }
         let site = &self.site;
         let undo = site.undo_dir();
         let meta = read_meta(&undo)?;
@@ -618,11 +650,17 @@ fn save_copy(role: Role, target: &Path, dir: &Path) -> Result<SavedFile, StoreEr
     })
 }
 
-fn load_saved(dir: &Path, files: &[SavedFile]) -> Result<Vec<NewFile>, StoreError> {
+/// Read the saved files of a version directory back, checking each
+/// against its recorded hash; `name_of` gives a role's file name there.
+fn load_saved(
+    dir: &Path,
+    files: &[SavedFile],
+    name_of: fn(Role) -> &'static str,
+) -> Result<Vec<NewFile>, StoreError> {
     let mut out = Vec::new();
     for s in files {
         let Some(hash) = &s.sha256 else { continue };
-        let src = dir.join(s.role.file_name());
+        let src = dir.join(name_of(s.role));
         let bytes = std::fs::read(&src).map_err(io_err(&src, "read the saved version"))?;
         if &sha256_hex(&bytes) != hash {
             return Err(StoreError::Corrupt { path: src });
