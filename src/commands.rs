@@ -264,8 +264,17 @@ fn status_cmd(config: &Path, a: &StatusArgs) -> CmdResult {
     Ok(report.exit_code())
 }
 
-fn discover_cmd(_config: &Path, _a: &crate::cli::DiscoverArgs) -> CmdResult {
-    Err("discover is not built yet".into())
+/// `discover`: the TLS sites of the server named by the config's
+/// `[server]`, as `[[site]]` blocks to paste (or JSON).
+fn discover_cmd(config: &Path, a: &crate::cli::DiscoverArgs) -> CmdResult {
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let sites = crate::discover::discover(&cfg.server).map_err(|e| e.to_string())?;
+    if a.json {
+        println!("{}", crate::discover::to_json(&sites));
+    } else {
+        print!("{}", crate::discover::to_toml(&sites));
+    }
+    Ok(EXIT_OK)
 }
 
 fn run_cmd(config: &Path, a: &RunArgs) -> CmdResult {

@@ -13,6 +13,7 @@
 //! - [`server`]    the web servers behind one trait: config test and reload.
 //! - [`probe`]     TLS handshake probe, served-chain facts, wait-until-served.
 //! - [`install`]   the pipeline of DESIGN.md as one readable function.
+//! - [`discover`]  the TLS sites in the nginx/apache config, as [[site]] blocks.
 //! - [`batch`]     many sites in one go: one config test, one reload.
 //! - [`status`]    every site at a glance: days left, state, drift.
 //! - [`agent`]     the daemon loop: sources, batches, expiry and drift watch.
@@ -28,6 +29,7 @@ pub mod cert;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod discover;
 pub mod failpoint;
 pub mod fsio;
 pub mod hook;
