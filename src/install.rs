@@ -24,6 +24,7 @@ use crate::probe::{self, Prober, Served, Target};
 use crate::report::{Leaf, Outcome, ResultKind, ServedRow};
 use crate::server::{ServerError, WebServer};
 use crate::store::{self, NewFile, Op, Recovery, Role, SiteStore, Store, StoreError, Txn};
+use crate::trust::TrustStore;
 use crate::validate::{self, Installed};
 
 /// How long one probe slice may run before install looks at the server
@@ -73,6 +74,21 @@ pub fn check(
     force: bool,
     out: &mut Outcome,
 ) -> Option<Bundle> {
+    check_with(site, cert, chain, key, force, None, out)
+}
+
+/// [`check`], plus the trust rule when `trust` is given: a site whose
+/// installed chain clients trust must get a chain they trust too, judged on
+/// the chain the bundle carries (no AIA fetching).
+pub fn check_with(
+    site: Option<&Site>,
+    cert: &Path,
+    chain: Option<&Path>,
+    key: Option<&Path>,
+    force: bool,
+    trust: Option<&TrustStore>,
+    out: &mut Outcome,
+) -> Option<Bundle> {
     let started = Instant::now();
 
     // 1. bundle: parse the files.
@@ -85,13 +101,13 @@ pub fn check(
     };
 
     // 2. validate against what is installed now.
-    let (installed, names) = match site {
+    let (installed, installed_chain, names) = match site {
         Some(site) => {
-            let (installed, read_warnings) = read_installed(site);
+            let (installed, chain, read_warnings) = read_installed_with_chain(site);
             out.warnings.extend(read_warnings);
-            (installed, site.all_names())
+            (installed, chain, site.all_names())
         }
-        None => (Installed::default(), Vec::new()),
+        None => (Installed::default(), Vec::new(), Vec::new()),
     };
     out.old = installed.leaf.as_ref().map(Leaf::of);
     out.new = Some(Leaf::of(&bundle.leaf));
@@ -111,6 +127,20 @@ pub fn check(
         Ok(r) => {
             out.warnings.extend(r.warnings);
             out.days_added = r.days_added;
+            if let Some(trust) = trust
+                && let Err(why) = trust_rule(
+                    trust,
+                    &names,
+                    &installed,
+                    &installed_chain,
+                    &bundle,
+                    force,
+                    out,
+                )
+            {
+                out.reject(why);
+                return None;
+            }
             out.result = ResultKind::DryRun;
             Some(bundle)
         }
@@ -121,18 +151,57 @@ pub fn check(
     }
 }
 
+/// The trust rule (step 2, after the per-certificate rules): never make
+/// the site worse for visitors. If the installed chain is trusted for the
+/// site's name, the new one must be too; an untrusted site (internal CA,
+/// self-signed) only gets a warning. `--force` turns the refusal into a
+/// warning.
+fn trust_rule(
+    trust: &TrustStore,
+    names: &[String],
+    installed: &Installed,
+    installed_chain: &[CertInfo],
+    bundle: &Bundle,
+    force: bool,
+    out: &mut Outcome,
+) -> Result<(), String> {
+    // A wildcard site name is judged by a name it covers.
+    let Some(name) = names.first().map(|n| n.replace("*.", "wildcard-check.")) else {
+        return Ok(());
+    };
+    let new = trust.judge(&bundle.leaf, &bundle.chain, &name);
+    if new.trusted {
+        return Ok(());
+    }
+    let why = new.error.unwrap_or_else(|| "not trusted".into());
+    let was_trusted = installed
+        .leaf
+        .as_ref()
+        .is_some_and(|leaf| trust.judge(leaf, installed_chain, &name).trusted);
+    if was_trusted && !force {
+        return Err(format!(
+            "the new certificate would not be trusted by clients for {name} although the installed one is: {why} (use --force to install anyway)"
+        ));
+    }
+    out.warnings.push(format!(
+        "the new certificate is not trusted for {name}: {why}"
+    ));
+    Ok(())
+}
+
 /// Install the bundle of `req` on its site and prove it is served.
 pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError> {
     let site = req.site;
     let mut out = Outcome::new(&site.name);
 
     // 1–2. bundle and validate; a rejection has touched nothing.
-    let Some(bundle) = check(
+    let Some(bundle) = check_with(
         Some(site),
         req.cert,
         req.chain,
         req.key,
         req.force,
+        Some(env.prober.trust()),
         &mut out,
     ) else {
         return Ok(out);
@@ -203,7 +272,11 @@ pub(crate) fn apply(
     // What each endpoint serves before anything changes: the proof target
     // of a rollback, and a server that does not answer now is refused
     // before any file moves.
-    let before = serving_now(env.prober, &site.endpoints)?;
+    let before_rows = serving_now(env.prober, &site.endpoints)?;
+    let before: Vec<(Target, String)> = before_rows
+        .iter()
+        .map(|(t, r)| (t.clone(), r.sha256.clone().unwrap_or_default()))
+        .collect();
 
     // 3. stage: undo copy, staged files beside the targets, journal.
     let t = Instant::now();
@@ -245,6 +318,11 @@ pub(crate) fn apply(
     out.timings_ms.probe = ms(t);
     out.served = waited.rows;
     if let Some(why) = waited.failure {
+        return undo(env, txn, &before, true, why, out);
+    }
+    // The bytes moved; did the site get worse for visitors? An endpoint
+    // whose old chain clients accepted must not end up with one they reject.
+    if let Some(why) = got_worse(&before_rows, &out.served) {
         return undo(env, txn, &before, true, why, out);
     }
 
@@ -386,25 +464,51 @@ pub(crate) fn describe_mismatch(
     )
 }
 
-/// One handshake per endpoint before anything changes.
-pub(crate) fn serving_now(
+/// One handshake per endpoint before anything changes: what each serves,
+/// with the verdict on it.
+fn serving_now(
     prober: &Prober,
     targets: &[Target],
-) -> Result<Vec<(Target, String)>, InstallError> {
+) -> Result<Vec<(Target, ServedRow)>, InstallError> {
     let results = probe::block_on(probe::probe_many(prober, targets, 64));
     let mut out = Vec::new();
     for (t, r) in targets.iter().zip(results) {
-        match r {
-            Ok(s) => out.push((t.clone(), s.leaf.sha256)),
-            Err(e) => {
-                return Err(InstallError::NotServing {
-                    target: t.to_string(),
-                    reason: e.to_string(),
-                });
-            }
+        if let Err(e) = &r {
+            return Err(InstallError::NotServing {
+                target: t.to_string(),
+                reason: e.to_string(),
+            });
         }
+        out.push((t.clone(), ServedRow::of(t, &r)));
     }
     Ok(out)
+}
+
+/// Why the new served chain is worse than the old one for some endpoint:
+/// it was trusted, complete and valid for its name, and now is not.
+fn got_worse(before: &[(Target, ServedRow)], after: &[ServedRow]) -> Option<String> {
+    for (t, old) in before {
+        let Some(new) = after
+            .iter()
+            .find(|r| r.endpoint == t.addr && r.sni == t.sni)
+        else {
+            continue;
+        };
+        if old.acceptable() && !new.acceptable() {
+            let why = match (&new.trust_error, new.chain_complete, new.names_ok) {
+                (_, Some(false), _) => {
+                    "its chain is incomplete (an intermediate is missing)".to_string()
+                }
+                (_, _, Some(false)) => format!("it is not valid for {}", t.sni),
+                (Some(e), _, _) => e.clone(),
+                _ => "clients would not trust it".to_string(),
+            };
+            return Some(format!(
+                "{t} now serves the new certificate, but clients would reject it where they accepted the old one: {why}"
+            ));
+        }
+    }
+    None
 }
 
 pub(crate) fn group_by_sha(before: &[(Target, String)]) -> Vec<(String, Vec<Target>)> {
@@ -483,13 +587,22 @@ pub(crate) fn site_targets(site: &Site) -> Vec<(Role, PathBuf)> {
 /// What the site's files hold now, for validation. Unreadable installed
 /// files are not fatal (the new bundle may be the repair), but said.
 pub(crate) fn read_installed(site: &Site) -> (Installed, Vec<String>) {
+    let (installed, _, warnings) = read_installed_with_chain(site);
+    (installed, warnings)
+}
+
+/// [`read_installed`], plus the installed chain certificates themselves
+/// (for the trust rule).
+fn read_installed_with_chain(site: &Site) -> (Installed, Vec<CertInfo>, Vec<String>) {
     let mut warnings = Vec::new();
     let mut installed = Installed::default();
+    let mut chain_certs = Vec::new();
     if site.cert.exists() {
         match bundle::read_certs(&site.cert) {
             Ok(mut certs) if !certs.is_empty() => {
                 installed.leaf = Some(certs.remove(0));
                 installed.chain_len = certs.len();
+                chain_certs = certs;
             }
             Ok(_) => {}
             Err(e) => warnings.push(format!(
@@ -501,7 +614,10 @@ pub(crate) fn read_installed(site: &Site) -> (Installed, Vec<String>) {
         && chain.exists()
     {
         match bundle::read_certs(chain) {
-            Ok(c) => installed.chain_len += c.len(),
+            Ok(c) => {
+                installed.chain_len += c.len();
+                chain_certs.extend(c);
+            }
             Err(e) => warnings.push(format!("the installed chain cannot be read: {e}")),
         }
     }
@@ -511,7 +627,7 @@ pub(crate) fn read_installed(site: &Site) -> (Installed, Vec<String>) {
             Err(e) => warnings.push(format!("the installed key cannot be read: {e}")),
         }
     }
-    (installed, warnings)
+    (installed, chain_certs, warnings)
 }
 
 /// The bytes each of the site's files gets from `bundle`: a full chain in

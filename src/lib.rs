@@ -12,11 +12,14 @@
 //! - [`store`]     stage / swap / backup versions / journal / recovery.
 //! - [`server`]    the web servers behind one trait: config test and reload.
 //! - [`probe`]     TLS handshake probe, served-chain facts, wait-until-served.
+//! - [`trust`]     trust anchors and the verdict on a chain (trusted, complete).
 //! - [`install`]   the pipeline of DESIGN.md as one readable function.
 //! - [`discover`]  the TLS sites in the nginx/apache config, as [[site]] blocks.
 //! - [`batch`]     many sites in one go: one config test, one reload.
 //! - [`status`]    every site at a glance: days left, state, drift.
 //! - [`agent`]     the daemon loop: sources, batches, expiry and drift watch.
+//! - [`source`]    where the agent's bundles come from: inbox dir, HTTPS manifest.
+//! - [`metrics`]   the agent's Prometheus metrics and its `/metrics` responder.
 //! - [`hook`]      certbot / acme.sh deploy hook.
 //! - [`report`]    text and JSON output of results.
 //! - [`failpoint`] test-only crash points (`CERTSWAP_FAILPOINT`).
@@ -39,4 +42,5 @@ pub mod report;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod trust;
 pub mod validate;

@@ -19,14 +19,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore,
-    SignatureScheme,
-};
-use rustls_pki_types::pem::PemObject;
+use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -35,6 +30,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::cert::CertInfo;
+use crate::trust::TrustStore;
 
 /// Why a probe or a wait failed.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +155,11 @@ pub struct Served {
     pub trusted: bool,
     /// Why it is not trusted (None when trusted).
     pub trust_error: Option<String>,
+    /// The served chain reaches a root on its own (false: an intermediate
+    /// is missing, which mobile and API clients do not forgive).
+    pub chain_complete: bool,
+    /// The leaf is valid for the SNI name (RFC 6125).
+    pub names_ok: bool,
     /// "TLSv1.3" / "TLSv1.2".
     pub protocol: String,
 }
@@ -180,6 +181,8 @@ impl Served {
             "chain_length": self.chain.len(),
             "trusted": self.trusted,
             "trust_error": self.trust_error,
+            "chain_complete": self.chain_complete,
+            "names_ok": self.names_ok,
             "protocol": self.protocol,
         })
     }
@@ -197,9 +200,8 @@ struct ProberInner {
     /// Wraps the one shared `Arc<ClientConfig>` (the throughput measurement
     /// in DESIGN.md: building a config per probe costs real CPU).
     connector: TlsConnector,
-    /// The trust judge; None when there are no trust anchors at all, which
-    /// simply means nothing is trusted.
-    judge: Option<Arc<WebPkiServerVerifier>>,
+    /// The trust anchors the verdict is judged against.
+    trust: TrustStore,
     timeout: Duration,
 }
 
@@ -207,32 +209,31 @@ impl std::fmt::Debug for Prober {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prober")
             .field("timeout", &self.inner.timeout)
-            .field("has_trust_anchors", &self.inner.judge.is_some())
+            .field("trust", &self.inner.trust)
             .finish_non_exhaustive()
     }
 }
 
 impl Prober {
-    /// Trust anchors: the system roots, plus the PEM certificates in `ca_file`
-    /// when given (with `ca_file` only those are used).
+    /// Trust anchors: only the PEM certificates in `ca_file` when given,
+    /// else Mozilla's roots and the system's ([`TrustStore::public`]).
     pub fn new(ca_file: Option<&Path>, timeout: Duration) -> Result<Prober, ProbeError> {
+        let trust = match ca_file {
+            Some(path) => TrustStore::only(path),
+            None => TrustStore::public(&[]),
+        }
+        .map_err(|e| ProbeError::CaFile {
+            path: ca_file.map(|p| p.display().to_string()).unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
+        Prober::with_trust(trust, timeout)
+    }
+
+    /// A prober judging trust against `trust`.
+    pub fn with_trust(trust: TrustStore, timeout: Duration) -> Result<Prober, ProbeError> {
         // The provider is passed explicitly so the probe does not depend on a
         // process-wide default having been installed (tests, library users).
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-
-        let roots = match ca_file {
-            Some(path) => roots_from_file(path)?,
-            None => system_roots(),
-        };
-        let judge = if roots.is_empty() {
-            None
-        } else {
-            // Only fails on an empty store (checked above) or a CRL problem
-            // (we pass none); either way "nothing is trusted" is the honest verdict.
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .ok()
-        };
 
         let recorder = Arc::new(RecordingVerifier {
             algorithms: provider.signature_verification_algorithms,
@@ -255,10 +256,15 @@ impl Prober {
         Ok(Prober {
             inner: Arc::new(ProberInner {
                 connector: TlsConnector::from(Arc::new(config)),
-                judge,
+                trust,
                 timeout,
             }),
         })
+    }
+
+    /// The anchors trust is judged against.
+    pub fn trust(&self) -> &TrustStore {
+        &self.inner.trust
     }
 
     /// The per-probe bound on connect + handshake.
@@ -310,16 +316,19 @@ impl Prober {
         }
         let leaf = chain[0].clone();
 
-        let (trusted, trust_error) = match self.judge(leaf_der, intermediates, &server_name) {
-            Ok(()) => (true, None),
-            Err(reason) => (false, Some(reason)),
-        };
+        let verdict = self
+            .inner
+            .trust
+            .judge_der(leaf_der, intermediates, &server_name, &chain);
+        let names_ok = chain[0].covers(target.sni.trim_start_matches('[').trim_end_matches(']'));
         Ok(Served {
             target: target.clone(),
             leaf,
             chain,
-            trusted,
-            trust_error,
+            trusted: verdict.trusted,
+            trust_error: verdict.error,
+            chain_complete: verdict.chain_complete,
+            names_ok,
             protocol,
         })
     }
@@ -373,22 +382,6 @@ impl Prober {
                 reason: e.to_string(),
             })
     }
-
-    /// The trust verdict on a recorded chain, as words when negative.
-    fn judge(
-        &self,
-        leaf: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-    ) -> Result<(), String> {
-        let Some(judge) = &self.inner.judge else {
-            return Err("no trust anchors (no CA file given and no system roots found)".into());
-        };
-        judge
-            .verify_server_cert(leaf, intermediates, server_name, &[], UnixTime::now())
-            .map(|_| ())
-            .map_err(|e| trust_reason(&e))
-    }
 }
 
 /// The SNI name as rustls wants it: an IP text becomes `ServerName::IpAddress`
@@ -402,83 +395,6 @@ fn server_name(target: &Target) -> Result<ServerName<'static>, ProbeError> {
         target: target.to_string(),
         reason: format!("{:?} is not a valid DNS name for SNI", target.sni),
     })
-}
-
-/// The certificates of a PEM CA file, as the only trust anchors.
-fn roots_from_file(path: &Path) -> Result<RootCertStore, ProbeError> {
-    let fail = |reason: String| ProbeError::CaFile {
-        path: path.display().to_string(),
-        reason,
-    };
-    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-    let mut roots = RootCertStore::empty();
-    for (i, cert) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
-        let cert = cert.map_err(|e| fail(format!("certificate {}: {e}", i + 1)))?;
-        roots
-            .add(cert)
-            .map_err(|e| fail(format!("certificate {}: {e}", i + 1)))?;
-    }
-    if roots.is_empty() {
-        return Err(fail("no PEM CERTIFICATE block found".into()));
-    }
-    Ok(roots)
-}
-
-/// The system roots. Partial failures (one unreadable file, one bad cert)
-/// are logged and tolerated: the verdict is informational, never a reason to
-/// refuse probing.
-fn system_roots() -> RootCertStore {
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::debug!("system trust store: {e}");
-    }
-    let mut roots = RootCertStore::empty();
-    let (_added, ignored) = roots.add_parsable_certificates(found.certs);
-    if ignored > 0 {
-        tracing::debug!("system trust store: {ignored} certificates ignored");
-    }
-    roots
-}
-
-/// A rustls verification error in the words a user reads in `trust_error`.
-fn trust_reason(err: &rustls::Error) -> String {
-    let rustls::Error::InvalidCertificate(e) = err else {
-        return err.to_string();
-    };
-    let when = |t: &UnixTime| {
-        i64::try_from(t.as_secs())
-            .ok()
-            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-            .map(crate::cert::rfc3339)
-            .unwrap_or_else(|| format!("{} (UNIX)", t.as_secs()))
-    };
-    match e {
-        CertificateError::UnknownIssuer => "unknown issuer (no path to a trusted root)".into(),
-        CertificateError::Expired => "certificate expired".into(),
-        CertificateError::ExpiredContext { not_after, .. } => {
-            format!("certificate expired (not valid after {})", when(not_after))
-        }
-        CertificateError::NotValidYet => "certificate not valid yet".into(),
-        CertificateError::NotValidYetContext { not_before, .. } => {
-            format!(
-                "certificate not valid yet (not before {})",
-                when(not_before)
-            )
-        }
-        CertificateError::NotValidForName => "certificate not valid for the SNI name".into(),
-        // Its Display already names the expected and presented names.
-        CertificateError::NotValidForNameContext { .. } => e.to_string(),
-        CertificateError::BadSignature => "bad signature in the chain".into(),
-        CertificateError::Revoked => "certificate revoked".into(),
-        CertificateError::BadEncoding => "certificate badly encoded".into(),
-        CertificateError::UnhandledCriticalExtension => {
-            "certificate has an unknown critical extension".into()
-        }
-        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-            "certificate not allowed for server authentication (extended key usage)".into()
-        }
-        other => other.to_string(),
-    }
 }
 
 /// Accepts any certificate chain so that expired, self-signed or otherwise

@@ -54,8 +54,23 @@ pub struct ServedRow {
     pub sha256: Option<String>,
     pub not_after: Option<String>,
     pub trusted: Option<bool>,
+    /// The served chain reaches a root on its own.
+    pub chain_complete: Option<bool>,
+    /// The served leaf is valid for the SNI name.
+    pub names_ok: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl ServedRow {
+    /// Trusted, complete and valid for its name: what visitors' clients accept.
+    pub fn acceptable(&self) -> bool {
+        self.trusted == Some(true)
+            && self.chain_complete == Some(true)
+            && self.names_ok == Some(true)
+    }
 }
 
 impl ServedRow {
@@ -67,6 +82,9 @@ impl ServedRow {
                 sha256: Some(s.leaf.sha256.clone()),
                 not_after: Some(cert::rfc3339(s.leaf.not_after)),
                 trusted: Some(s.trusted),
+                chain_complete: Some(s.chain_complete),
+                names_ok: Some(s.names_ok),
+                trust_error: s.trust_error.clone(),
                 error: None,
             },
             Err(e) => ServedRow {
@@ -75,6 +93,9 @@ impl ServedRow {
                 sha256: None,
                 not_after: None,
                 trusted: None,
+                chain_complete: None,
+                names_ok: None,
+                trust_error: None,
                 error: Some(e.to_string()),
             },
         }

@@ -325,8 +325,7 @@ impl SiteStore {
         let prev = self
             .managed_ids()?
             .into_iter()
-            .filter(|id| current.as_deref().is_some_and(|c| id.as_str() < c))
-            .next_back()
+            .rfind(|id| current.as_deref().is_some_and(|c| id.as_str() < c))
             .ok_or_else(|| StoreError::NoVersion {
                 site: self.name.clone(),
                 path: self.archive_dir(),

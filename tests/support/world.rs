@@ -73,7 +73,10 @@ pub struct Options {
     /// `mode = "managed"` for the site.
     pub managed: bool,
     /// apache: a separate `SSLCertificateChainFile` (leaf-only cert file).
+    /// Implies `intermediate`.
     pub chain_file: bool,
+    /// Leaves are issued by an intermediate (carried in the full chain).
+    pub intermediate: bool,
     /// Replaces the probe deadline of the config ("10s").
     pub deadline: Option<String>,
 }
@@ -84,6 +87,7 @@ impl Options {
             kind,
             managed: false,
             chain_file: false,
+            intermediate: false,
             deadline: None,
         }
     }
@@ -117,8 +121,7 @@ impl World {
         let ssl = dir.path().join("ssl");
         std::fs::create_dir(&ssl).expect("mkdir ssl");
         let ca = Ca::new("certswap test root");
-        let intermediate = opts
-            .chain_file
+        let intermediate = (opts.chain_file || opts.intermediate)
             .then(|| ca.intermediate("certswap test intermediate"));
         let old = intermediate
             .as_ref()
