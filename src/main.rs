@@ -6,6 +6,15 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `certswap status | head` must end quietly like any Unix tool, not
+    // panic on a closed pipe: Rust ignores SIGPIPE by default.
+    // SAFETY: called first thing, before any other thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let cli = certswap::cli::Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
