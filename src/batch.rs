@@ -1,20 +1,1055 @@
-//! `certswap install --batch DIR` and the agent's batches: every ready
-//! bundle validated, staged and swapped, then one config test, one reload,
-//! concurrent probes, and a rollback (second reload) of only the sites whose
-//! probe failed. (Being written.)
+//! `certswap install --batch DIR` and the agent's batches: the pipeline of
+//! DESIGN.md for many sites at once, with the server steps done ONCE for
+//! all of them. Numbers are the steps of DESIGN.md, as in [`crate::install`]:
+//!
+//! ```text
+//! 1–2  check every bundle (in parallel; touches nothing)
+//!        rejected → its outcome, out of the batch;  --dry-run stops here
+//!      take the host lock, repair every site from its journal (one reload
+//!        for all repairs), note what every endpoint serves now (one bulk probe)
+//! 3–4  stage + swap every site (in parallel: the fsyncs overlap)
+//! 5    ONE config test ──── fails: restore every site, no reload, prove old
+//! 6    ONE reload
+//! 7    ONE concurrent wait: every endpoint of every site serves its new leaf
+//! 8    commit the sites that verified; restore the others, config test,
+//!      ONE second reload, prove their old leaves are served again (exit 3)
+//! ```
+//!
+//! A batch of one behaves like `certswap install`. The differences are
+//! per-site where install is all-or-nothing: a site whose endpoint does not
+//! answer before the change is *rejected* (install fails with exit 2), and
+//! a store error while staging one site rolls back that site only.
 
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use crate::install::{Env, InstallError};
-use crate::report::Outcome;
+use crate::bundle::Bundle;
+use crate::config::{Config, Mode, Site};
+use crate::failpoint;
+use crate::install::{self, Env, InstallError, Waited};
+use crate::probe::{self, Target};
+use crate::report::{Outcome, ResultKind, ServedRow};
+use crate::server::ServerError;
+use crate::store::{self, NewFile, Op, Recovery, SiteStore, StoreError, Txn};
+use crate::trust::TrustStore;
 
-/// Install every `SITE.pem` + `SITE.key` pair found in `dir` for the sites
-/// of the config, as one batch. One outcome per bundle found.
+/// Sites waited on at once. Each site's wait makes `consecutive` handshakes
+/// spaced ~50 ms apart, so most of a wait is sleeping: 256 sites keep ~64
+/// handshakes in flight, the sweet spot measured in DESIGN.md.
+const SITES_IN_FLIGHT: usize = 256;
+/// The gate of the wait after the reload ([`first_new_answer`]): sites
+/// sampled, pause between their rounds, and the batch size from which it
+/// is worth it.
+const GATE_SAMPLE: usize = 4;
+const GATE_EVERY: Duration = Duration::from_millis(20);
+const GATE_MIN_SITES: usize = 16;
+/// Handshakes in flight for the one-shot probe of what is served before.
+const PROBE_CONCURRENCY: usize = 64;
+/// Threads for staging, swapping, committing and restoring: each site costs
+/// ~10–20 fsyncs, and concurrent fsyncs share the filesystem journal's
+/// commits (≈4× the throughput of one thread on this box's ext4).
+const IO_THREADS: usize = 16;
+/// How often the wait looks at the server: one that died on its reload
+/// (apache) ends the wait within this time, not at the deadline.
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// One bundle of a batch, for one configured site.
+#[derive(Debug, Clone)]
+pub struct Item<'a> {
+    pub site: &'a Site,
+    /// Leaf, or leaf followed by its chain (PEM or DER).
+    pub cert: PathBuf,
+    /// Without a key the cert must match the installed key (own CSR).
+    pub key: Option<PathBuf>,
+    /// A separate chain file (vendor `SITE_chain.crt`).
+    pub chain: Option<PathBuf>,
+}
+
+/// Install every bundle found in `dir` for the sites of the config, as one
+/// batch. A bundle is `SITE.pem` (or `SITE_public.crt`), with `SITE.key`
+/// and `SITE_chain.crt` when present, where SITE is the name of a
+/// configured site (`*` may be spelt `_wildcard_`). Files with other names
+/// and hidden files are ignored.
+///
+/// One outcome per site found, sorted by name. A bundle file for a name
+/// that is not a configured site, a key or chain without its cert, or two
+/// certs for one site is a *rejected* outcome naming the file(s).
+///
+/// A directory without any bundle is not an error: it returns no outcome
+/// (exit 0; `--json` prints no line) and logs a warning. An inbox that was
+/// emptied by the last run is the normal case for a cron job, and a
+/// mistyped directory fails anyway (it cannot be listed).
 pub fn install_dir(
-    _env: &Env<'_>,
-    _dir: &Path,
-    _force: bool,
-    _dry_run: bool,
+    env: &Env<'_>,
+    dir: &Path,
+    force: bool,
+    dry_run: bool,
 ) -> Result<Vec<Outcome>, InstallError> {
-    Ok(Vec::new())
+    let (items, mut outcomes) = scan_dir(env.config, dir)?;
+    if items.is_empty() && outcomes.is_empty() {
+        tracing::warn!(
+            "{}: no bundle (SITE.pem) for any configured site; nothing to install",
+            dir.display()
+        );
+        return Ok(outcomes);
+    }
+    outcomes.extend(install_items(env, &items, force, dry_run)?);
+    outcomes.sort_by(|a, b| a.site.cmp(&b.site));
+    Ok(outcomes)
+}
+
+/// Install `items` as one batch (see the module docs): one outcome per
+/// item, in the order of `items`. Err only for a failure of the host, not
+/// of a site: the lock is held by another certswap, a repair from a
+/// journal failed, or no endpoint of any site answers before the change.
+pub fn install_items(
+    env: &Env<'_>,
+    items: &[Item<'_>],
+    force: bool,
+    dry_run: bool,
+) -> Result<Vec<Outcome>, InstallError> {
+    let mut clock = Clock::start();
+    let trust = env.prober.trust();
+    // 1–2. bundle and validate, before the lock: a batch that is rejected
+    //      as a whole writes nothing, not even a lock file (invariant 1).
+    let (mut outs, mut bundles): (Vec<Outcome>, Vec<Option<Bundle>>) =
+        par_map(items.iter().collect(), cpu_threads(), |it| {
+            check_item(it, force, trust)
+        })
+        .into_iter()
+        .unzip();
+    reject_conflicts(items, &mut bundles, &mut outs);
+    clock.done("check", items.len());
+    if dry_run || bundles.iter().all(Option::is_none) {
+        return Ok(outs);
+    }
+
+    let _lock = env.store.lock()?;
+    let accepted: Vec<usize> = (0..items.len()).filter(|&i| bundles[i].is_some()).collect();
+
+    // Repair what a crash left, then check again the sites a repair
+    // changed: the installed files the bundle was compared with are back.
+    let sites: Vec<&Site> = accepted.iter().map(|&i| items[i].site).collect();
+    let repaired = recover_sites(env, &sites)?;
+    for (&i, r) in accepted.iter().zip(&repaired) {
+        if *r != Recovery::Clean {
+            (outs[i], bundles[i]) = check_item(&items[i], force, trust);
+        }
+    }
+    let accepted: Vec<usize> = accepted
+        .into_iter()
+        .filter(|&i| bundles[i].is_some())
+        .collect();
+    clock.done("repair", accepted.len());
+
+    // 3. stage every site while ONE bulk probe notes what every endpoint
+    //    serves now: the proof target of a rollback. Staging writes undo
+    //    copies and files beside the targets, nothing a server reads, so
+    //    the probe still sees the state before the change.
+    let mut staging = Vec::new();
+    for &i in &accepted {
+        if let Some(bundle) = bundles[i].take() {
+            let site = items[i].site;
+            staging.push(Staging {
+                idx: i,
+                site,
+                store: env.store.site(&site.name),
+                new_sha: bundle.leaf.sha256.clone(),
+                files: install::new_files(site, &bundle),
+            });
+        }
+    }
+    let targets: Vec<Target> = staging
+        .iter()
+        .flat_map(|s| s.site.endpoints.iter().cloned())
+        .collect();
+    let (staged, probed) = std::thread::scope(|s| {
+        let prober = env.prober.clone();
+        let targets = &targets;
+        let probe = s
+            .spawn(move || probe::block_on(probe::probe_many(&prober, targets, PROBE_CONCURRENCY)));
+        let staged = par_map(staging, IO_THREADS, stage);
+        let probed = probe
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (staged, probed)
+    });
+    clock.done("stage+probe-before", staged.len());
+
+    // A site whose endpoint does not answer is refused before any target
+    // changes; when no site answers at all the server is down: an error.
+    let mut batch = Batch {
+        env,
+        outs,
+        open: Vec::new(),
+        restored: Vec::new(),
+    };
+    let mut probed = targets.into_iter().zip(probed);
+    let mut to_swap = Vec::new();
+    let mut refused = Vec::new();
+    let mut answered = false;
+    for st in staged {
+        let before = before_of(st.site, &mut probed);
+        answered |= before.is_ok();
+        let out = &mut batch.outs[st.idx];
+        out.timings_ms.swap = st.ms;
+        match (st.txn, before) {
+            (Err(why), _) => out.reject(format!(
+                "before changing anything: {why}; nothing was changed"
+            )),
+            (Ok(txn), Err(not_serving)) => refused.push((st.idx, txn, not_serving)),
+            (Ok(txn), Ok(before)) => to_swap.push((
+                Open {
+                    idx: st.idx,
+                    site: st.site,
+                    store: st.store,
+                    new_sha: st.new_sha,
+                    before,
+                },
+                txn,
+            )),
+        }
+    }
+    let mut first_refusal = None;
+    for (idx, txn, e) in refused {
+        let out = &mut batch.outs[idx];
+        out.reject(e.to_string());
+        if let Err(ae) = txn.abort() {
+            add_problem(
+                out,
+                format!(
+                    "removing the staged files failed: {ae}; the next certswap command removes them"
+                ),
+            );
+        }
+        first_refusal.get_or_insert(e);
+    }
+    if let Some(e) = first_refusal
+        && !answered
+    {
+        return Err(e);
+    }
+
+    // 4. swap every site.
+    let mut failed = Vec::new();
+    let swapped = par_map(to_swap, IO_THREADS, |(open, mut txn)| {
+        let t = Instant::now();
+        let r = txn.swap();
+        (open, txn, ms(t), r)
+    });
+    for (open, txn, t, r) in swapped {
+        batch.outs[open.idx].timings_ms.swap += t;
+        match r {
+            Ok(()) => batch.open.push((open, txn)),
+            Err(e) => failed.push((open, txn, e.to_string())),
+        }
+    }
+    batch.restore(failed, false);
+    clock.done("swap", batch.open.len());
+    if batch.open.is_empty() {
+        return Ok(batch.finish());
+    }
+
+    // 5. ONE config test: no reload without a passing test (invariant 4).
+    let t = Instant::now();
+    let tested = env.server.configtest();
+    batch.each_open(|o| o.timings_ms.configtest = ms(t));
+    clock.done("configtest", batch.open.len());
+    if let Err(e) = tested {
+        batch.restore_open(&e.to_string(), false);
+        return Ok(batch.finish());
+    }
+    failpoint::hit("after-configtest");
+
+    // 6. ONE reload, journalled first for every site: recovery must reload
+    //    after a crash here.
+    let t = Instant::now();
+    let mut unmarked = Vec::new();
+    let marked = par_map(
+        std::mem::take(&mut batch.open),
+        IO_THREADS,
+        |(open, mut txn)| {
+            let r = txn.mark_reloading();
+            (open, txn, r)
+        },
+    );
+    for (open, txn, r) in marked {
+        match r {
+            Ok(()) => batch.open.push((open, txn)),
+            // Still before the reload: restoring the files is enough.
+            Err(e) => unmarked.push((open, txn, e.to_string())),
+        }
+    }
+    batch.restore(unmarked, false);
+    if batch.open.is_empty() {
+        return Ok(batch.finish());
+    }
+    let reloaded = env.server.reload();
+    batch.each_open(|o| o.timings_ms.reload = ms(t));
+    clock.done("reload", batch.open.len());
+    if let Err(e) = reloaded {
+        // A failed signal may still have reached the server (apache can
+        // die on it): restore, then test, reload or start, prove.
+        batch.restore_open(&e.to_string(), true);
+        return Ok(batch.finish());
+    }
+    failpoint::hit("after-reload");
+
+    // 7. ONE wait over every endpoint of every site (invariant 5).
+    let waits: Vec<Wait> = batch
+        .open
+        .iter()
+        .map(|(o, _)| Wait {
+            targets: o.site.endpoints.clone(),
+            sha: o.new_sha.clone(),
+        })
+        .collect();
+    let waited = wait_all(env, &waits, true);
+    clock.done("wait", waits.len());
+    failpoint::hit("mid-probe");
+
+    // 8. commit the sites that verified; restore the others.
+    let mut verified = Vec::new();
+    let mut unverified = Vec::new();
+    for ((open, txn), w) in std::mem::take(&mut batch.open).into_iter().zip(waited) {
+        let out = &mut batch.outs[open.idx];
+        out.timings_ms.probe = w.ms;
+        out.served = w.waited.rows;
+        // Served, and not worse for visitors than before: an endpoint
+        // whose old chain clients accepted must not end up with one they
+        // reject.
+        let failure = w
+            .waited
+            .failure
+            .or_else(|| install::got_worse(&open.before, &out.served));
+        match failure {
+            None => verified.push((open, txn)),
+            Some(why) => unverified.push((open, txn, why)),
+        }
+    }
+    let committed = par_map(verified, IO_THREADS, |(open, txn)| {
+        let r = txn.commit(store::KEEP_VERSIONS);
+        (open, r)
+    });
+    for (open, r) in committed {
+        match r {
+            Ok(()) => batch.outs[open.idx].result = ResultKind::Verified,
+            Err(e) => batch.commit_failed(open, e),
+        }
+    }
+    batch.restore(unverified, true);
+    clock.done("commit", items.len());
+    Ok(batch.finish())
+}
+
+/// Repair every site in `sites` from its journal, like
+/// [`install::recover_site`] but with ONE config test and reload for all
+/// the sites whose server may have loaded an interrupted change (a crash
+/// in the middle of a batch leaves one journal per site), then prove their
+/// restored leaves are served. The caller holds the host lock. Returns
+/// what recovery did, per site, in order.
+pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, InstallError> {
+    let mut found = Vec::with_capacity(sites.len());
+    let mut reload = Vec::new();
+    for site in sites {
+        let targets: Vec<PathBuf> = install::site_targets(site)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        let r = env.store.site(&site.name).recover(&targets)?;
+        match &r {
+            Recovery::Clean => {}
+            Recovery::RolledBack { op, reload: again } => {
+                tracing::warn!(
+                    site = %site.name,
+                    "an interrupted {} was rolled back: the previous files are restored",
+                    op_name(op)
+                );
+                if *again {
+                    reload.push(*site);
+                }
+            }
+            Recovery::Completed { op } => tracing::warn!(
+                site = %site.name,
+                "an interrupted {} had committed; finished it",
+                op_name(op)
+            ),
+        }
+        found.push(r);
+    }
+    if reload.is_empty() {
+        return Ok(found);
+    }
+    let map = |source| InstallError::Recover {
+        site: name_list(reload.iter().map(|s| s.name.as_str())),
+        source,
+    };
+    env.server.configtest().map_err(map)?;
+    match env.server.check_alive() {
+        Ok(()) => env.server.reload().map_err(map)?,
+        Err(_) => env.server.start().map_err(map)?,
+    }
+    // As after any rollback, prove the restored leaves are what is served
+    // before the batch goes on (invariant 6).
+    let mut waits = Vec::new();
+    let mut owners = Vec::new();
+    for site in &reload {
+        let leaf = std::fs::read(&site.cert)
+            .ok()
+            .and_then(|b| install::leaf_of_pem(&b));
+        if let Some(leaf) = leaf {
+            owners.push(*site);
+            waits.push(Wait {
+                targets: site.endpoints.clone(),
+                sha: leaf.sha256,
+            });
+        }
+    }
+    for (site, w) in owners.into_iter().zip(wait_all(env, &waits, false)) {
+        if let Some(why) = w.waited.failure {
+            tracing::warn!(site = %site.name, "after recovery: {why}");
+        }
+    }
+    Ok(found)
+}
+
+/// What each endpoint of a site served before the change, with the
+/// verdict on it (the proof target of a rollback, and what the served
+/// chain must not get worse than).
+type Before = Vec<(Target, ServedRow)>;
+
+/// A site whose files are being changed.
+struct Open<'a> {
+    /// Its outcome in [`Batch::outs`].
+    idx: usize,
+    site: &'a Site,
+    store: SiteStore,
+    new_sha: String,
+    /// What a rollback must prove.
+    before: Before,
+}
+
+/// A site about to be staged.
+struct Staging<'a> {
+    idx: usize,
+    site: &'a Site,
+    store: SiteStore,
+    new_sha: String,
+    files: Vec<NewFile>,
+}
+
+/// A site after step 3: its open change, or why staging failed (then no
+/// target was touched).
+struct Staged<'a> {
+    idx: usize,
+    site: &'a Site,
+    store: SiteStore,
+    new_sha: String,
+    ms: u64,
+    txn: Result<Txn, String>,
+}
+
+/// Step 3 for one site (any thread: touches only its own files).
+fn stage(s: Staging<'_>) -> Staged<'_> {
+    let t = Instant::now();
+    let txn = match s.site.mode {
+        Mode::InPlace => s.store.begin(Op::Install, s.files),
+        Mode::Managed => {
+            s.store
+                .begin_managed(Op::Install, s.files, &install::site_targets(s.site))
+        }
+    };
+    Staged {
+        idx: s.idx,
+        site: s.site,
+        store: s.store,
+        new_sha: s.new_sha,
+        ms: ms(t),
+        txn: txn.map_err(|e| e.to_string()),
+    }
+}
+
+/// A site whose files were put back and whose old leaves must be proven.
+struct Restored {
+    idx: usize,
+    before: Before,
+    /// Restored after the reload was sent: needs the second reload.
+    after_reload: bool,
+}
+
+/// The state of one batch from the first swap on.
+struct Batch<'e, 'a> {
+    env: &'e Env<'e>,
+    outs: Vec<Outcome>,
+    open: Vec<(Open<'a>, Txn)>,
+    restored: Vec<Restored>,
+}
+
+impl Batch<'_, '_> {
+    fn each_open(&mut self, mut f: impl FnMut(&mut Outcome)) {
+        for (o, _) in &self.open {
+            f(&mut self.outs[o.idx]);
+        }
+    }
+
+    /// Restore every open site with one reason.
+    fn restore_open(&mut self, why: &str, after_reload: bool) {
+        let open = std::mem::take(&mut self.open);
+        let failed = open
+            .into_iter()
+            .map(|(o, txn)| (o, txn, why.to_string()))
+            .collect();
+        self.restore(failed, after_reload);
+    }
+
+    /// Put the old files of each site back (in parallel); each outcome
+    /// ends rolled back with its reason. The proof comes in [`Batch::finish`].
+    fn restore(&mut self, failed: Vec<(Open<'_>, Txn, String)>, after_reload: bool) {
+        let aborted = par_map(failed, IO_THREADS, |(o, txn, why)| {
+            let r = txn.abort();
+            (o, why, r)
+        });
+        for (o, why, r) in aborted {
+            let out = &mut self.outs[o.idx];
+            out.result = ResultKind::RolledBack;
+            add_problem(out, why);
+            match r {
+                Ok(()) => self.restored.push(Restored {
+                    idx: o.idx,
+                    before: o.before,
+                    after_reload,
+                }),
+                Err(e) => add_problem(out, format!("RESTORING THE OLD FILES FAILED: {e}")),
+            }
+        }
+    }
+
+    /// The commit of a verified site failed: let the journal decide, as the
+    /// next start would. Past the commit point the install stands; before
+    /// it the old files come back and join the second reload.
+    fn commit_failed(&mut self, o: Open<'_>, e: StoreError) {
+        let targets: Vec<PathBuf> = install::site_targets(o.site)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        let out = &mut self.outs[o.idx];
+        match o.store.recover(&targets) {
+            Ok(Recovery::Completed { .. }) | Ok(Recovery::Clean) => {
+                out.result = ResultKind::Verified;
+                out.warnings.push(format!(
+                    "the commit failed ({e}) but had reached its commit point; a repair finished it"
+                ));
+            }
+            Ok(Recovery::RolledBack { .. }) => {
+                out.result = ResultKind::RolledBack;
+                add_problem(
+                    out,
+                    format!("the commit failed: {e}; the old files were restored from the journal"),
+                );
+                self.restored.push(Restored {
+                    idx: o.idx,
+                    before: o.before,
+                    after_reload: true,
+                });
+            }
+            Err(e2) => {
+                out.result = ResultKind::RolledBack;
+                add_problem(
+                    out,
+                    format!(
+                        "the commit failed: {e}; repairing from the journal failed too: {e2}; \
+                         the next certswap command repairs it"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Second reload (if a restored site needs it), then prove in one wait
+    /// that every restored site serves its old leaves again (invariant 6).
+    fn finish(mut self) -> Vec<Outcome> {
+        if self.restored.is_empty() {
+            return self.outs;
+        }
+        let mut clock = Clock::start();
+        if self.restored.iter().any(|r| r.after_reload)
+            && let Some(problem) = reload_again(self.env)
+        {
+            for r in self.restored.iter().filter(|r| r.after_reload) {
+                add_problem(&mut self.outs[r.idx], problem.clone());
+            }
+        }
+        let mut waits = Vec::new();
+        let mut owners = Vec::new();
+        for r in &self.restored {
+            self.outs[r.idx].served.clear();
+            let shas: Vec<(Target, String)> = r
+                .before
+                .iter()
+                .map(|(t, row)| (t.clone(), row.sha256.clone().unwrap_or_default()))
+                .collect();
+            for (sha, targets) in install::group_by_sha(&shas) {
+                owners.push(r.idx);
+                waits.push(Wait { targets, sha });
+            }
+        }
+        for (idx, w) in owners.into_iter().zip(wait_all(self.env, &waits, false)) {
+            let out = &mut self.outs[idx];
+            out.served.extend(w.waited.rows);
+            if let Some(why) = w.waited.failure {
+                add_problem(
+                    out,
+                    format!("the old certificate is NOT served again: {why}"),
+                );
+            }
+        }
+        clock.done("rollback", self.restored.len());
+        self.outs
+    }
+}
+
+/// Config test, then reload (or start a server that died on the first
+/// reload) with the old files back; the problem in words, if any.
+fn reload_again(env: &Env<'_>) -> Option<String> {
+    if let Err(e) = env.server.configtest() {
+        return Some(format!(
+            "after restoring the old files the config test still fails, so no reload was sent: {e}"
+        ));
+    }
+    let again = match env.server.check_alive() {
+        Ok(()) => env.server.reload(),
+        // apache's parent exits on a pair it cannot load.
+        Err(ServerError::DiedOnReload { .. }) | Err(ServerError::NotRunning { .. }) => {
+            env.server.start()
+        }
+        Err(e) => Err(e),
+    };
+    again
+        .err()
+        .map(|e| format!("reloading with the old files failed: {e}"))
+}
+
+/// Steps 1–2 for one item, with the trust rule of `certswap install`.
+fn check_item(it: &Item<'_>, force: bool, trust: &TrustStore) -> (Outcome, Option<Bundle>) {
+    let mut out = Outcome::new(&it.site.name);
+    let bundle = install::check_with(
+        Some(it.site),
+        &it.cert,
+        it.chain.as_deref(),
+        it.key.as_deref(),
+        force,
+        Some(trust),
+        &mut out,
+    );
+    (out, bundle)
+}
+
+/// Refuse what a batch cannot do safely: two bundles for one site (which
+/// one is meant?), and two sites that share a file (one swap would undo
+/// the other; invariant 2).
+fn reject_conflicts(items: &[Item<'_>], bundles: &mut [Option<Bundle>], outs: &mut [Outcome]) {
+    let mut per_site: HashMap<&str, usize> = HashMap::new();
+    for it in items {
+        *per_site.entry(it.site.name.as_str()).or_default() += 1;
+    }
+    let mut owner: HashMap<PathBuf, &str> = HashMap::new();
+    for (i, it) in items.iter().enumerate() {
+        let n = per_site[it.site.name.as_str()];
+        if n > 1 {
+            bundles[i] = None;
+            outs[i].reject(format!(
+                "{n} bundles for {} in one batch ({}); which one is meant is unclear, so none is installed",
+                it.site.name,
+                it.cert.display()
+            ));
+            continue;
+        }
+        if bundles[i].is_none() {
+            continue;
+        }
+        for (_, path) in install::site_targets(it.site) {
+            if let Some(other) = owner.get(&path) {
+                bundles[i] = None;
+                outs[i].reject(format!(
+                    "{} is also a file of site {other} in this batch; install them one at a time",
+                    path.display()
+                ));
+                break;
+            }
+        }
+        if bundles[i].is_some() {
+            for (_, path) in install::site_targets(it.site) {
+                owner.insert(path, &it.site.name);
+            }
+        }
+    }
+}
+
+/// What the endpoints of `site` served, taken from the bulk probe's
+/// results (in the order of the sites' endpoints); the first endpoint that
+/// did not answer refuses the site.
+fn before_of(
+    site: &Site,
+    probed: &mut impl Iterator<Item = (Target, Result<probe::Served, probe::ProbeError>)>,
+) -> Result<Before, InstallError> {
+    let mut before = Vec::new();
+    let mut refused = None;
+    for _ in &site.endpoints {
+        let Some((t, r)) = probed.next() else { break };
+        match &r {
+            Ok(_) => before.push((t.clone(), ServedRow::of(&t, &r))),
+            Err(e) => {
+                refused.get_or_insert(InstallError::NotServing {
+                    target: t.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    match refused {
+        None => Ok(before),
+        Some(e) => Err(e),
+    }
+}
+
+/// Targets that must all serve the leaf `sha`.
+struct Wait {
+    targets: Vec<Target>,
+    sha: String,
+}
+
+struct WaitResult {
+    waited: Waited,
+    /// From the start of the wait until this one ended.
+    ms: u64,
+}
+
+/// ONE concurrent wait over every `waits` entry (each: every target serves
+/// its sha on `consecutive` fresh handshakes in a row), with at most
+/// [`SITES_IN_FLIGHT`] entries waited on at once, all within the configured
+/// deadline, on one current-thread runtime. The server is looked at every
+/// [`ALIVE_EVERY`]: if it died, every entry still waiting fails with why.
+fn wait_all(env: &Env<'_>, waits: &[Wait], gate: bool) -> Vec<WaitResult> {
+    let pc = &env.config.probe;
+    let started = Instant::now();
+    let until = started + pc.deadline;
+    let consecutive = pc.consecutive;
+    let slots: Mutex<Vec<Option<(probe::WaitOutcome, u64)>>> =
+        Mutex::new(waits.iter().map(|_| None).collect());
+
+    let work = async {
+        if gate && waits.len() >= GATE_MIN_SITES {
+            let opened = first_new_answer(env.prober, waits, started + pc.deadline / 2).await;
+            tracing::info!(phase = %"settle", ms = ms(started), opened, "batch phase");
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut pending = waits.iter().enumerate();
+        loop {
+            while tasks.len() < SITES_IN_FLIGHT {
+                let Some((i, w)) = pending.next() else { break };
+                let prober = env.prober.clone();
+                let targets = w.targets.clone();
+                let sha = w.sha.clone();
+                let left = until.saturating_duration_since(Instant::now());
+                tasks.spawn(async move {
+                    let o =
+                        probe::wait_until_served(&prober, &targets, &sha, consecutive, left).await;
+                    (i, o, ms(started))
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok((i, o, took)) => lock(&slots)[i] = Some((o, took)),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+    };
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(ALIVE_EVERY).await;
+            if let Err(e) = env.server.check_alive() {
+                return e;
+            }
+        }
+    };
+    let died = probe::block_on(async {
+        tokio::select! {
+            () = work => None,
+            e = watchdog => Some(e.to_string()),
+        }
+    });
+
+    let slots = slots.into_inner().unwrap_or_else(|p| p.into_inner());
+    waits
+        .iter()
+        .zip(slots)
+        .map(|(w, slot)| {
+            let Some((o, took)) = slot else {
+                let why = died
+                    .clone()
+                    .unwrap_or_else(|| "the wait was cancelled".to_string());
+                return WaitResult {
+                    waited: Waited {
+                        rows: Vec::new(),
+                        failure: Some(why),
+                    },
+                    ms: ms(started),
+                };
+            };
+            let rows: Vec<ServedRow> = o
+                .last
+                .iter()
+                .zip(&w.targets)
+                .map(|(r, t)| ServedRow::of(t, r))
+                .collect();
+            let failure = match (&died, o.ok) {
+                // Seen served, but the server is gone now: not verified.
+                (Some(why), _) => Some(why.clone()),
+                (None, true) => None,
+                (None, false) => Some(install::describe_mismatch(
+                    &o.last,
+                    &w.targets,
+                    &w.sha,
+                    pc.deadline,
+                    consecutive,
+                )),
+            };
+            WaitResult {
+                waited: Waited { rows, failure },
+                ms: took,
+            }
+        })
+        .collect()
+}
+
+/// The gate of a big wait after a reload: poll a few sites, spread over
+/// the batch, lightly until one of them answers with its new leaf (the
+/// reloaded config is live), or until `until`. nginx and apache switch
+/// every virtual host at once, and until then hundreds of waits polling
+/// the old workers would take CPU from the server while it loads the new
+/// config. Only an optimisation: every site is still proven on its own.
+async fn first_new_answer(prober: &probe::Prober, waits: &[Wait], until: Instant) -> bool {
+    let step = (waits.len() / GATE_SAMPLE).max(1);
+    let sample: Vec<(Target, String)> = waits
+        .iter()
+        .step_by(step)
+        .take(GATE_SAMPLE)
+        .filter_map(|w| w.targets.first().map(|t| (t.clone(), w.sha.clone())))
+        .collect();
+    while Instant::now() < until {
+        let mut round = tokio::task::JoinSet::new();
+        for (t, sha) in &sample {
+            let (prober, t, sha) = (prober.clone(), t.clone(), sha.clone());
+            round.spawn(async move {
+                let left = until.saturating_duration_since(Instant::now());
+                matches!(
+                    tokio::time::timeout(left, prober.probe(&t)).await,
+                    Ok(Ok(s)) if s.leaf.sha256.eq_ignore_ascii_case(&sha)
+                )
+            });
+        }
+        while let Some(r) = round.join_next().await {
+            if matches!(r, Ok(true)) {
+                return true;
+            }
+        }
+        tokio::time::sleep(GATE_EVERY).await;
+    }
+    false
+}
+
+/// The bundles in `dir`: items for configured sites, and rejected outcomes
+/// for files that name no site or do not make a bundle.
+fn scan_dir<'c>(
+    config: &'c Config,
+    dir: &Path,
+) -> Result<(Vec<Item<'c>>, Vec<Outcome>), InstallError> {
+    #[derive(Default)]
+    struct Files {
+        certs: Vec<PathBuf>,
+        key: Option<PathBuf>,
+        chain: Option<PathBuf>,
+    }
+    let io = |source| {
+        InstallError::Store(StoreError::Io {
+            path: dir.to_path_buf(),
+            action: "list the bundles in the batch directory",
+            source,
+        })
+    };
+    let mut found: BTreeMap<String, Files> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            tracing::warn!("{}: not UTF-8, ignored", path.display());
+            continue;
+        };
+        // Follows symlinks (certbot's live/ is all links); skips dirs.
+        if name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        let (stem, slot) = if let Some(s) = name.strip_suffix("_chain.crt") {
+            (s, 2)
+        } else if let Some(s) = name.strip_suffix("_public.crt") {
+            (s, 0)
+        } else if let Some(s) = name.strip_suffix(".pem") {
+            (s, 0)
+        } else if let Some(s) = name.strip_suffix(".key") {
+            (s, 1)
+        } else {
+            tracing::debug!("{}: not a bundle file name, ignored", path.display());
+            continue;
+        };
+        let f = found.entry(stem.to_string()).or_default();
+        match slot {
+            0 => f.certs.push(path),
+            1 => f.key = Some(path),
+            _ => f.chain = Some(path),
+        }
+    }
+
+    let mut items = Vec::new();
+    let mut rejected = Vec::new();
+    for (stem, f) in found {
+        let mut reject = |why: String| {
+            let mut out = Outcome::new(&stem);
+            out.reject(why);
+            rejected.push(out);
+        };
+        let all: Vec<String> = f
+            .certs
+            .iter()
+            .chain(&f.key)
+            .chain(&f.chain)
+            .map(|p| p.display().to_string())
+            .collect();
+        let site = config
+            .sites
+            .iter()
+            .find(|s| s.name == stem || s.name.replace('*', "_wildcard_") == stem);
+        let Some(site) = site else {
+            reject(format!(
+                "{}: `{stem}` is not a site of {}; nothing was changed for it",
+                all.join(", "),
+                config.path.display()
+            ));
+            continue;
+        };
+        match f.certs.as_slice() {
+            [cert] => items.push(Item {
+                site,
+                cert: cert.clone(),
+                key: f.key,
+                chain: f.chain,
+            }),
+            [] => reject(format!(
+                "{}: there is no {stem}.pem beside it, so there is nothing to install for {}",
+                all.join(", "),
+                site.name
+            )),
+            _ => reject(format!(
+                "{}: two certificates for {}; keep one",
+                all.join(", "),
+                site.name
+            )),
+        }
+    }
+    Ok((items, rejected))
+}
+
+/// Map `f` over `items` on up to `threads` threads; results in input order.
+fn par_map<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let n = items.len();
+    let threads = threads.min(n);
+    if threads <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let queue = Mutex::new(items.into_iter().enumerate());
+    let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let next = lock(&queue).next();
+                        let Some((i, t)) = next else { break };
+                        done.push((i, f(t)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for w in workers {
+            match w.join() {
+                Ok(done) => {
+                    for (i, r) in done {
+                        slots[i] = Some(r);
+                    }
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| r.expect("every item was mapped by a worker that returned"))
+        .collect()
+}
+
+fn cpu_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A poisoned lock only means another worker panicked, which is re-raised.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn add_problem(out: &mut Outcome, why: String) {
+    out.error = Some(match out.error.take() {
+        Some(e) => format!("{e}; {why}"),
+        None => why,
+    });
+}
+
+/// `a, b, c and 17 more`.
+fn name_list<'n>(names: impl Iterator<Item = &'n str>) -> String {
+    let names: Vec<&str> = names.collect();
+    match names.len() {
+        0..=5 => names.join(", "),
+        n => format!("{} and {} more", names[..5].join(", "), n - 5),
+    }
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Install => "install",
+        Op::Rollback { .. } => "rollback",
+    }
+}
+
+/// Wall time per phase of a batch, logged at info level (`-v`) for
+/// operators and `scripts/bench`: `batch phase phase=wait ms=1834 sites=1000`.
+struct Clock(Instant);
+
+impl Clock {
+    fn start() -> Clock {
+        Clock(Instant::now())
+    }
+
+    fn done(&mut self, phase: &str, sites: usize) {
+        tracing::info!(phase = %phase, ms = ms(self.0), sites, "batch phase");
+        self.0 = Instant::now();
+    }
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
 }

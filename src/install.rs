@@ -486,7 +486,7 @@ fn serving_now(
 
 /// Why the new served chain is worse than the old one for some endpoint:
 /// it was trusted, complete and valid for its name, and now is not.
-fn got_worse(before: &[(Target, ServedRow)], after: &[ServedRow]) -> Option<String> {
+pub(crate) fn got_worse(before: &[(Target, ServedRow)], after: &[ServedRow]) -> Option<String> {
     for (t, old) in before {
         let Some(new) = after
             .iter()

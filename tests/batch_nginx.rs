@@ -1,0 +1,382 @@
+//! `certswap install --batch DIR` on a real nginx with five sites: one
+//! config test and one reload for all of them, a bad bundle rejected while
+//! the others install, and a site whose endpoint serves another cert rolled
+//! back alone (with a second reload) while the others stay verified.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use support::nginx::Nginx;
+use support::pki::{self, Ca, Leaf};
+use support::{SiteSpec, certswap, served_sha256};
+
+const SITES: [&str; 5] = ["a.test", "b.test", "c.test", "d.test", "e.test"];
+
+/// Five sites on one nginx, with a certswap config and an inbox dir.
+struct World {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    old: BTreeMap<&'static str, Leaf>,
+    nginx: Nginx,
+    config: PathBuf,
+    inbox: PathBuf,
+}
+
+impl World {
+    fn new(deadline: &str) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ssl = dir.path().join("ssl");
+        std::fs::create_dir(&ssl).expect("mkdir ssl");
+        let ca = Ca::new("certswap batch test root");
+        let mut old = BTreeMap::new();
+        let mut specs = Vec::new();
+        let mut files = Vec::new();
+        for name in SITES {
+            let leaf = ca.leaf(&[name]).days(-345, 20).build();
+            let (cert, key) = pki::write(&ssl, name, &leaf);
+            specs.push(SiteSpec::new(name, &cert, &key));
+            files.push((name, cert, key));
+            old.insert(name, leaf);
+        }
+        let nginx = Nginx::start(&specs);
+        // Notice level: every SIGHUP logs "signal 1 (SIGHUP) received".
+        let log = nginx.error_log_path();
+        let conf = std::fs::read_to_string(nginx.conf_path()).expect("read nginx.conf");
+        let quoted = format!("\"{}\";", log.display());
+        assert!(conf.contains(&quoted), "{conf}");
+        nginx.set_config(&conf.replacen(&quoted, &format!("\"{}\" notice;", log.display()), 1));
+        nginx
+            .reload_and_wait(std::time::Duration::from_secs(10))
+            .expect("reload with notice logging");
+
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).expect("write ca");
+        let text = nginx
+            .certswap_config(&dir.path().join("state"), &files, Some(&ca_file))
+            .replace("deadline = \"10s\"", &format!("deadline = \"{deadline}\""));
+        let config = dir.path().join("certswap.toml");
+        std::fs::write(&config, text).expect("write config");
+        let inbox = dir.path().join("inbox");
+        std::fs::create_dir(&inbox).expect("mkdir inbox");
+        World {
+            dir,
+            ca,
+            old,
+            nginx,
+            config,
+            inbox,
+        }
+    }
+
+    /// A renewal of `name`: same names, one year longer.
+    fn renewed(&self, name: &str) -> Leaf {
+        self.ca.leaf(&[name]).days(-1, 385).build()
+    }
+
+    /// Put renewals of `names` in the inbox as `NAME.pem` + `NAME.key`.
+    fn renew_all(&self, names: &[&str]) -> BTreeMap<String, Leaf> {
+        names
+            .iter()
+            .map(|n| {
+                let leaf = self.renewed(n);
+                pki::write(&self.inbox, n, &leaf);
+                (n.to_string(), leaf)
+            })
+            .collect()
+    }
+
+    fn batch(&self, extra: &[&str]) -> Output {
+        let mut cmd = certswap();
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["install", "--batch"])
+            .arg(&self.inbox)
+            .args(extra);
+        cmd.output().expect("run certswap")
+    }
+
+    fn served(&self, name: &str) -> String {
+        served_sha256(self.nginx.port(), name).expect("openssl s_client sees a certificate")
+    }
+
+    fn cert_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join("ssl").join(format!("{name}.pem"))
+    }
+
+    /// SIGHUPs nginx has logged so far.
+    fn reloads(&self) -> usize {
+        self.nginx.error_log().matches("(SIGHUP) received").count()
+    }
+}
+
+/// The `--json` output: exactly one object per line, by site.
+fn json_lines(out: &Output) -> BTreeMap<String, serde_json::Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut by_site = BTreeMap::new();
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+            panic!("not one JSON object per line ({e}): {line}\n{}", text(out))
+        });
+        let site = v["site"].as_str().expect("site").to_string();
+        assert!(by_site.insert(site, v).is_none(), "{}", text(out));
+    }
+    by_site
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn five_sites_are_verified_with_one_config_test_and_one_reload() {
+    let w = World::new("10s");
+    let new = w.renew_all(&SITES);
+    let master = w.nginx.master_pid();
+    let workers = w.nginx.worker_pids();
+    let reloads = w.reloads();
+
+    let out = w.batch(&["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let results = json_lines(&out);
+    assert_eq!(results.len(), SITES.len(), "{}", text(&out));
+    for name in SITES {
+        let v = &results[name];
+        let leaf = &new[name];
+        assert_eq!(v["result"], "verified", "{v}");
+        assert_eq!(v["old"]["sha256"], w.old[name].sha256.as_str());
+        assert_eq!(v["new"]["sha256"], leaf.sha256.as_str());
+        assert_eq!(v["served"][0]["sha256"], leaf.sha256.as_str());
+        assert_eq!(v["served"][0]["trusted"], true);
+        assert!(v["error"].is_null(), "{v}");
+        for step in ["validate", "swap", "configtest", "reload", "probe"] {
+            assert!(v["timings_ms"][step].is_u64(), "timing {step} in {v}");
+        }
+        // An independent client sees the new leaf, and the file holds it.
+        assert_eq!(w.served(name), leaf.sha256, "{name}");
+        assert_eq!(pki::leaf_sha256_file(&w.cert_file(name)), leaf.sha256);
+    }
+    assert_eq!(
+        w.reloads() - reloads,
+        1,
+        "exactly one SIGHUP:\n{}",
+        w.nginx.error_log()
+    );
+    assert_eq!(w.nginx.master_pid(), master, "the same master, reloaded");
+    let now = w.nginx.worker_pids();
+    assert!(
+        now.iter().all(|p| !workers.contains(p)),
+        "{workers:?} → {now:?}"
+    );
+
+    // The batch is done: running it again on the same inbox refuses every
+    // bundle (it does not extend the installed cert) and sends no signal.
+    let again = w.batch(&["--json"]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(
+        json_lines(&again)
+            .values()
+            .all(|v| v["result"] == "rejected")
+    );
+    assert_eq!(w.reloads() - reloads, 1);
+}
+
+#[test]
+fn a_bad_bundle_is_rejected_while_the_others_install() {
+    let w = World::new("10s");
+    let new = w.renew_all(&["a.test", "b.test", "d.test", "e.test"]);
+    // c.test: a renewed cert with the key of another renewal.
+    let c = w.renewed("c.test");
+    let other = w.renewed("c.test");
+    std::fs::write(w.inbox.join("c.test.pem"), c.fullchain_pem()).expect("write");
+    pki::write_key(&w.inbox.join("c.test.key"), &other.key_pem);
+    // A bundle for a site the config does not have.
+    let stray = w.ca.leaf(&["nosuch.test"]).build();
+    pki::write(&w.inbox, "nosuch.test", &stray);
+    let c_before = pki::sha256_file(&w.cert_file("c.test"));
+    let reloads = w.reloads();
+
+    let out = w.batch(&["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let results = json_lines(&out);
+    assert_eq!(results.len(), 6, "{}", text(&out));
+    for (name, leaf) in &new {
+        assert_eq!(results[name]["result"], "verified", "{}", text(&out));
+        assert_eq!(w.served(name), leaf.sha256);
+    }
+    let rc = &results["c.test"];
+    assert_eq!(rc["result"], "rejected", "{rc}");
+    assert!(
+        rc["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not match")),
+        "{rc}"
+    );
+    assert_eq!(pki::sha256_file(&w.cert_file("c.test")), c_before);
+    assert_eq!(w.served("c.test"), w.old["c.test"].sha256);
+    let rn = &results["nosuch.test"];
+    assert_eq!(rn["result"], "rejected", "{rn}");
+    let err = rn["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("nosuch.test.pem") && err.contains("not a site"),
+        "{rn}"
+    );
+    assert_eq!(w.reloads() - reloads, 1);
+}
+
+#[test]
+fn a_site_whose_endpoint_serves_another_cert_is_rolled_back_alone() {
+    let w = World::new("2s");
+    // e.test's endpoint is a second nginx (a load balancer in front, say)
+    // that certswap's reload does not touch.
+    let lb_dir = w.dir.path().join("lb");
+    std::fs::create_dir(&lb_dir).expect("mkdir");
+    let lb_leaf = w.ca.leaf(&["e.test"]).days(-1, 90).build();
+    let (lb_cert, lb_key) = pki::write(&lb_dir, "lb", &lb_leaf);
+    let lb = Nginx::start(&[SiteSpec::new("e.test", &lb_cert, &lb_key)]);
+    let conf = std::fs::read_to_string(&w.config).expect("config");
+    let marker = format!("cert = {}", support::toml_path(&w.cert_file("e.test")));
+    let at = conf.find(&marker).expect("e.test in the config");
+    let (head, tail) = conf.split_at(at);
+    let tail = tail.replacen(
+        &format!("127.0.0.1:{}", w.nginx.port()),
+        &format!("127.0.0.1:{}", lb.port()),
+        1,
+    );
+    std::fs::write(&w.config, format!("{head}{tail}")).expect("write config");
+
+    let new = w.renew_all(&SITES);
+    let e_before = pki::sha256_file(&w.cert_file("e.test"));
+    let reloads = w.reloads();
+
+    let out = w.batch(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("rolled back: e.test is back on its previous certificate"),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout.contains("was not served"), "{}", text(&out));
+    assert!(!stdout.contains("NOT served again"), "{}", text(&out));
+    for name in ["a.test", "b.test", "c.test", "d.test"] {
+        assert!(
+            stdout.contains(&format!("verified: {name} serves the new certificate")),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(
+            w.served(name),
+            new[name].sha256,
+            "{name} keeps the new cert"
+        );
+    }
+    assert_eq!(pki::sha256_file(&w.cert_file("e.test")), e_before);
+    assert_eq!(
+        w.served("e.test"),
+        w.old["e.test"].sha256,
+        "the real server"
+    );
+    assert_eq!(
+        served_sha256(lb.port(), "e.test").expect("lb"),
+        lb_leaf.sha256
+    );
+    assert_eq!(
+        w.reloads() - reloads,
+        2,
+        "one reload, one to put e.test back:\n{}",
+        w.nginx.error_log()
+    );
+}
+
+#[test]
+fn a_failing_config_test_restores_every_site_without_a_reload() {
+    let w = World::new("10s");
+    let conf = std::fs::read_to_string(w.nginx.conf_path()).expect("read nginx.conf");
+    w.nginx
+        .set_config(&conf.replacen("events {", "this_is_not_a_directive on;\nevents {", 1));
+    w.renew_all(&SITES);
+    let before: Vec<String> = SITES
+        .iter()
+        .map(|n| pki::sha256_file(&w.cert_file(n)))
+        .collect();
+    let workers = w.nginx.worker_pids();
+    let reloads = w.reloads();
+
+    let out = w.batch(&["--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let results = json_lines(&out);
+    for (name, old_file) in SITES.iter().zip(&before) {
+        let v = &results[*name];
+        assert_eq!(v["result"], "rolled_back", "{v}");
+        let err = v["error"].as_str().unwrap_or_default();
+        assert!(err.contains("this_is_not_a_directive"), "{v}");
+        assert_eq!(&pki::sha256_file(&w.cert_file(name)), old_file);
+        assert_eq!(w.served(name), w.old[*name].sha256);
+    }
+    assert_eq!(
+        w.reloads(),
+        reloads,
+        "no reload without a passing config test"
+    );
+    assert_eq!(w.nginx.worker_pids(), workers);
+}
+
+#[test]
+fn dry_run_checks_every_bundle_and_changes_nothing() {
+    let w = World::new("10s");
+    w.renew_all(&SITES);
+    let before: Vec<String> = SITES
+        .iter()
+        .map(|n| pki::sha256_file(&w.cert_file(n)))
+        .collect();
+    let out = w.batch(&["--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let results = json_lines(&out);
+    assert!(
+        results.values().all(|v| v["result"] == "dry_run"),
+        "{}",
+        text(&out)
+    );
+    let after: Vec<String> = SITES
+        .iter()
+        .map(|n| pki::sha256_file(&w.cert_file(n)))
+        .collect();
+    assert_eq!(before, after);
+    assert!(
+        !w.dir.path().join("state/lock").exists(),
+        "not even a lock file"
+    );
+}
+
+#[test]
+fn an_empty_inbox_is_nothing_to_do() {
+    let w = World::new("10s");
+    let out = w.batch(&["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to install"),
+        "{}",
+        text(&out)
+    );
+    let missing = w.dir.path().join("no-such-dir");
+    let out = certswap()
+        .arg("--config")
+        .arg(&w.config)
+        .args(["install", "--batch", path(&missing)])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
