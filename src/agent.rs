@@ -1,7 +1,48 @@
-//! `certswap run`: the daemon loop — sources (inbox, HTTPS manifest),
-//! batches, expiry and drift watch, metrics, signals. (Being written.)
+//! `certswap run`: the daemon. It sleeps on a timer and on inbox events,
+//! and each time it wakes it runs one *pass*:
+//!
+//! 1. host lock free? (another certswap changing files = skip this pass);
+//!    on the first pass, repair every site from its journal;
+//! 2. read the sources: inbox scans (every pass), HTTPS manifests (full
+//!    passes, with backoff after failures);
+//! 3. install everything ready as ONE batch ([`crate::batch::install_items`]:
+//!    one config test, one reload, concurrent probes, per-site rollback);
+//! 4. move inbox files to `done/` or `failed/`, remember manifest ETags;
+//! 5. full passes only: expiry check (30 / 10 days / expired) and drift
+//!    check (served ≠ on disk), reload and verify when `fix_drift = true`.
+//!
+//! Full passes run every `[agent] interval`, jittered ±10% so a fleet does
+//! not hit its source in step; an inbox event runs an inbox-only pass after
+//! the inbox's debounce. SIGTERM/SIGINT let the pass in flight finish (an
+//! install is finished or rolled back, never cut) and exit 0; SIGHUP
+//! re-reads the config. Metrics are served on `metrics_listen`.
+//!
+//! The loop itself is async on a current-thread runtime (signals, timers,
+//! the metrics endpoint); a pass is blocking code on the blocking pool, as
+//! the install pipeline is.
 
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use time::OffsetDateTime;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::batch::{self, Item};
+use crate::config::{Config, InboxSource, SourceConfig};
+use crate::install::{self, Env, InstallError};
+use crate::metrics::{EndpointLabel, Metrics, ResultLabel, SiteLabel};
+use crate::probe::{self, Prober, Target};
+use crate::report::{Outcome, ResultKind};
+use crate::server;
+use crate::source::http::{self, FetchError, HttpState};
+use crate::source::inbox::{self, Found};
+use crate::source::{self as src, Candidate, WorkDir};
+use crate::store::{Store, StoreError};
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -9,6 +50,20 @@ use std::path::Path;
 pub enum AgentError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the agent: {what}: {source}")]
+    Setup {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("a pass of the agent crashed: {0}")]
+    Crashed(String),
 }
 
 /// Options of `certswap run` that are not config.
@@ -18,8 +73,1058 @@ pub struct RunOptions {
     pub once: bool,
 }
 
-/// Run the agent with the config at `config_path` (re-read on SIGHUP).
-pub fn run(config_path: &Path, _opts: RunOptions) -> Result<(), AgentError> {
-    crate::config::Config::load(config_path)?;
+/// Log line format of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line per event, for people (the default).
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// How many handshakes the drift check keeps in flight.
+const DRIFT_CONCURRENCY: usize = 64;
+/// A pass re-checks its stop flag this often while waiting on the network.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// Run the agent with the config at `config_path` (re-read on SIGHUP),
+/// logging human-readable lines at `info` (or `CERTSWAP_LOG`) to stderr.
+pub fn run(config_path: &Path, opts: RunOptions) -> Result<(), AgentError> {
+    run_logged(config_path, opts, LogFormat::Human)
+}
+
+/// [`run`] with the log format of `--log-format`. A daemon logs at `info`
+/// by default (the CLI's default is `warn`); `CERTSWAP_LOG` overrides.
+pub fn run_logged(
+    config_path: &Path,
+    opts: RunOptions,
+    format: LogFormat,
+) -> Result<(), AgentError> {
+    let dispatch = log_dispatch(format);
+    tracing::dispatcher::with_default(&dispatch, || run_inner(config_path, opts))
+}
+
+fn log_dispatch(format: LogFormat) -> tracing::Dispatch {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        || EnvFilter::try_from_env("CERTSWAP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    match format {
+        LogFormat::Human => tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                // Colours for a terminal only, not for journald or a file.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_env_filter(filter())
+                .finish(),
+        ),
+        LogFormat::Json => tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_env_filter(filter())
+                .finish(),
+        ),
+    }
+}
+
+fn run_inner(config_path: &Path, opts: RunOptions) -> Result<(), AgentError> {
+    // One provider for rustls and reqwest, before any client is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cfg = Config::load(config_path)?;
+    Store::open(&cfg.state_dir)?;
+    WorkDir::clean_stale(&cfg.state_dir);
+    let agent = Agent::new(config_path, cfg);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AgentError::Setup {
+            what: "tokio runtime",
+            source,
+        })?;
+    rt.block_on(main_loop(agent, opts.once))
+}
+
+/// What the agent keeps between passes.
+struct Agent {
+    config_path: PathBuf,
+    cfg: Config,
+    host_id: String,
+    metrics: Arc<Metrics>,
+    /// Per HTTP source, by name.
+    http: HashMap<String, HttpState>,
+    /// Every site was repaired from its journal once.
+    recovered: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassKind {
+    /// Every source, expiry and drift.
+    Full,
+    /// The inbox only (after an inbox event).
+    Inbox,
+}
+
+#[derive(Debug, Default)]
+struct PassReport {
+    /// When an inbox group that was still being written should be seen again.
+    inbox_recheck: Option<SystemTime>,
+}
+
+impl Agent {
+    fn new(config_path: &Path, cfg: Config) -> Agent {
+        let mut a = Agent {
+            config_path: config_path.to_path_buf(),
+            host_id: String::new(),
+            cfg,
+            metrics: Arc::new(Metrics::new()),
+            http: HashMap::new(),
+            recovered: false,
+        };
+        a.apply(a.cfg.clone());
+        a
+    }
+
+    /// Take `cfg` as the config (start and SIGHUP): host id, source states.
+    fn apply(&mut self, cfg: Config) {
+        self.host_id = host_id(&cfg);
+        let mut http = HashMap::new();
+        for s in &cfg.sources {
+            if let SourceConfig::Http(h) = s {
+                let state = match self.http.remove(&h.name) {
+                    Some(old) => old,
+                    None => HttpState::load(&cfg.state_dir, h),
+                };
+                http.insert(h.name.clone(), state);
+            }
+        }
+        self.http = http;
+        // Every source's error counter exists from the start (at 0), so
+        // `rate()` and `increase()` see the first error.
+        for s in &cfg.sources {
+            let _ = self
+                .metrics
+                .source_errors
+                .get_or_create(&crate::metrics::SourceLabel {
+                    source: s.name().to_string(),
+                });
+        }
+        self.cfg = cfg;
+    }
+
+    /// SIGHUP: re-read the config; a broken file keeps the old config.
+    fn reload(&mut self) {
+        match Config::load(&self.config_path) {
+            Ok(cfg) => {
+                if cfg.agent.metrics_listen != self.cfg.agent.metrics_listen {
+                    tracing::warn!(
+                        "agent.metrics_listen changed: it takes effect when the agent restarts"
+                    );
+                }
+                self.apply(cfg);
+                tracing::info!(config = %self.config_path.display(), "config re-read (SIGHUP)");
+            }
+            Err(e) => tracing::error!("config not re-read, keeping the one in use: {e}"),
+        }
+    }
+
+    fn inbox_debounce(&self) -> Duration {
+        self.cfg
+            .sources
+            .iter()
+            .filter_map(|s| match s {
+                SourceConfig::Inbox(i) => Some(i.debounce),
+                SourceConfig::Http(_) => None,
+            })
+            .max()
+            .unwrap_or(Duration::from_secs(2))
+    }
+
+    /// One pass (steps 1–5 of the module doc). Blocking.
+    fn pass(&mut self, kind: PassKind, stop: &AtomicBool) -> PassReport {
+        let mut report = PassReport::default();
+        self.metrics.passes.inc();
+        let cfg = self.cfg.clone();
+        let store = match Store::open(&cfg.state_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("pass skipped: {e}");
+                return report;
+            }
+        };
+        let prober = match Prober::for_config(&cfg) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("pass skipped: {e}");
+                return report;
+            }
+        };
+        let server = server::from_config(&cfg.server);
+        let env = Env {
+            config: &cfg,
+            server: server.as_ref(),
+            prober: &prober,
+            store: &store,
+        };
+
+        // 1. the host lock: busy means another certswap is changing files.
+        match store.lock() {
+            Ok(lock) => {
+                if !self.recovered {
+                    let sites: Vec<_> = cfg.sites.iter().collect();
+                    match batch::recover_sites(&env, &sites) {
+                        Ok(_) => self.recovered = true,
+                        Err(e) => tracing::error!("repair from the journals failed: {e}"),
+                    }
+                }
+                drop(lock);
+            }
+            Err(StoreError::Locked { .. }) => {
+                tracing::info!("another certswap holds the host lock; this pass is skipped");
+                self.metrics.skipped_passes.inc();
+                if kind == PassKind::Inbox {
+                    report.inbox_recheck =
+                        Some(SystemTime::now() + self.inbox_debounce().max(Duration::from_secs(5)));
+                }
+                return report;
+            }
+            Err(e) => {
+                tracing::error!("pass skipped: {e}");
+                return report;
+            }
+        }
+
+        let work = match WorkDir::create(&cfg.state_dir) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(
+                    "pass skipped: cannot create a private work directory under {}: {e}",
+                    WorkDir::root(&cfg.state_dir).display()
+                );
+                return report;
+            }
+        };
+
+        // 2. sources.
+        let mut pending: Vec<Pending> = Vec::new();
+        for s in &cfg.sources {
+            match s {
+                SourceConfig::Inbox(i) => {
+                    if let Some(at) = self.read_inbox(i, &cfg, &work, &mut pending) {
+                        report.inbox_recheck = Some(report.inbox_recheck.map_or(at, |r| r.min(at)));
+                    }
+                }
+                SourceConfig::Http(h) if kind == PassKind::Full => {
+                    self.read_http(h, &cfg, &work, stop, &mut pending);
+                }
+                SourceConfig::Http(_) => {}
+            }
+        }
+
+        // 3–4. one batch, then each bundle's bookkeeping.
+        if stop.load(Ordering::SeqCst) {
+            tracing::info!("stopping: the bundles found in this pass are left for the next start");
+        } else if self.install(&env, pending) {
+            // The lock was taken between our look and the batch: soon again.
+            let at = SystemTime::now() + self.inbox_debounce().max(Duration::from_secs(5));
+            report.inbox_recheck = Some(report.inbox_recheck.map_or(at, |r| r.min(at)));
+        }
+
+        // 5. expiry (metrics every pass, so an install shows at once; the
+        //    log lines on full passes) and drift.
+        self.expiry(&cfg, kind == PassKind::Full);
+        if kind == PassKind::Full && !stop.load(Ordering::SeqCst) {
+            self.drift(&env);
+        }
+        self.metrics.last_pass.set(crate::metrics::now_unix());
+        report
+    }
+
+    /// Scan one inbox: refused bundles go to `failed/` now, ready ones to
+    /// `pending`. Returns when to look again at groups still being written.
+    fn read_inbox(
+        &self,
+        i: &InboxSource,
+        cfg: &Config,
+        work: &WorkDir,
+        pending: &mut Vec<Pending>,
+    ) -> Option<SystemTime> {
+        if let Err(e) = src::mkdir_private_all(&i.path) {
+            tracing::error!(source = %i.name, "cannot create the inbox {}: {e}", i.path.display());
+            self.metrics.source_error(&i.name);
+            return None;
+        }
+        let scan = match inbox::scan(i, cfg, work, SystemTime::now()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(source = %i.name, "cannot read the inbox {}: {e}", i.path.display());
+                self.metrics.source_error(&i.name);
+                return None;
+            }
+        };
+        self.metrics.source_ok(&i.name);
+        for (found, why) in scan.refused {
+            tracing::warn!(source = %i.name, bundle = %found.label, "refused: {why}");
+            self.metrics.source_error(&i.name);
+            quarantine(i, &found, &why);
+        }
+        for (found, candidate) in scan.ready {
+            tracing::info!(source = %i.name, bundle = %found.label, site = %candidate.site, "bundle ready");
+            pending.push(Pending {
+                candidate,
+                origin: Origin::Inbox {
+                    source: i.clone(),
+                    found,
+                },
+            });
+        }
+        scan.recheck_at
+    }
+
+    /// Fetch one manifest (with backoff and the stop flag).
+    fn read_http(
+        &mut self,
+        h: &crate::config::HttpSource,
+        cfg: &Config,
+        work: &WorkDir,
+        stop: &AtomicBool,
+        pending: &mut Vec<Pending>,
+    ) {
+        let Some(state) = self.http.get_mut(&h.name) else {
+            return;
+        };
+        if state.should_skip() {
+            tracing::info!(source = %h.name, "backing off after {} failed passes; not fetched this time", state.failures);
+            return;
+        }
+        let fetched = probe::block_on(or_stop(
+            http::fetch(h, state, cfg, &self.host_id, work),
+            stop,
+        ));
+        let Some(fetched) = fetched else {
+            tracing::info!(source = %h.name, "stopping: the fetch was abandoned");
+            return;
+        };
+        match fetched {
+            Err(e) => {
+                let transient = matches!(e, FetchError::Transient(_));
+                tracing::warn!(source = %h.name, "{e}{}", if transient { "; retrying on a later pass" } else { "" });
+                self.metrics.source_error(&h.name);
+                state.failed();
+            }
+            Ok(f) if f.not_modified => {
+                tracing::info!(source = %h.name, "the manifest is not modified (304)");
+                self.metrics.source_ok(&h.name);
+                state.succeeded();
+            }
+            Ok(f) => {
+                for why in &f.permanent {
+                    tracing::warn!(source = %h.name, "{why}");
+                    self.metrics.source_error(&h.name);
+                }
+                for why in &f.transient {
+                    tracing::warn!(source = %h.name, "{why}; keeping the installed certificate, retrying on a later pass");
+                    self.metrics.source_error(&h.name);
+                }
+                let complete = f.transient.is_empty();
+                if complete {
+                    self.metrics.source_ok(&h.name);
+                    state.succeeded();
+                } else {
+                    state.failed();
+                }
+                let run = Arc::new(HttpRun {
+                    source: h.clone(),
+                    etag: if complete { f.etag } else { None },
+                    complete: AtomicBool::new(complete),
+                });
+                if f.candidates.is_empty() {
+                    finish_http(&run, &cfg.state_dir, state);
+                }
+                for c in f.candidates {
+                    tracing::info!(source = %h.name, site = %c.candidate.site, "bundle downloaded and checked");
+                    pending.push(Pending {
+                        candidate: c.candidate,
+                        origin: Origin::Http {
+                            run: run.clone(),
+                            cert_sha256: c.cert_sha256,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// Step 3–4: install the ready bundles as one batch and settle each.
+    /// True when the batch found the host lock taken (try again soon).
+    fn install(&mut self, env: &Env<'_>, pending: Vec<Pending>) -> bool {
+        let mut lock_busy = false;
+        // The manifests these bundles came from: their ETag is remembered
+        // at the end if every bundle of theirs was settled.
+        let mut runs: Vec<Arc<HttpRun>> = Vec::new();
+        for p in &pending {
+            if let Origin::Http { run, .. } = &p.origin
+                && !runs.iter().any(|r| Arc::ptr_eq(r, run))
+            {
+                runs.push(run.clone());
+            }
+        }
+        // One bundle per site per batch; another for the same site waits
+        // for the next pass.
+        let mut seen = HashSet::new();
+        let mut items_of: Vec<Pending> = Vec::new();
+        let mut deferred: Vec<Pending> = Vec::new();
+        for p in pending {
+            if seen.insert(p.candidate.site.clone()) {
+                items_of.push(p);
+            } else {
+                tracing::info!(site = %p.candidate.site, "a second bundle for the same site waits for the next pass");
+                deferred.push(p);
+            }
+        }
+        // Already installed: same leaf on disk (an inbox copy of what is there).
+        let mut todo = Vec::new();
+        for p in items_of {
+            let site = env.config.site(&p.candidate.site).ok();
+            let installed = site.and_then(src::installed_leaf_sha256);
+            if installed.is_some() && installed == p.candidate.leaf_sha256 {
+                tracing::info!(site = %p.candidate.site, "this certificate is installed already; nothing to do");
+                self.settle(&p, None);
+            } else {
+                todo.push(p);
+            }
+        }
+        for p in &deferred {
+            if let Origin::Http { run, .. } = &p.origin {
+                run.complete.store(false, Ordering::SeqCst);
+            }
+        }
+        let result = if todo.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let mut items = Vec::new();
+            for p in &todo {
+                // Matched against this config in this pass: always found.
+                if let Ok(site) = env.config.site(&p.candidate.site) {
+                    items.push(Item {
+                        site,
+                        cert: p.candidate.cert.clone(),
+                        key: p.candidate.key.clone(),
+                        chain: p.candidate.chain.clone(),
+                    });
+                }
+            }
+            tracing::info!(bundles = items.len(), "installing as one batch");
+            batch::install_items(env, &items, false, false)
+        };
+        match result {
+            Ok(outcomes) => {
+                for (p, out) in todo.iter().zip(outcomes) {
+                    self.record(&out, &p.candidate);
+                    self.settle(p, Some(&out));
+                }
+            }
+            Err(InstallError::Store(StoreError::Locked { .. })) => {
+                tracing::info!(
+                    "another certswap took the host lock; the bundles wait for the next pass"
+                );
+                self.metrics.skipped_passes.inc();
+                unsettled(&todo);
+                lock_busy = true;
+            }
+            Err(e) => {
+                tracing::error!("the batch could not run; its bundles wait for the next pass: {e}");
+                for p in &todo {
+                    self.metrics.site_error(&p.candidate.site);
+                }
+                unsettled(&todo);
+            }
+        }
+        for run in runs {
+            if let Some(state) = self.http.get_mut(&run.source.name) {
+                finish_http(&run, &env.config.state_dir, state);
+            }
+        }
+        lock_busy
+    }
+
+    /// Metrics and a log line for one outcome.
+    fn record(&self, out: &Outcome, candidate: &Candidate) {
+        let result = match out.result {
+            ResultKind::Verified => "verified",
+            ResultKind::RolledBack => "rolled_back",
+            ResultKind::Rejected => "rejected",
+            ResultKind::DryRun => "dry_run",
+            ResultKind::Valid => "valid",
+        };
+        self.metrics
+            .installs
+            .get_or_create(&ResultLabel {
+                site: out.site.clone(),
+                result: result.into(),
+            })
+            .inc();
+        // What the install's last handshakes saw is what is served now.
+        for row in &out.served {
+            if let Some(na) = row.not_after.as_deref().and_then(unix_of_rfc3339) {
+                self.metrics
+                    .served_not_after
+                    .get_or_create(&EndpointLabel {
+                        site: out.site.clone(),
+                        endpoint: format!("{}@{}", row.sni, row.endpoint),
+                    })
+                    .set(na);
+            }
+        }
+        match out.result {
+            ResultKind::Verified => {
+                self.metrics
+                    .last_install
+                    .get_or_create(&SiteLabel {
+                        site: out.site.clone(),
+                    })
+                    .set(crate::metrics::now_unix());
+                let na = out
+                    .new
+                    .as_ref()
+                    .map(|l| l.not_after.as_str())
+                    .unwrap_or("?");
+                tracing::info!(site = %out.site, not_after = %na, "installed and verified: the new certificate is served");
+            }
+            _ => tracing::warn!(
+                site = %out.site,
+                result,
+                "not installed: {}",
+                candidate.describe(out.error.as_deref().unwrap_or("no reason given"))
+            ),
+        }
+    }
+
+    /// Move an inbox bundle to done/ or failed/, or note a refused HTTP
+    /// bundle so it is not fetched again. `out` None = nothing to install.
+    fn settle(&mut self, p: &Pending, out: Option<&Outcome>) {
+        let failure = out.and_then(|o| match o.result {
+            ResultKind::Verified | ResultKind::DryRun | ResultKind::Valid => None,
+            ResultKind::Rejected | ResultKind::RolledBack => Some(
+                p.candidate
+                    .describe(o.error.as_deref().unwrap_or("the bundle was not installed")),
+            ),
+        });
+        match &p.origin {
+            Origin::Inbox { source, found } => match &failure {
+                Some(why) => quarantine(source, found, why),
+                None => match inbox::finish(source, found, None) {
+                    Ok(dir) => tracing::info!(bundle = %found.label, "moved to {}", dir.display()),
+                    Err(e) => {
+                        tracing::error!(bundle = %found.label, "cannot move the bundle to done/: {e}")
+                    }
+                },
+            },
+            Origin::Http { run, cert_sha256 } => {
+                if failure.is_some()
+                    && let Some(state) = self.http.get_mut(&run.source.name)
+                {
+                    state
+                        .refused
+                        .insert((p.candidate.site.clone(), cert_sha256.clone()));
+                }
+            }
+        }
+    }
+
+    /// Expiry of what is on disk: metrics, and (with `log`) a line at 30 /
+    /// 10 days and once expired.
+    fn expiry(&self, cfg: &Config, log: bool) {
+        let now = OffsetDateTime::now_utc();
+        for site in &cfg.sites {
+            let label = SiteLabel {
+                site: site.name.clone(),
+            };
+            let leaf = match crate::bundle::read_certs(&site.cert) {
+                Ok(certs) => match certs.into_iter().next() {
+                    Some(l) => l,
+                    None => continue,
+                },
+                Err(e) => {
+                    if log {
+                        tracing::warn!(site = %site.name, "the installed certificate cannot be read: {e}");
+                    }
+                    continue;
+                }
+            };
+            let days = leaf.days_left(now);
+            self.metrics
+                .cert_not_after
+                .get_or_create(&label)
+                .set(leaf.not_after.unix_timestamp());
+            self.metrics.days_left.get_or_create(&label).set(days);
+            let na = crate::cert::rfc3339(leaf.not_after);
+            if !log {
+                continue;
+            }
+            if now > leaf.not_after {
+                tracing::error!(site = %site.name, not_after = %na, "the installed certificate has EXPIRED");
+            } else if days <= 10 {
+                tracing::error!(site = %site.name, not_after = %na, days_left = days, "the installed certificate is critical: renew it now");
+            } else if days <= 30 {
+                tracing::warn!(site = %site.name, not_after = %na, days_left = days, "the installed certificate expires soon");
+            }
+        }
+    }
+
+    /// Drift: what each endpoint serves vs the leaf on disk. With
+    /// `fix_drift`, reload (after a config test) and verify.
+    fn drift(&self, env: &Env<'_>) {
+        let cfg = env.config;
+        let mut targets: Vec<Target> = Vec::new();
+        let mut owners: Vec<usize> = Vec::new();
+        let mut on_disk: Vec<Option<String>> = Vec::new();
+        for (i, site) in cfg.sites.iter().enumerate() {
+            on_disk.push(src::installed_leaf_sha256(site));
+            for t in &site.endpoints {
+                targets.push(t.clone());
+                owners.push(i);
+            }
+        }
+        let results = probe::block_on(probe::probe_many(env.prober, &targets, DRIFT_CONCURRENCY));
+        let mut drifting = vec![false; cfg.sites.len()];
+        for ((t, owner), r) in targets.iter().zip(&owners).zip(results) {
+            let site = &cfg.sites[*owner];
+            match r {
+                Ok(served) => {
+                    self.metrics
+                        .served_not_after
+                        .get_or_create(&EndpointLabel {
+                            site: site.name.clone(),
+                            endpoint: t.to_string(),
+                        })
+                        .set(served.leaf.not_after.unix_timestamp());
+                    if let Some(disk) = &on_disk[*owner]
+                        && &served.leaf.sha256 != disk
+                    {
+                        drifting[*owner] = true;
+                        tracing::warn!(
+                            site = %site.name, endpoint = %t,
+                            "drift: the endpoint serves {} (notAfter {}), not the certificate on disk",
+                            served.leaf.sha256,
+                            crate::cert::rfc3339(served.leaf.not_after)
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(site = %site.name, endpoint = %t, "no handshake: {e}"),
+            }
+        }
+        for (site, d) in cfg.sites.iter().zip(&drifting) {
+            self.metrics
+                .drift
+                .get_or_create(&SiteLabel {
+                    site: site.name.clone(),
+                })
+                .set(i64::from(*d));
+        }
+        if cfg.agent.fix_drift && drifting.contains(&true) {
+            self.fix_drift(env, &drifting, &on_disk);
+        }
+    }
+
+    fn fix_drift(&self, env: &Env<'_>, drifting: &[bool], on_disk: &[Option<String>]) {
+        let _lock = match env.store.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!("drift not fixed this pass: {e}");
+                return;
+            }
+        };
+        // No reload without a passing config test (invariant 4).
+        if let Err(e) = env.server.configtest() {
+            tracing::error!("drift not fixed: {e}");
+            return;
+        }
+        if let Err(e) = env.server.reload() {
+            tracing::error!("drift not fixed: {e}");
+            return;
+        }
+        tracing::info!(
+            "fix_drift: reloaded {} to serve the certificates on disk",
+            env.server.name()
+        );
+        for ((site, d), sha) in env.config.sites.iter().zip(drifting).zip(on_disk) {
+            let (true, Some(sha)) = (*d, sha) else {
+                continue;
+            };
+            let w = install::wait_served(env, &site.endpoints, sha, false);
+            match w.failure {
+                None => {
+                    tracing::info!(site = %site.name, "drift fixed: the certificate on disk is served");
+                    self.metrics
+                        .drift
+                        .get_or_create(&SiteLabel {
+                            site: site.name.clone(),
+                        })
+                        .set(0);
+                }
+                Some(why) => {
+                    tracing::error!(site = %site.name, "drift remains after the reload: {why}")
+                }
+            }
+        }
+    }
+}
+
+/// A bundle found in this pass and where it came from.
+struct Pending {
+    candidate: Candidate,
+    origin: Origin,
+}
+
+enum Origin {
+    Inbox {
+        source: InboxSource,
+        found: Found,
+    },
+    Http {
+        run: Arc<HttpRun>,
+        cert_sha256: String,
+    },
+}
+
+/// One fetch of one manifest in this pass.
+struct HttpRun {
+    source: crate::config::HttpSource,
+    /// The manifest's ETag, None when something must be retried.
+    etag: Option<String>,
+    /// Every bundle of it was settled (none left for a retry).
+    complete: AtomicBool,
+}
+
+fn finish_http(run: &HttpRun, state_dir: &Path, state: &mut HttpState) {
+    if run.complete.load(Ordering::SeqCst) && run.etag.is_some() && run.etag != state.etag {
+        state.save_etag(state_dir, &run.source, run.etag.clone());
+    }
+}
+
+/// Bundles that were not settled: an inbox group stays where it is; an
+/// HTTP manifest is fetched in full again next time.
+fn unsettled(todo: &[Pending]) {
+    for p in todo {
+        if let Origin::Http { run, .. } = &p.origin {
+            run.complete.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+fn quarantine(source: &InboxSource, found: &Found, why: &str) {
+    match inbox::finish(source, found, Some(why)) {
+        Ok(dir) => {
+            tracing::warn!(bundle = %found.label, "moved to {} with its reason", dir.display())
+        }
+        Err(e) => tracing::error!(bundle = %found.label, "cannot move the bundle to failed/: {e}"),
+    }
+}
+
+fn unix_of_rfc3339(s: &str) -> Option<i64> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(OffsetDateTime::unix_timestamp)
+}
+
+/// `[agent] host_id`, else /etc/machine-id, else the host name.
+fn host_id(cfg: &Config) -> String {
+    if let Some(id) = &cfg.agent.host_id {
+        return id.clone();
+    }
+    for path in [
+        "/etc/machine-id",
+        "/proc/sys/kernel/hostname",
+        "/etc/hostname",
+    ] {
+        if let Ok(b) = crate::fsio::read_limited(Path::new(path), 4096)
+            && let Ok(s) = String::from_utf8(b)
+            && !s.trim().is_empty()
+        {
+            return s.trim().to_string();
+        }
+    }
+    "unknown-host".into()
+}
+
+/// `f`, or None as soon as `stop` is set.
+async fn or_stop<F: std::future::Future>(f: F, stop: &AtomicBool) -> Option<F::Output> {
+    let stopped = async {
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    };
+    tokio::select! {
+        r = f => Some(r),
+        () = stopped => None,
+    }
+}
+
+/// `interval` ± up to 10%, so a fleet's agents drift apart.
+fn jittered(interval: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    let r = match ring::rand::SystemRandom::new().fill(&mut b) {
+        Ok(()) => u32::from_be_bytes(b),
+        Err(_) => u32::MAX / 2,
+    };
+    // r / u32::MAX in [0, 1] → factor in [0.9, 1.1].
+    let factor = 0.9 + 0.2 * (f64::from(r) / f64::from(u32::MAX));
+    interval.mul_f64(factor)
+}
+
+fn instant_of(t: SystemTime) -> Instant {
+    Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// The signals the agent reacts to.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+enum Sig {
+    Stop(&'static str),
+    Reload,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, AgentError> {
+        let mk = |k| {
+            signal(k).map_err(|source| AgentError::Setup {
+                what: "signal handler",
+                source,
+            })
+        };
+        Ok(Signals {
+            term: mk(SignalKind::terminate())?,
+            int: mk(SignalKind::interrupt())?,
+            hup: mk(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) -> Sig {
+        tokio::select! {
+            _ = self.term.recv() => Sig::Stop("SIGTERM"),
+            _ = self.int.recv() => Sig::Stop("SIGINT"),
+            _ = self.hup.recv() => Sig::Reload,
+        }
+    }
+}
+
+/// Run one pass on the blocking pool while still answering signals:
+/// SIGTERM/SIGINT set the stop flag (the pass finishes what it started),
+/// SIGHUP is remembered. Returns (agent, report, stop asked, reload asked).
+async fn run_pass(
+    agent: Agent,
+    kind: PassKind,
+    stop: &Arc<AtomicBool>,
+    signals: &mut Signals,
+) -> Result<(Agent, PassReport, bool, bool), AgentError> {
+    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+    let flag = stop.clone();
+    let mut agent = agent;
+    let mut handle = tokio::task::spawn_blocking(move || {
+        tracing::dispatcher::with_default(&dispatch, || {
+            let r = agent.pass(kind, &flag);
+            (agent, r)
+        })
+    });
+    let mut reload = false;
+    loop {
+        tokio::select! {
+            res = &mut handle => {
+                let (agent, report) = res.map_err(|e| AgentError::Crashed(e.to_string()))?;
+                return Ok((agent, report, stop.load(Ordering::SeqCst), reload));
+            }
+            sig = signals.recv() => match sig {
+                Sig::Stop(name) => {
+                    if !stop.swap(true, Ordering::SeqCst) {
+                        tracing::info!("{name}: finishing the pass in flight, then exiting");
+                    }
+                }
+                Sig::Reload => reload = true,
+            },
+        }
+    }
+}
+
+/// Watch every inbox; an event wakes `wake`. Failures are logged: the
+/// interval rescan still finds the files.
+fn watch_inboxes(cfg: &Config, wake: &Arc<Notify>) -> Vec<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    let mut out = Vec::new();
+    for s in &cfg.sources {
+        let SourceConfig::Inbox(i) = s else { continue };
+        if let Err(e) = src::mkdir_private_all(&i.path) {
+            tracing::error!(source = %i.name, "cannot create the inbox {}: {e}", i.path.display());
+            continue;
+        }
+        let wake = wake.clone();
+        let handler = move |res: notify::Result<notify::Event>| {
+            let Ok(ev) = res else {
+                // Lost events (queue overflow): rescan.
+                wake.notify_one();
+                return;
+            };
+            match ev.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+                // Our own reads of the inbox must not wake us again.
+                EventKind::Access(_) => return,
+                _ => {}
+            }
+            let ours = |p: &PathBuf| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !inbox::ignored(n))
+            };
+            if ev.paths.is_empty() || ev.paths.iter().any(ours) {
+                wake.notify_one();
+            }
+        };
+        let watched = notify::recommended_watcher(handler).and_then(|mut w| {
+            w.watch(&i.path, notify::RecursiveMode::NonRecursive)
+                .map(|()| w)
+        });
+        match watched {
+            Ok(w) => {
+                tracing::info!(source = %i.name, "watching {}", i.path.display());
+                out.push(w);
+            }
+            Err(e) => tracing::warn!(
+                source = %i.name,
+                "cannot watch {} ({e}); it is rescanned every interval only",
+                i.path.display()
+            ),
+        }
+    }
+    out
+}
+
+async fn main_loop(agent: Agent, once: bool) -> Result<(), AgentError> {
+    let mut agent = agent;
+    let mut signals = Signals::new()?;
+    let stop = Arc::new(AtomicBool::new(false));
+
+    if let Some(addr) = agent.cfg.agent.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Metrics { addr, source })?;
+        tracing::info!("metrics on http://{addr}/metrics");
+        tokio::spawn(crate::metrics::serve(listener, agent.metrics.clone()));
+    }
+    tracing::info!(
+        host_id = %agent.host_id,
+        sources = agent.cfg.sources.len(),
+        sites = agent.cfg.sites.len(),
+        "certswap agent started{}",
+        if once { " (one pass)" } else { "" }
+    );
+
+    if once {
+        return run_once(agent, &stop, &mut signals).await;
+    }
+
+    let wake = Arc::new(Notify::new());
+    let mut watchers = watch_inboxes(&agent.cfg, &wake);
+    let mut next_full = Instant::now();
+    let mut inbox_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let kind = if next_full <= now {
+            PassKind::Full
+        } else if inbox_at.is_some_and(|t| t <= now) {
+            PassKind::Inbox
+        } else {
+            let until = inbox_at.map_or(next_full, |t| t.min(next_full));
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => continue,
+                () = wake.notified() => {
+                    if inbox_at.is_none() {
+                        inbox_at = Some(Instant::now() + agent.inbox_debounce());
+                    }
+                    continue;
+                }
+                sig = signals.recv() => match sig {
+                    Sig::Stop(name) => {
+                        tracing::info!("{name}: exiting");
+                        break;
+                    }
+                    Sig::Reload => {
+                        agent.reload();
+                        drop(watchers);
+                        watchers = watch_inboxes(&agent.cfg, &wake);
+                        next_full = Instant::now();
+                        continue;
+                    }
+                },
+            }
+        };
+        if kind == PassKind::Full {
+            next_full = Instant::now() + jittered(agent.cfg.agent.interval);
+        }
+        inbox_at = None;
+        let (a, report, stopping, reload) = run_pass(agent, kind, &stop, &mut signals).await?;
+        agent = a;
+        if let Some(t) = report.inbox_recheck {
+            let t = instant_of(t);
+            inbox_at = Some(inbox_at.map_or(t, |i| i.min(t)));
+        }
+        if stopping {
+            break;
+        }
+        if reload {
+            agent.reload();
+            drop(watchers);
+            watchers = watch_inboxes(&agent.cfg, &wake);
+            next_full = Instant::now();
+        }
+    }
+    drop(watchers);
+    tracing::info!("certswap agent stopped");
     Ok(())
+}
+
+/// `run --once`: one full pass; inbox files still being written when it
+/// looked are waited for (a few debounce periods at most), then it exits.
+async fn run_once(
+    agent: Agent,
+    stop: &Arc<AtomicBool>,
+    signals: &mut Signals,
+) -> Result<(), AgentError> {
+    let limit = Instant::now() + agent.inbox_debounce() * 4 + Duration::from_secs(2);
+    let (mut agent, mut report, mut stopping, _) =
+        run_pass(agent, PassKind::Full, stop, signals).await?;
+    while let Some(t) = report.inbox_recheck.map(instant_of) {
+        if stopping || t > limit {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(t) => {}
+            sig = signals.recv() => if let Sig::Stop(_) = sig { break },
+        }
+        (agent, report, stopping, _) = run_pass(agent, PassKind::Inbox, stop, signals).await?;
+    }
+    drop(agent);
+    tracing::info!("certswap agent: one pass done");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let base = Duration::from_secs(900);
+        for _ in 0..200 {
+            let j = jittered(base);
+            assert!(
+                j >= Duration::from_secs(810) && j <= Duration::from_secs(990),
+                "{j:?}"
+            );
+        }
+    }
 }

@@ -1,0 +1,317 @@
+//! The agent's Prometheus metrics (prometheus-client registry, OpenMetrics
+//! text) and a tiny HTTP/1.1 responder for `GET /metrics` on a tokio
+//! listener. Nothing else is served; every connection is closed after one
+//! answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabel {
+    pub site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub site: String,
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub site: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+/// Every metric of the agent. Cheap to share: each family is an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    /// `certswap_cert_not_after_seconds{site}`: notAfter of the leaf on disk.
+    pub cert_not_after: Family<SiteLabel, Gauge>,
+    /// `certswap_served_not_after_seconds{site,endpoint}`.
+    pub served_not_after: Family<EndpointLabel, Gauge>,
+    /// `certswap_cert_days_left{site}` (negative once expired).
+    pub days_left: Family<SiteLabel, Gauge>,
+    /// `certswap_drift{site}`: 1 when an endpoint serves another leaf than the one on disk.
+    pub drift: Family<SiteLabel, Gauge>,
+    /// `certswap_install_total{site,result}`.
+    pub installs: Family<ResultLabel, Counter>,
+    /// `certswap_last_install_timestamp_seconds{site}`: last verified install.
+    pub last_install: Family<SiteLabel, Gauge>,
+    /// `certswap_source_last_success_timestamp_seconds{source}`.
+    pub source_last_success: Family<SourceLabel, Gauge>,
+    /// `certswap_source_errors_total{source}`.
+    pub source_errors: Family<SourceLabel, Counter>,
+    /// `certswap_agent_passes_total`.
+    pub passes: Counter,
+    /// `certswap_agent_skipped_passes_total`: passes skipped on a busy host lock.
+    pub skipped_passes: Counter,
+    /// `certswap_agent_last_pass_timestamp_seconds`.
+    pub last_pass: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            cert_not_after: Family::default(),
+            served_not_after: Family::default(),
+            days_left: Family::default(),
+            drift: Family::default(),
+            installs: Family::default(),
+            last_install: Family::default(),
+            source_last_success: Family::default(),
+            source_errors: Family::default(),
+            passes: Counter::default(),
+            skipped_passes: Counter::default(),
+            last_pass: Gauge::default(),
+            registry: Registry::default(),
+        };
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "certswap_cert_not_after_seconds",
+            "notAfter of the certificate on disk, Unix seconds",
+            m.cert_not_after.clone(),
+        );
+        registry.register(
+            "certswap_served_not_after_seconds",
+            "notAfter of the certificate an endpoint serves, Unix seconds",
+            m.served_not_after.clone(),
+        );
+        registry.register(
+            "certswap_cert_days_left",
+            "Whole days until the certificate on disk expires",
+            m.days_left.clone(),
+        );
+        registry.register(
+            "certswap_drift",
+            "1 when an endpoint serves another certificate than the one on disk",
+            m.drift.clone(),
+        );
+        registry.register(
+            "certswap_install",
+            "Installs by result (verified, rolled_back, rejected, error)",
+            m.installs.clone(),
+        );
+        registry.register(
+            "certswap_last_install_timestamp_seconds",
+            "When the last verified install of the site finished, Unix seconds",
+            m.last_install.clone(),
+        );
+        registry.register(
+            "certswap_source_last_success_timestamp_seconds",
+            "When the source was last read without error, Unix seconds",
+            m.source_last_success.clone(),
+        );
+        registry.register(
+            "certswap_source_errors",
+            "Failed reads of a source (network, HTTP status, checksum, bad bundle)",
+            m.source_errors.clone(),
+        );
+        registry.register(
+            "certswap_agent_passes",
+            "Passes the agent ran",
+            m.passes.clone(),
+        );
+        registry.register(
+            "certswap_agent_skipped_passes",
+            "Passes skipped because another certswap held the host lock",
+            m.skipped_passes.clone(),
+        );
+        registry.register(
+            "certswap_agent_last_pass_timestamp_seconds",
+            "When the last pass finished, Unix seconds",
+            m.last_pass.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn site_error(&self, site: &str) {
+        self.installs
+            .get_or_create(&ResultLabel {
+                site: site.to_string(),
+                result: "error".into(),
+            })
+            .inc();
+    }
+
+    pub fn source_error(&self, source: &str) {
+        self.source_errors
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn source_ok(&self, source: &str) {
+        self.source_last_success
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .set(now_unix());
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Largest request head read; a scraper's GET is a few hundred bytes.
+const MAX_REQUEST: usize = 8 * 1024;
+/// A client gets this long to send its request and read the answer.
+const CONN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answer `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("metrics listener: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if tokio::time::timeout(CONN_TIMEOUT, answer(stream, &metrics))
+                .await
+                .is_err()
+            {
+                tracing::debug!("metrics: {peer} timed out");
+            }
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, metrics: &Metrics) {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf.len() > MAX_REQUEST {
+            let _ = respond(&mut stream, "431 Request Header Fields Too Large", "", "").await;
+            return;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET", "/metrics") => {
+            let body = metrics.encode();
+            let _ = respond(
+                &mut stream,
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                &body,
+            )
+            .await;
+        }
+        ("GET", _) => {
+            let _ = respond(&mut stream, "404 Not Found", "text/plain", "try /metrics\n").await;
+        }
+        _ => {
+            let _ = respond(&mut stream, "405 Method Not Allowed", "text/plain", "").await;
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if !content_type.is_empty() {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_the_issue_are_exposed() {
+        let m = Metrics::new();
+        let site = SiteLabel {
+            site: "a.test".into(),
+        };
+        m.cert_not_after.get_or_create(&site).set(1);
+        m.days_left.get_or_create(&site).set(1);
+        m.drift.get_or_create(&site).set(0);
+        m.last_install.get_or_create(&site).set(1);
+        m.served_not_after
+            .get_or_create(&EndpointLabel {
+                site: "a.test".into(),
+                endpoint: "127.0.0.1:443".into(),
+            })
+            .set(1);
+        m.installs
+            .get_or_create(&ResultLabel {
+                site: "a.test".into(),
+                result: "verified".into(),
+            })
+            .inc();
+        m.source_ok("inbox");
+        m.source_error("inbox");
+        let text = m.encode();
+        for name in [
+            "certswap_cert_not_after_seconds{site=\"a.test\"} 1",
+            "certswap_served_not_after_seconds{site=\"a.test\",endpoint=\"127.0.0.1:443\"} 1",
+            "certswap_cert_days_left{site=\"a.test\"} 1",
+            "certswap_drift{site=\"a.test\"} 0",
+            "certswap_install_total{site=\"a.test\",result=\"verified\"} 1",
+            "certswap_last_install_timestamp_seconds{site=\"a.test\"} 1",
+            "certswap_source_last_success_timestamp_seconds{source=\"inbox\"}",
+            "certswap_source_errors_total{source=\"inbox\"} 1",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+    }
+}
