@@ -1,16 +1,475 @@
-//! `certswap deploy-hook`: certbot's `--deploy-hook` (RENEWED_LINEAGE,
-//! RENEWED_DOMAINS) and acme.sh's `--reloadcmd` environment (CERT_PATH,
-//! CERT_KEY_PATH, CA_CERT_PATH, CERT_FULLCHAIN_PATH, Le_Domain): find the
-//! sites these names belong to and install + verify each. (Being written.)
+//! `certswap deploy-hook`: the last step of a renewal by certbot or
+//! acme.sh. Reads the renewed files from the environment the client gives
+//! its hook, finds the configured sites the certificate belongs to, and
+//! installs + verifies it on each through the whole pipeline.
+//!
+//! What the clients export (checked against their sources):
+//!
+//! | client | hook | variables |
+//! |---|---|---|
+//! | certbot | `--deploy-hook CMD`, once per renewed lineage | `RENEWED_LINEAGE` (the `live/NAME` dir with `fullchain.pem`, `privkey.pem`), `RENEWED_DOMAINS` (space-separated) |
+//! | acme.sh | `--reloadcmd CMD` (`_installcert`, run in the domain dir) | `CERT_PATH` (leaf, `DOMAIN.cer`), `CERT_KEY_PATH`, `CA_CERT_PATH` (`ca.cer`, intermediates), `CERT_FULLCHAIN_PATH` (`fullchain.cer`), `Le_Domain` (the main domain only) |
+//!
+//! A site belongs to the renewal when the renewed leaf covers the site's
+//! name (its SANs, wildcards included), or the client named the site's name
+//! among the renewed domains (then a certificate that does not cover it is
+//! rejected by the rules of `install`, with the reason, instead of being
+//! skipped in silence). No site → an error naming the domains, exit 2,
+//! nothing changed.
 
-use crate::install::{Env, InstallError};
+use std::path::PathBuf;
+
+use crate::bundle::{self, BundleError};
+use crate::cert::CertInfo;
+use crate::config::{Config, Site};
+use crate::install::{self, Env, InstallError, Request};
 use crate::report::Outcome;
 
+/// Which ACME client handed over the renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Certbot,
+    AcmeSh,
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Client::Certbot => "certbot",
+            Client::AcmeSh => "acme.sh",
+        })
+    }
+}
+
+/// The renewed files and names, as the client's environment gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    pub client: Client,
+    /// Leaf, or leaf followed by its chain.
+    pub cert: PathBuf,
+    /// Separate intermediates (acme.sh without a full chain file).
+    pub chain: Option<PathBuf>,
+    pub key: PathBuf,
+    /// Lowercased, without a trailing dot; may be empty (then the leaf's
+    /// names are used in messages).
+    pub domains: Vec<String>,
+}
+
+/// Why the hook could not start an install (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HookError {
+    /// Neither client's variables are set.
+    #[error(
+        "deploy-hook found neither certbot's RENEWED_LINEAGE nor acme.sh's CERT_PATH/CERT_FULLCHAIN_PATH in its environment; \
+         run it as `certbot renew --deploy-hook \"certswap deploy-hook\"` or `acme.sh --install-cert -d DOMAIN --reloadcmd \"certswap deploy-hook\"`"
+    )]
+    NoRenewal,
+    /// The client's variables are there, but not all that are needed.
+    #[error(
+        "deploy-hook: {client} set {have} but not {missing}; cannot tell which key belongs to the certificate"
+    )]
+    Incomplete {
+        client: Client,
+        have: &'static str,
+        missing: &'static str,
+    },
+    /// The renewed certificate file is unreadable.
+    #[error("deploy-hook: the renewed certificate from {client}: {source}")]
+    Cert {
+        client: Client,
+        source: Box<BundleError>,
+    },
+    /// No configured site is covered by the renewed certificate.
+    #[error(
+        "deploy-hook: the renewed certificate for {domains} ({client}) belongs to no site of {config} \
+         (sites: {known}); nothing was changed"
+    )]
+    NoSite {
+        client: Client,
+        domains: String,
+        config: PathBuf,
+        known: String,
+    },
+    /// An install stopped before changing anything (lock held, server not
+    /// answering, ...); `others` says how the other sites of this renewal ended.
+    #[error("deploy-hook: installing on {site}: {source}{others}")]
+    Install {
+        site: String,
+        source: Box<InstallError>,
+        others: String,
+    },
+}
+
+impl Renewal {
+    /// Read certbot's or acme.sh's hook variables through `vars` (certbot's
+    /// win when both are set). Empty values count as unset.
+    pub fn from_env(vars: &dyn Fn(&str) -> Option<String>) -> Result<Renewal, HookError> {
+        let var = |k: &str| vars(k).filter(|v| !v.trim().is_empty());
+
+        if let Some(lineage) = var("RENEWED_LINEAGE") {
+            let lineage = PathBuf::from(lineage);
+            return Ok(Renewal {
+                client: Client::Certbot,
+                cert: lineage.join("fullchain.pem"),
+                chain: None,
+                key: lineage.join("privkey.pem"),
+                domains: domain_list(&var("RENEWED_DOMAINS").unwrap_or_default()),
+            });
+        }
+
+        let fullchain = var("CERT_FULLCHAIN_PATH");
+        let leaf = var("CERT_PATH");
+        if fullchain.is_none() && leaf.is_none() {
+            return Err(HookError::NoRenewal);
+        }
+        let Some(key) = var("CERT_KEY_PATH") else {
+            return Err(HookError::Incomplete {
+                client: Client::AcmeSh,
+                have: if fullchain.is_some() {
+                    "CERT_FULLCHAIN_PATH"
+                } else {
+                    "CERT_PATH"
+                },
+                missing: "CERT_KEY_PATH",
+            });
+        };
+        // The full chain file when there is one; else the leaf and the
+        // intermediates of `ca.cer`, which `install` puts back together.
+        let (cert, chain) = match (fullchain, leaf) {
+            (Some(full), _) => (PathBuf::from(full), None),
+            (None, Some(leaf)) => (PathBuf::from(leaf), var("CA_CERT_PATH").map(PathBuf::from)),
+            (None, None) => return Err(HookError::NoRenewal),
+        };
+        Ok(Renewal {
+            client: Client::AcmeSh,
+            cert,
+            chain,
+            key: PathBuf::from(key),
+            domains: domain_list(&var("Le_Domain").unwrap_or_default()),
+        })
+    }
+}
+
 /// Install the renewal described by the environment `vars` on every site
-/// it belongs to.
+/// it belongs to. One outcome per site, in config order; the caller prints
+/// them and exits non-zero unless all are verified (so the ACME client
+/// reports the failure).
 pub fn deploy(
-    _env: &Env<'_>,
-    _vars: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<Outcome>, InstallError> {
-    Ok(Vec::new())
+    env: &Env<'_>,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Outcome>, HookError> {
+    let renewal = Renewal::from_env(vars)?;
+    let cert_err = |source| HookError::Cert {
+        client: renewal.client,
+        source: Box::new(source),
+    };
+    let leaf = bundle::read_certs(&renewal.cert)
+        .map_err(cert_err)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            cert_err(BundleError::NoCertificate {
+                path: renewal.cert.clone(),
+            })
+        })?;
+
+    let sites = sites_for(env.config, &leaf, &renewal.domains);
+    if sites.is_empty() {
+        return Err(no_site(env.config, &renewal, &leaf));
+    }
+
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(sites.len());
+    let mut failed: Option<(String, InstallError)> = None;
+    for site in sites {
+        tracing::info!(
+            client = %renewal.client,
+            site = %site.name,
+            cert = %describe(&renewal),
+            "deploy-hook: installing the renewed certificate"
+        );
+        let req = Request {
+            site,
+            cert: &renewal.cert,
+            key: Some(&renewal.key),
+            chain: renewal.chain.as_deref(),
+            force: false,
+            dry_run: false,
+        };
+        // One site's environment error does not keep the others from their
+        // renewal; it is reported (exit 2) once all were tried.
+        match install::install(env, &req) {
+            Ok(out) => outcomes.push(out),
+            Err(e) if failed.is_none() => failed = Some((site.name.clone(), e)),
+            Err(e) => tracing::error!(site = %site.name, "deploy-hook: {e}"),
+        }
+    }
+    match failed {
+        None => Ok(outcomes),
+        Some((site, source)) => Err(HookError::Install {
+            site,
+            source: Box::new(source),
+            others: summary(&outcomes),
+        }),
+    }
+}
+
+/// The configured sites `leaf` (named `domains` by the client) belongs to.
+pub fn sites_for<'a>(config: &'a Config, leaf: &CertInfo, domains: &[String]) -> Vec<&'a Site> {
+    config
+        .sites
+        .iter()
+        .filter(|s| {
+            let name = normalize(&s.name);
+            leaf.covers(&name) || domains.contains(&name)
+        })
+        .collect()
+}
+
+fn no_site(config: &Config, renewal: &Renewal, leaf: &CertInfo) -> HookError {
+    let domains = if renewal.domains.is_empty() {
+        &leaf.names
+    } else {
+        &renewal.domains
+    };
+    HookError::NoSite {
+        client: renewal.client,
+        domains: domains.join(", "),
+        config: config.path.clone(),
+        known: if config.sites.is_empty() {
+            "none".into()
+        } else {
+            config
+                .sites
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    }
+}
+
+/// "; other sites of this renewal: a verified, b rejected" (or nothing).
+fn summary(outcomes: &[Outcome]) -> String {
+    if outcomes.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = outcomes
+        .iter()
+        .map(|o| {
+            let kind = serde_json::to_value(o.result)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            format!("{} {kind}", o.site)
+        })
+        .collect();
+    format!("; other sites of this renewal: {}", parts.join(", "))
+}
+
+/// `RENEWED_DOMAINS` / `Le_Domain` → names (whitespace or commas between).
+fn domain_list(s: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in s.split(|c: char| c.is_whitespace() || c == ',') {
+        let d = normalize(d);
+        if !d.is_empty() && !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+fn normalize(name: &str) -> String {
+    name.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The path a renewal's certificate is read from, for messages.
+pub fn describe(r: &Renewal) -> String {
+    match &r.chain {
+        Some(chain) => format!("{} + {}", r.cert.display(), chain.display()),
+        None => r.cert.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::cert::testpki;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn certbot_lineage_and_domains() {
+        let vars = env_of(&[
+            ("RENEWED_LINEAGE", "/etc/letsencrypt/live/example.com"),
+            (
+                "RENEWED_DOMAINS",
+                "example.com  WWW.Example.com. example.com",
+            ),
+        ]);
+        let r = Renewal::from_env(&vars).expect("certbot");
+        assert_eq!(r.client, Client::Certbot);
+        assert_eq!(
+            r.cert,
+            PathBuf::from("/etc/letsencrypt/live/example.com/fullchain.pem")
+        );
+        assert_eq!(
+            r.key,
+            PathBuf::from("/etc/letsencrypt/live/example.com/privkey.pem")
+        );
+        assert_eq!(r.chain, None);
+        assert_eq!(r.domains, vec!["example.com", "www.example.com"]);
+    }
+
+    #[test]
+    fn certbot_without_domains_still_works() {
+        let vars = env_of(&[("RENEWED_LINEAGE", "/l/x"), ("RENEWED_DOMAINS", "")]);
+        let r = Renewal::from_env(&vars).expect("certbot");
+        assert!(r.domains.is_empty());
+    }
+
+    const ACME: &[(&str, &str)] = &[
+        (
+            "CERT_PATH",
+            "/root/.acme.sh/example.com_ecc/example.com.cer",
+        ),
+        (
+            "CERT_KEY_PATH",
+            "/root/.acme.sh/example.com_ecc/example.com.key",
+        ),
+        ("CA_CERT_PATH", "/root/.acme.sh/example.com_ecc/ca.cer"),
+        (
+            "CERT_FULLCHAIN_PATH",
+            "/root/.acme.sh/example.com_ecc/fullchain.cer",
+        ),
+        ("Le_Domain", "example.com"),
+    ];
+
+    #[test]
+    fn acme_sh_prefers_the_full_chain() {
+        let r = Renewal::from_env(&env_of(ACME)).expect("acme.sh");
+        assert_eq!(r.client, Client::AcmeSh);
+        assert_eq!(
+            r.cert,
+            PathBuf::from("/root/.acme.sh/example.com_ecc/fullchain.cer")
+        );
+        assert_eq!(r.chain, None);
+        assert_eq!(
+            r.key,
+            PathBuf::from("/root/.acme.sh/example.com_ecc/example.com.key")
+        );
+        assert_eq!(r.domains, vec!["example.com"]);
+    }
+
+    #[test]
+    fn acme_sh_leaf_plus_ca_without_full_chain() {
+        let vars: Vec<(&str, &str)> = ACME
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "CERT_FULLCHAIN_PATH")
+            .collect();
+        let r = Renewal::from_env(&env_of(&vars)).expect("acme.sh");
+        assert_eq!(
+            r.cert,
+            PathBuf::from("/root/.acme.sh/example.com_ecc/example.com.cer")
+        );
+        assert_eq!(
+            r.chain,
+            Some(PathBuf::from("/root/.acme.sh/example.com_ecc/ca.cer"))
+        );
+        assert!(describe(&r).ends_with("example.com.cer + /root/.acme.sh/example.com_ecc/ca.cer"));
+    }
+
+    #[test]
+    fn certbot_wins_when_both_are_set() {
+        let mut vars: Vec<(&str, &str)> = ACME.to_vec();
+        vars.push(("RENEWED_LINEAGE", "/etc/letsencrypt/live/a"));
+        let r = Renewal::from_env(&env_of(&vars)).expect("both");
+        assert_eq!(r.client, Client::Certbot);
+    }
+
+    #[test]
+    fn nothing_set_names_both_clients() {
+        let e = Renewal::from_env(&env_of(&[("CERT_PATH", "  ")])).expect_err("none");
+        let msg = e.to_string();
+        assert!(matches!(e, HookError::NoRenewal), "{msg}");
+        assert!(msg.contains("RENEWED_LINEAGE"), "{msg}");
+        assert!(msg.contains("CERT_PATH"), "{msg}");
+    }
+
+    #[test]
+    fn acme_sh_without_key_is_named() {
+        let e = Renewal::from_env(&env_of(&[("CERT_FULLCHAIN_PATH", "/a/fullchain.cer")]))
+            .expect_err("no key");
+        assert!(e.to_string().contains("CERT_KEY_PATH"), "{e}");
+    }
+
+    fn config(sites: &[&str]) -> Config {
+        let mut t = String::from("state_dir = \"/tmp/st\"\n[server]\nkind = \"nginx\"\n");
+        for s in sites {
+            t.push_str(&format!(
+                "[[site]]\nname = \"{s}\"\ncert = \"/etc/ssl/{n}.pem\"\nkey = \"/etc/ssl/{n}.key\"\n\
+                 endpoints = [\"probe.test@127.0.0.1:443\"]\n",
+                n = s.replace('*', "_")
+            ));
+        }
+        Config::parse(&t, Path::new("/etc/certswap/certswap.toml")).expect("config")
+    }
+
+    fn leaf(names: &[&str]) -> CertInfo {
+        let ca = testpki::root("hook test root");
+        testpki::sign_leaf(&testpki::leaf_params(names), &testpki::p256(), &ca)
+    }
+
+    fn names(sites: Vec<&Site>) -> Vec<&str> {
+        sites.into_iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn sites_match_by_san_wildcard_and_domain_list() {
+        let cfg = config(&[
+            "www.example.com",
+            "api.example.com",
+            "other.test",
+            "*.example.com",
+        ]);
+        let wild = leaf(&["example.com", "*.example.com"]);
+        assert_eq!(
+            names(sites_for(&cfg, &wild, &[])),
+            vec!["www.example.com", "api.example.com", "*.example.com"]
+        );
+        let one = leaf(&["www.example.com"]);
+        assert_eq!(names(sites_for(&cfg, &one, &[])), vec!["www.example.com"]);
+        // Named by the client but not in the cert: matched, so that install
+        // rejects it with its reason.
+        let by_name = sites_for(&cfg, &one, &["other.test".to_string()]);
+        assert_eq!(names(by_name), vec!["www.example.com", "other.test"]);
+        assert!(sites_for(&cfg, &leaf(&["unknown.test"]), &[]).is_empty());
+    }
+
+    #[test]
+    fn no_site_names_domains_config_and_sites() {
+        let cfg = config(&["www.example.com"]);
+        let r = Renewal {
+            client: Client::Certbot,
+            cert: "/l/fullchain.pem".into(),
+            chain: None,
+            key: "/l/privkey.pem".into(),
+            domains: vec![],
+        };
+        let msg = no_site(&cfg, &r, &leaf(&["a.test", "b.test"])).to_string();
+        assert!(msg.contains("a.test, b.test"), "{msg}");
+        assert!(msg.contains("/etc/certswap/certswap.toml"), "{msg}");
+        assert!(msg.contains("www.example.com"), "{msg}");
+        assert!(msg.contains("nothing was changed"), "{msg}");
+    }
 }
