@@ -85,7 +85,8 @@ pub struct ProbeArgs {
 #[derive(Debug, Args)]
 pub struct BundleArgs {
     /// Certificate file: leaf, or leaf followed by its chain (PEM or DER).
-    #[arg(long, required_unless_present = "batch")]
+    /// Required, except with `install --batch` (checked by the command).
+    #[arg(long)]
     pub cert: Option<PathBuf>,
     /// Private key; without it the new cert must match the installed key.
     #[arg(long)]

@@ -278,7 +278,11 @@ fn discover_cmd(config: &Path, a: &crate::cli::DiscoverArgs) -> CmdResult {
 }
 
 fn run_cmd(config: &Path, a: &RunArgs) -> CmdResult {
-    crate::agent::run(config, crate::agent::RunOptions { once: a.once })
+    let format = match a.log_format {
+        crate::cli::LogFormat::Human => crate::agent::LogFormat::Human,
+        crate::cli::LogFormat::Json => crate::agent::LogFormat::Json,
+    };
+    crate::agent::run_logged(config, crate::agent::RunOptions { once: a.once }, format)
         .map_err(|e| e.to_string())?;
     Ok(EXIT_OK)
 }
@@ -317,8 +321,7 @@ impl EnvParts {
     fn build(cfg: &Config) -> Result<EnvParts, String> {
         Ok(EnvParts {
             server: server::from_config(&cfg.server),
-            prober: Prober::new(cfg.probe.ca_file.as_deref(), cfg.probe.timeout)
-                .map_err(|e| e.to_string())?,
+            prober: Prober::for_config(cfg).map_err(|e| e.to_string())?,
             store: Store::open(&cfg.state_dir).map_err(|e| e.to_string())?,
         })
     }

@@ -2,6 +2,7 @@
 //! turn a bad file into one sentence naming the key and the file. The rest
 //! of certswap sees only the validated [`Config`].
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,6 +67,19 @@ struct RawConfig {
     probe: RawProbe,
     #[serde(default, rename = "site")]
     sites: Vec<RawSite>,
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default, rename = "source")]
+    sources: Vec<RawSource>,
+    #[serde(default)]
+    trust: RawTrust,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    extra_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +116,43 @@ struct RawSite {
     mode: Option<Mode>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    interval: Option<String>,
+    metrics_listen: Option<String>,
+    host_id: Option<String>,
+    fix_drift: Option<bool>,
+}
+
+/// Which kind of `[[source]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SourceKind {
+    Inbox,
+    Http,
+}
+
+/// One `[[source]]` as written; the keys allowed depend on `kind`, checked
+/// in [`resolve_sources`] so the message can name the key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    kind: SourceKind,
+    name: Option<String>,
+    // inbox
+    path: Option<PathBuf>,
+    debounce: Option<String>,
+    // http
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    allow_insecure_http: Option<bool>,
+    timeout: Option<String>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -111,6 +162,70 @@ pub struct Config {
     pub server: ServerConfig,
     pub probe: ProbeConfig,
     pub sites: Vec<Site>,
+    /// `[agent]`: the daemon's schedule and endpoints (`certswap run`).
+    pub agent: AgentConfig,
+    /// `[[source]]`: where the agent finds renewed bundles.
+    pub sources: Vec<SourceConfig>,
+    /// `[trust] extra_roots`: internal CAs trusted besides the public roots.
+    pub extra_roots: Vec<PathBuf>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Poll / rescan / expiry / drift period, jittered ±10% by the agent.
+    pub interval: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// This host's id for rollout buckets; None = /etc/machine-id, else
+    /// the hostname (resolved by the agent).
+    pub host_id: Option<String>,
+    /// When served ≠ on disk: reload and verify instead of only reporting.
+    pub fix_drift: bool,
+}
+
+/// One `[[source]]`.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Inbox(InboxSource),
+    Http(HttpSource),
+}
+
+impl SourceConfig {
+    /// The name used in logs and the `source` metric label.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Inbox(s) => &s.name,
+            SourceConfig::Http(s) => &s.name,
+        }
+    }
+}
+
+/// `kind = "inbox"`: a directory watched for bundles and vendor zips.
+#[derive(Debug, Clone)]
+pub struct InboxSource {
+    pub name: String,
+    pub path: PathBuf,
+    /// A file is acted on only once nothing changed it for this long.
+    pub debounce: Duration,
+}
+
+/// `kind = "http"`: a manifest (DESIGN.md) on an HTTPS host.
+#[derive(Debug, Clone)]
+pub struct HttpSource {
+    pub name: String,
+    pub url: String,
+    /// Trust anchors instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Sent as `Authorization: Bearer <contents>`.
+    pub token_file: Option<PathBuf>,
+    /// mTLS client certificate and key (both or neither).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Allow `http://` (tests on loopback only).
+    pub allow_insecure_http: bool,
+    /// Bound on each request, body included.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -165,7 +280,52 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, path)
+        let mut cfg = Config::parse(&text, path)?;
+        cfg.discover_missing_endpoints()?;
+        Ok(cfg)
+    }
+
+    /// Sites without `endpoints` get the ones the server's own config
+    /// gives them (`certswap discover`): matched by site name or any of
+    /// its names. Runs the server's config dump only when needed.
+    fn discover_missing_endpoints(&mut self) -> Result<(), ConfigError> {
+        if self.sites.iter().all(|s| !s.endpoints.is_empty()) {
+            return Ok(());
+        }
+        let found = crate::discover::discover(&self.server).map_err(|e| ConfigError::Invalid {
+            path: self.path.clone(),
+            key: "site.endpoints".into(),
+            message: format!("is missing for some site and cannot be discovered: {e}"),
+        })?;
+        for (i, site) in self.sites.iter_mut().enumerate() {
+            if !site.endpoints.is_empty() {
+                continue;
+            }
+            let names = site.all_names();
+            let hit = found
+                .iter()
+                .find(|d| names.iter().any(|n| *n == d.name || d.names.contains(n)));
+            let Some(hit) = hit.filter(|d| !d.endpoints.is_empty()) else {
+                return Err(ConfigError::Invalid {
+                    path: self.path.clone(),
+                    key: format!("site[{i}].endpoints"),
+                    message: format!(
+                        "is missing and no TLS server block / vhost for {} was found in {}; list them: endpoints = [\"127.0.0.1:443\"]",
+                        site.name,
+                        self.server.config.display()
+                    ),
+                });
+            };
+            for e in &hit.endpoints {
+                let t = Target::parse(e, Some(&site.name)).map_err(|err| ConfigError::Invalid {
+                    path: self.path.clone(),
+                    key: format!("site[{i}].endpoints"),
+                    message: format!("discovered a bad endpoint {e:?}: {err}"),
+                })?;
+                site.endpoints.push(t);
+            }
+        }
+        Ok(())
     }
 
     /// Validate config text; `path` is only used in messages.
@@ -240,12 +400,7 @@ impl Config {
                     ));
                 }
             }
-            if s.endpoints.is_empty() {
-                return Err(invalid(
-                    &key("endpoints"),
-                    "must list at least one \"host:port\" to probe".into(),
-                ));
-            }
+            // No endpoints: [`Config::load`] discovers them from the server's config.
             let mut endpoints = Vec::new();
             for e in &s.endpoints {
                 let t = Target::parse(e, Some(&s.name)).map_err(|err| {
@@ -264,12 +419,25 @@ impl Config {
             });
         }
 
+        let agent = resolve_agent(raw.agent, &invalid)?;
+        let sources = resolve_sources(raw.sources, &invalid)?;
+        let extra_roots = raw.trust.extra_roots;
+        if let Some(p) = extra_roots.iter().find(|p| !p.is_absolute()) {
+            return Err(invalid(
+                "trust.extra_roots",
+                format!("must hold absolute paths, not {p:?}"),
+            ));
+        }
+
         Ok(Config {
             path: path.to_path_buf(),
             state_dir,
             server,
             probe,
             sites,
+            agent,
+            sources,
+            extra_roots,
         })
     }
 
@@ -323,6 +491,199 @@ fn resolve_server(
         pid_file: raw.pid_file.unwrap_or_else(|| pid_file.into()),
         reload_command: raw.reload_command,
     })
+}
+
+fn parse_duration(
+    key: &str,
+    v: Option<String>,
+    default: Duration,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(&s)
+            .map_err(|e| invalid(key, format!("is not a duration like \"15m\": {e}"))),
+    }
+}
+
+fn resolve_agent(
+    raw: RawAgent,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<AgentConfig, ConfigError> {
+    let interval = parse_duration(
+        "agent.interval",
+        raw.interval,
+        Duration::from_secs(15 * 60),
+        invalid,
+    )?;
+    if interval < Duration::from_secs(1) {
+        return Err(invalid("agent.interval", "must be at least 1s".into()));
+    }
+    let metrics_listen = match raw.metrics_listen {
+        None => None,
+        Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "agent.metrics_listen",
+                format!("{s:?} is not an address like \"127.0.0.1:9899\""),
+            )
+        })?),
+    };
+    if let Some(id) = &raw.host_id
+        && (id.trim().is_empty() || id.chars().any(char::is_control))
+    {
+        return Err(invalid(
+            "agent.host_id",
+            "must be a non-empty name without control characters".into(),
+        ));
+    }
+    Ok(AgentConfig {
+        interval,
+        metrics_listen,
+        host_id: raw.host_id,
+        fix_drift: raw.fix_drift.unwrap_or(false),
+    })
+}
+
+fn resolve_sources(
+    raw: Vec<RawSource>,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Vec<SourceConfig>, ConfigError> {
+    let mut out: Vec<SourceConfig> = Vec::with_capacity(raw.len());
+    for (i, s) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("source[{i}].{k}");
+        let absolute = |k: &str, p: &Option<PathBuf>| match p {
+            Some(p) if !p.is_absolute() => Err(invalid(
+                &key(k),
+                format!("must be an absolute path, not {p:?}"),
+            )),
+            _ => Ok(()),
+        };
+        let not_for = |k: &str, set: bool, kind: &str| {
+            if set {
+                Err(invalid(
+                    &key(k),
+                    format!("does not apply to kind = \"{kind}\""),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let source = match s.kind {
+            SourceKind::Inbox => {
+                for (k, set) in [
+                    ("url", s.url.is_some()),
+                    ("ca_file", s.ca_file.is_some()),
+                    ("token_file", s.token_file.is_some()),
+                    ("client_cert", s.client_cert.is_some()),
+                    ("client_key", s.client_key.is_some()),
+                    ("allow_insecure_http", s.allow_insecure_http.is_some()),
+                    ("timeout", s.timeout.is_some()),
+                ] {
+                    not_for(k, set, "inbox")?;
+                }
+                let Some(path) = s.path else {
+                    return Err(invalid(
+                        &key("path"),
+                        "is missing: an inbox needs the directory to watch".into(),
+                    ));
+                };
+                absolute("path", &Some(path.clone()))?;
+                let debounce = parse_duration(
+                    &key("debounce"),
+                    s.debounce,
+                    Duration::from_secs(2),
+                    invalid,
+                )?;
+                SourceConfig::Inbox(InboxSource {
+                    name: s
+                        .name
+                        .unwrap_or_else(|| format!("inbox:{}", path.display())),
+                    path,
+                    debounce,
+                })
+            }
+            SourceKind::Http => {
+                not_for("path", s.path.is_some(), "http")?;
+                not_for("debounce", s.debounce.is_some(), "http")?;
+                let Some(url) = s.url else {
+                    return Err(invalid(
+                        &key("url"),
+                        "is missing: an http source needs the manifest URL".into(),
+                    ));
+                };
+                let allow_insecure_http = s.allow_insecure_http.unwrap_or(false);
+                let parsed = reqwest::Url::parse(&url)
+                    .map_err(|e| invalid(&key("url"), format!("{url:?} is not a URL: {e}")))?;
+                match parsed.scheme() {
+                    "https" => {}
+                    "http" if allow_insecure_http => {}
+                    "http" => {
+                        return Err(invalid(
+                            &key("url"),
+                            format!(
+                                "{url:?} is not https (set allow_insecure_http = true only for tests on loopback)"
+                            ),
+                        ));
+                    }
+                    other => {
+                        return Err(invalid(
+                            &key("url"),
+                            format!("has the scheme {other:?}; only https is supported"),
+                        ));
+                    }
+                }
+                if parsed.host_str().is_none() {
+                    return Err(invalid(&key("url"), format!("{url:?} names no host")));
+                }
+                for (k, p) in [
+                    ("ca_file", &s.ca_file),
+                    ("token_file", &s.token_file),
+                    ("client_cert", &s.client_cert),
+                    ("client_key", &s.client_key),
+                ] {
+                    absolute(k, p)?;
+                }
+                if s.client_cert.is_some() != s.client_key.is_some() {
+                    return Err(invalid(
+                        &key(if s.client_cert.is_some() {
+                            "client_key"
+                        } else {
+                            "client_cert"
+                        }),
+                        "is missing: client_cert and client_key go together".into(),
+                    ));
+                }
+                let timeout =
+                    parse_duration(&key("timeout"), s.timeout, Duration::from_secs(30), invalid)?;
+                if timeout.is_zero() {
+                    return Err(invalid(&key("timeout"), "must be above zero".into()));
+                }
+                // The label drops any query string: it may carry a secret.
+                let mut label = parsed.clone();
+                label.set_query(None);
+                label.set_fragment(None);
+                let _ = label.set_password(None);
+                SourceConfig::Http(HttpSource {
+                    name: s.name.unwrap_or_else(|| label.to_string()),
+                    url,
+                    ca_file: s.ca_file,
+                    token_file: s.token_file,
+                    client_cert: s.client_cert,
+                    client_key: s.client_key,
+                    allow_insecure_http,
+                    timeout,
+                })
+            }
+        };
+        if out.iter().any(|o| o.name() == source.name()) {
+            return Err(invalid(
+                &key("name"),
+                format!("repeats the source name {:?}", source.name()),
+            ));
+        }
+        out.push(source);
+    }
+    Ok(out)
 }
 
 /// Site names become directory names under `state_dir` (invariant 8), so
@@ -413,6 +774,75 @@ endpoints = ["127.0.0.1:443", "alt.example.com@127.0.0.1:8443"]
     fn relative_paths_are_refused() {
         let e = parse(&MIN.replace("/etc/ssl/a.key", "a.key")).expect_err("relative");
         assert!(e.to_string().contains("site[0].key"), "{e}");
+    }
+
+    #[test]
+    fn agent_and_sources_parse_with_defaults() {
+        let c = parse(&format!(
+            "{MIN}\n[agent]\ninterval = \"2s\"\nmetrics_listen = \"127.0.0.1:9899\"\n\
+             [[source]]\nkind = \"inbox\"\npath = \"/var/lib/certswap/inbox\"\n\
+             [[source]]\nkind = \"http\"\nurl = \"https://certs.example.com/m.json?sig=x\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.agent.interval, Duration::from_secs(2));
+        assert!(!c.agent.fix_drift);
+        assert_eq!(c.sources.len(), 2);
+        match &c.sources[1] {
+            SourceConfig::Http(h) => {
+                assert_eq!(h.name, "https://certs.example.com/m.json");
+                assert_eq!(h.timeout, Duration::from_secs(30));
+            }
+            other => panic!("{other:?}"),
+        }
+        let none = parse(MIN).expect("valid");
+        assert_eq!(none.agent.interval, Duration::from_secs(900));
+        assert!(none.sources.is_empty());
+    }
+
+    #[test]
+    fn plain_http_source_is_refused_unless_allowed() {
+        let src = "\n[[source]]\nkind = \"http\"\nurl = \"http://127.0.0.1:1/m.json\"\n";
+        let e = parse(&format!("{MIN}{src}")).expect_err("http");
+        assert!(e.to_string().contains("source[0].url"), "{e}");
+        parse(&format!("{MIN}{src}allow_insecure_http = true\n")).expect("allowed");
+    }
+
+    #[test]
+    fn source_keys_of_the_other_kind_are_named() {
+        let e = parse(&format!(
+            "{MIN}\n[[source]]\nkind = \"inbox\"\npath = \"/in\"\nurl = \"https://x/m\"\n"
+        ))
+        .expect_err("url on inbox");
+        assert!(e.to_string().contains("source[0].url"), "{e}");
+        let e = parse(&format!(
+            "{MIN}\n[[source]]\nkind = \"http\"\nurl = \"https://x/m\"\nclient_cert = \"/a.pem\"\n"
+        ))
+        .expect_err("cert without key");
+        assert!(e.to_string().contains("source[0].client_key"), "{e}");
+        let e = parse(&format!("{MIN}\n[agent]\ninterval = \"soon\"\n")).expect_err("bad");
+        assert!(e.to_string().contains("agent.interval"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_may_be_left_out_for_discovery() {
+        let c = parse(&MIN.replace(
+            "endpoints = [\"127.0.0.1:443\", \"alt.example.com@127.0.0.1:8443\"]\n",
+            "",
+        ))
+        .expect("valid without endpoints");
+        assert!(c.sites[0].endpoints.is_empty());
+    }
+
+    #[test]
+    fn extra_roots_must_be_absolute() {
+        let c = parse(&format!(
+            "{MIN}\n[trust]\nextra_roots = [\"/etc/certswap/ca.pem\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.extra_roots, vec![PathBuf::from("/etc/certswap/ca.pem")]);
+        let e =
+            parse(&format!("{MIN}\n[trust]\nextra_roots = [\"ca.pem\"]\n")).expect_err("relative");
+        assert!(e.to_string().contains("trust.extra_roots"), "{e}");
     }
 
     #[test]

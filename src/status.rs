@@ -286,10 +286,7 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
     // Build the prober first: an unusable CA file is an error of the whole
     // command, and should be reported before any work is done.
     let prober = if probe {
-        Some(Prober::new(
-            cfg.probe.ca_file.as_deref(),
-            cfg.probe.timeout,
-        )?)
+        Some(Prober::for_config(cfg)?)
     } else {
         None
     };

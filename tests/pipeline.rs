@@ -446,3 +446,27 @@ fn apache_dying_on_reload_is_restarted_with_the_old_pair() {
         assert!(a.serving_pid().is_some(), "an apache parent is running");
     }
 }
+
+#[test]
+fn endpoints_left_out_of_the_config_are_discovered() {
+    let w = World::nginx();
+    let conf = std::fs::read_to_string(&w.config).expect("config");
+    let without: String = conf
+        .lines()
+        .filter(|l| !l.starts_with("endpoints"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!without.contains("endpoints"), "{without}");
+    std::fs::write(&w.config, without).expect("write config");
+    let new = w.renewed();
+    let (cert, key) = w.bundle("new", &new);
+    let out = w.install(&cert, &key, &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["served"][0]["endpoint"],
+        format!("127.0.0.1:{}", w.server.port()).as_str(),
+        "{v}"
+    );
+    assert_eq!(w.served(), new.sha256);
+}

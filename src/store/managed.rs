@@ -101,6 +101,29 @@ impl SiteStore {
         files: Vec<NewFile>,
         targets: &[(Role, PathBuf)],
     ) -> Result<Txn, StoreError> {
+        let before = self.managed_ids().unwrap_or_default();
+        let is_install = op == Op::Install;
+        self.prepare_managed(op, files, targets).inspect_err(|_| {
+            // Nothing the server reads changed (adoption keeps the bytes and
+            // the flip comes later): drop what this attempt wrote.
+            let _ = self.remove_managed_leftovers();
+            if is_install && let Ok(now) = self.managed_ids() {
+                for id in now.iter().filter(|id| !before.contains(id)) {
+                    if self.managed_current().ok().flatten().as_deref() != Some(id.as_str()) {
+                        let _ = remove_dir_durable(&self.archive_dir().join(id));
+                    }
+                }
+            }
+            let _ = fsio::durable_remove(&self.journal_path());
+        })
+    }
+
+    fn prepare_managed(
+        &self,
+        op: Op,
+        files: Vec<NewFile>,
+        targets: &[(Role, PathBuf)],
+    ) -> Result<Txn, StoreError> {
         mkdir_private(&self.dir)?;
         mkdir_private(&self.archive_dir())?;
         mkdir_private(&self.root.join("live"))?;

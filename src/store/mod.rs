@@ -356,13 +356,34 @@ impl SiteStore {
         for f in &files {
             check_target(f)?;
         }
+        match self.prepare(op, &files) {
+            Ok(txn) => {
+                failpoint::hit("after-stage");
+                Ok(txn)
+            }
+            Err(e) => {
+                // No target was touched (the journal is the last step): take
+                // back what was written, so a failed stage (disk full, a
+                // refused chown) leaves no trace beside the targets.
+                for f in &files {
+                    let _ = fsio::durable_remove(&fsio::sibling(&f.target, STAGED_SUFFIX));
+                }
+                let _ = remove_dir_durable(&self.dir.join("undo.tmp"));
+                let _ = remove_dir_durable(&self.undo_dir());
+                let _ = fsio::durable_remove(&self.journal_path());
+                Err(e)
+            }
+        }
+    }
 
+    /// Steps 1–3 of [`SiteStore::begin`].
+    fn prepare(&self, op: Op, files: &[NewFile]) -> Result<Txn, StoreError> {
         // 1. The undo copy, complete before it has its name.
         let tmp = self.dir.join("undo.tmp");
         remove_dir_durable(&tmp)?;
         mkdir_private(&tmp)?;
         let mut saved = Vec::new();
-        for f in &files {
+        for f in files {
             saved.push(save_copy(f.role, &f.target, &tmp)?);
         }
         write_meta(&tmp, &saved)?;
@@ -401,7 +422,6 @@ impl SiteStore {
             },
         };
         txn.write_journal()?;
-        failpoint::hit("after-stage");
         Ok(txn)
     }
 
