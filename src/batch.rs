@@ -155,7 +155,7 @@ pub fn install_items(
             staging.push(Staging {
                 idx: i,
                 site,
-                store: env.store.site(&site.name),
+                store: env.store.site(&site.store_key),
                 new_sha: bundle.leaf.sha256.clone(),
                 files: install::new_files(site, &bundle),
             });
@@ -358,7 +358,7 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
             .into_iter()
             .map(|(_, p)| p)
             .collect();
-        let r = env.store.site(&site.name).recover(&targets)?;
+        let r = env.store.site(&site.store_key).recover(&targets)?;
         match &r {
             Recovery::Clean => {}
             Recovery::RolledBack { op, reload: again } => {

@@ -70,6 +70,10 @@ pub struct ProbeArgs {
     /// Handshake timeout.
     #[arg(long, default_value = "5s")]
     pub timeout: String,
+    /// Offer only this key type's signature schemes, to see that leaf of a
+    /// server with an RSA and an ECDSA certificate on one vhost.
+    #[arg(long, value_enum)]
+    pub key_type: Option<KeyType>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -135,6 +139,9 @@ pub struct RollbackArgs {
     /// The site to roll back.
     #[arg(long)]
     pub site: String,
+    /// For a site with an RSA and an ECDSA pair: which one.
+    #[arg(long, value_enum)]
+    pub key_type: Option<KeyType>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -155,6 +162,13 @@ pub struct DiscoverArgs {
     /// Print JSON instead of TOML.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A certificate key type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyType {
+    Rsa,
+    Ecdsa,
 }
 
 /// Log line format of the agent.

@@ -67,7 +67,7 @@ fn probe_cmd(a: &ProbeArgs) -> CmdResult {
                 .map_err(|e| format!("--expect-not-after {s:?} is not an RFC 3339 time: {e}"))?,
         ),
     };
-    let prober = Prober::new(a.ca.as_deref(), timeout).map_err(|e| e.to_string())?;
+    let prober = probe_prober(a, timeout)?;
     let served = probe::block_on(prober.probe(&target)).map_err(|e| e.to_string())?;
 
     let mut failures = Vec::new();
@@ -123,7 +123,7 @@ fn probe_targets_cmd(a: &ProbeArgs, file: &Path, timeout: Duration) -> CmdResult
         }
         targets.push(t);
     }
-    let prober = Prober::new(a.ca.as_deref(), timeout).map_err(|e| e.to_string())?;
+    let prober = probe_prober(a, timeout)?;
     let results = probe::block_on(probe::probe_many(&prober, &targets, a.concurrency.max(1)));
     let mut failed = 0usize;
     let mut out = String::new();
@@ -165,6 +165,25 @@ fn probe_targets_cmd(a: &ProbeArgs, file: &Path, timeout: Duration) -> CmdResult
         return Ok(EXIT_ENV);
     }
     Ok(EXIT_OK)
+}
+
+/// The prober of `certswap probe`: `--ca` or the public roots, and only
+/// the schemes of `--key-type` when given.
+fn probe_prober(a: &ProbeArgs, timeout: Duration) -> Result<Prober, String> {
+    let prober = Prober::new(a.ca.as_deref(), timeout).map_err(|e| e.to_string())?;
+    match a.key_type {
+        None => Ok(prober),
+        Some(k) => prober
+            .for_key_family(key_family(k))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn key_family(k: crate::cli::KeyType) -> probe::KeyFamily {
+    match k {
+        crate::cli::KeyType::Rsa => probe::KeyFamily::Rsa,
+        crate::cli::KeyType::Ecdsa => probe::KeyFamily::Ecdsa,
+    }
 }
 
 fn check_cmd(config: &Path, a: &CheckArgs) -> CmdResult {
@@ -250,7 +269,15 @@ fn emit_many(outcomes: &[Outcome], json: bool) -> CmdResult {
 fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
     let site = cfg.site(&a.site).map_err(|e| e.to_string())?;
-    with_env(&cfg, a.json, |env| install::rollback(env, site))
+    let family = a.key_type.map(key_family);
+    match (family, site.pairs.is_empty()) {
+        (Some(f), false) => with_env(&cfg, a.json, |env| install::rollback_pair(env, site, f)),
+        (None, false) => Err(format!(
+            "site {} has several cert/key pairs: say which with --key-type rsa|ecdsa",
+            site.name
+        )),
+        (_, true) => with_env(&cfg, a.json, |env| install::rollback(env, site)),
+    }
 }
 
 fn status_cmd(config: &Path, a: &StatusArgs) -> CmdResult {

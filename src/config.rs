@@ -114,6 +114,16 @@ struct RawSite {
     #[serde(default)]
     endpoints: Vec<String>,
     mode: Option<Mode>,
+    /// Further cert/key pairs of the same vhost (dual RSA + ECDSA).
+    #[serde(default)]
+    pair: Vec<RawPair>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +272,14 @@ pub struct Site {
     pub chain: Option<PathBuf>,
     pub endpoints: Vec<Target>,
     pub mode: Mode,
+    /// `[[site.pair]]`: further (cert, key) pairs the vhost serves, e.g. an
+    /// RSA pair beside an ECDSA one. An install replaces the pair whose key
+    /// type matches the new certificate's.
+    pub pairs: Vec<(PathBuf, PathBuf)>,
+    /// The name of the site's state under `state_dir` (journal, versions):
+    /// the site name, or `NAME__rsa` / `NAME__ecdsa` for one pair of a
+    /// dual-certificate site, so each pair keeps its own history.
+    pub store_key: String,
 }
 
 impl Site {
@@ -386,11 +404,18 @@ impl Config {
                     format!("repeats the site name {:?}", s.name),
                 ));
             }
+            let pair_paths = s
+                .pair
+                .iter()
+                .flat_map(|p| [("pair.cert", Some(&p.cert)), ("pair.key", Some(&p.key))]);
             for (k, p) in [
                 ("cert", Some(&s.cert)),
                 ("key", Some(&s.key)),
                 ("chain", s.chain.as_ref()),
-            ] {
+            ]
+            .into_iter()
+            .chain(pair_paths)
+            {
                 if let Some(p) = p
                     && !p.is_absolute()
                 {
@@ -409,6 +434,7 @@ impl Config {
                 endpoints.push(t);
             }
             sites.push(Site {
+                store_key: s.name.clone(),
                 name: s.name,
                 names: s.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
                 cert: s.cert,
@@ -416,6 +442,7 @@ impl Config {
                 chain: s.chain,
                 endpoints,
                 mode: s.mode.unwrap_or(Mode::InPlace),
+                pairs: s.pair.into_iter().map(|p| (p.cert, p.key)).collect(),
             });
         }
 

@@ -20,7 +20,7 @@ use crate::bundle::{self, Bundle};
 use crate::cert::{self, CertInfo};
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
-use crate::probe::{self, Prober, Served, Target};
+use crate::probe::{self, KeyFamily, Prober, Served, Target};
 use crate::report::{Leaf, Outcome, ResultKind, ServedRow};
 use crate::server::{ServerError, WebServer};
 use crate::store::{self, NewFile, Op, Recovery, Role, SiteStore, Store, StoreError, Txn};
@@ -40,6 +40,8 @@ pub enum InstallError {
     Store(#[from] StoreError),
     #[error("before changing anything: {target} does not answer: {reason}; nothing was changed")]
     NotServing { target: String, reason: String },
+    #[error(transparent)]
+    Probe(crate::probe::ProbeError),
     #[error("recovering an interrupted change of {site}: {source}")]
     Recover { site: String, source: ServerError },
 }
@@ -191,6 +193,9 @@ fn trust_rule(
 
 /// Install the bundle of `req` on its site and prove it is served.
 pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError> {
+    if !req.site.pairs.is_empty() {
+        return install_pair(env, req);
+    }
     let site = req.site;
     let mut out = Outcome::new(&site.name);
 
@@ -213,7 +218,7 @@ pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError
     // Only now take the lock and repair: a rejected bundle sends no signal
     // and writes nothing, not even a lock file (invariant 1).
     let _lock = env.store.lock()?;
-    let site_store = env.store.site(&site.name);
+    let site_store = env.store.site(&site.store_key);
     recover_site(env, site, &site_store)?;
 
     let files = new_files(site, &bundle);
@@ -221,11 +226,110 @@ pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError
     apply(env, site, &site_store, Op::Install, files, &new_sha, out)
 }
 
+/// A dual-certificate site (`[[site.pair]]`): replace the pair whose key
+/// type matches the new certificate's, and prove it with a probe that
+/// offers only that key type's signature schemes, so the server has to show
+/// that leaf and not its sibling.
+fn install_pair(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError> {
+    let site = req.site;
+    // Only a peek to choose the pair: a file that does not parse is
+    // rejected by the full check below, with its own message.
+    let family = bundle::read_certs(req.cert)
+        .ok()
+        .and_then(|c| c.first().map(|leaf| KeyFamily::of(&leaf.key_kind)))
+        .unwrap_or(KeyFamily::Any);
+    let pair_site = match pair_site(site, family) {
+        Ok(s) => s,
+        Err(why) => {
+            let mut out = Outcome::new(&site.name);
+            out.reject(why);
+            return Ok(out);
+        }
+    };
+    let prober = env
+        .prober
+        .for_key_family(family)
+        .map_err(InstallError::Probe)?;
+    let pair_env = Env {
+        prober: &prober,
+        ..*env
+    };
+    install(
+        &pair_env,
+        &Request {
+            site: &pair_site,
+            ..*req
+        },
+    )
+}
+
+/// The site as seen through its pair of key type `family`: that pair's
+/// files, and its own state (journal, versions) under `NAME__rsa` etc.
+pub fn pair_site(site: &Site, family: KeyFamily) -> Result<Site, String> {
+    let mut pairs = vec![(site.cert.clone(), site.key.clone())];
+    pairs.extend(site.pairs.iter().cloned());
+    let chosen = pairs.iter().find(|(cert, _)| {
+        bundle::read_certs(cert)
+            .ok()
+            .and_then(|c| c.first().map(|leaf| KeyFamily::of(&leaf.key_kind)))
+            == Some(family)
+    });
+    let Some((cert, key)) = chosen.cloned() else {
+        return Err(format!(
+            "site {} has no cert/key pair with a {family:?} key (pairs: {})",
+            site.name,
+            pairs
+                .iter()
+                .map(|(c, _)| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    Ok(Site {
+        cert,
+        key,
+        pairs: Vec::new(),
+        store_key: format!(
+            "{}__{}",
+            site.name,
+            format!("{family:?}").to_ascii_lowercase()
+        ),
+        ..site.clone()
+    })
+}
+
+/// Roll back the pair of key type `family` of a dual-certificate site.
+pub fn rollback_pair(
+    env: &Env<'_>,
+    site: &Site,
+    family: KeyFamily,
+) -> Result<Outcome, InstallError> {
+    let pair_site = match pair_site(site, family) {
+        Ok(s) => s,
+        Err(why) => {
+            let mut out = Outcome::new(&site.name);
+            out.reject(why);
+            return Ok(out);
+        }
+    };
+    let prober = env
+        .prober
+        .for_key_family(family)
+        .map_err(InstallError::Probe)?;
+    rollback(
+        &Env {
+            prober: &prober,
+            ..*env
+        },
+        &pair_site,
+    )
+}
+
 /// Put the newest saved version of `site` back, verified.
 pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
     let mut out = Outcome::new(&site.name);
     let _lock = env.store.lock()?;
-    let site_store = env.store.site(&site.name);
+    let site_store = env.store.site(&site.store_key);
     recover_site(env, site, &site_store)?;
 
     let (version, files) = match site.mode {

@@ -244,12 +244,40 @@ impl Prober {
 
     /// A prober judging trust against `trust`.
     pub fn with_trust(trust: TrustStore, timeout: Duration) -> Result<Prober, ProbeError> {
+        Prober::build(trust, timeout, KeyFamily::Any)
+    }
+
+    /// The same prober, but offering only the signature schemes (and TLS 1.2
+    /// suites) of `family`: a server with an RSA and an ECDSA certificate on
+    /// one vhost must then show the leaf of that family.
+    pub fn for_key_family(&self, family: KeyFamily) -> Result<Prober, ProbeError> {
+        Prober::build(self.inner.trust.clone(), self.inner.timeout, family)
+    }
+
+    fn build(
+        trust: TrustStore,
+        timeout: Duration,
+        family: KeyFamily,
+    ) -> Result<Prober, ProbeError> {
         // The provider is passed explicitly so the probe does not depend on a
         // process-wide default having been installed (tests, library users).
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut provider = rustls::crypto::ring::default_provider();
+        if family != KeyFamily::Any {
+            provider.cipher_suites.retain(|cs| match cs {
+                rustls::SupportedCipherSuite::Tls13(_) => true,
+                // A TLS 1.2 suite fixes the certificate's key type (its
+                // `sign` list names that type's schemes, plus Ed25519 for
+                // the ECDSA suites).
+                rustls::SupportedCipherSuite::Tls12(s) => {
+                    s.sign.iter().any(|scheme| family.allows(*scheme))
+                }
+            });
+        }
+        let provider = Arc::new(provider);
 
         let recorder = Arc::new(RecordingVerifier {
             algorithms: provider.signature_verification_algorithms,
+            family,
         });
         // Safe default versions = TLS 1.3 and 1.2 (the `tls12` feature is on),
         // and the provider's default kx groups: X25519-only fails against
@@ -418,6 +446,47 @@ fn server_name(target: &Target) -> Result<ServerName<'static>, ProbeError> {
 #[derive(Debug)]
 struct RecordingVerifier {
     algorithms: WebPkiSupportedAlgorithms,
+    /// The schemes offered: the server picks its certificate by them.
+    family: KeyFamily,
+}
+
+/// Which certificates a probe asks for, by the signature schemes it offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFamily {
+    Any,
+    Ecdsa,
+    Rsa,
+}
+
+impl KeyFamily {
+    /// The family of a certificate's key.
+    pub fn of(kind: &crate::cert::KeyKind) -> KeyFamily {
+        match kind {
+            crate::cert::KeyKind::Rsa { .. } => KeyFamily::Rsa,
+            crate::cert::KeyKind::Ec { .. } => KeyFamily::Ecdsa,
+            _ => KeyFamily::Any,
+        }
+    }
+
+    fn allows(self, scheme: SignatureScheme) -> bool {
+        use SignatureScheme as S;
+        match self {
+            KeyFamily::Any => true,
+            KeyFamily::Ecdsa => matches!(
+                scheme,
+                S::ECDSA_NISTP256_SHA256 | S::ECDSA_NISTP384_SHA384 | S::ECDSA_NISTP521_SHA512
+            ),
+            KeyFamily::Rsa => matches!(
+                scheme,
+                S::RSA_PKCS1_SHA256
+                    | S::RSA_PKCS1_SHA384
+                    | S::RSA_PKCS1_SHA512
+                    | S::RSA_PSS_SHA256
+                    | S::RSA_PSS_SHA384
+                    | S::RSA_PSS_SHA512
+            ),
+        }
+    }
 }
 
 impl ServerCertVerifier for RecordingVerifier {
@@ -451,7 +520,9 @@ impl ServerCertVerifier for RecordingVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        let mut schemes = self.algorithms.supported_schemes();
+        schemes.retain(|s| self.family.allows(*s));
+        schemes
     }
 }
 

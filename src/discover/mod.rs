@@ -143,13 +143,6 @@ pub fn to_toml(sites: &[DiscoveredSite]) -> String {
                 site.name
             ));
         }
-        for (cert, key) in site.pairs.iter().skip(1) {
-            out.push_str(&format!(
-                "# also serves {} with key {}: certswap renews one pair per site\n",
-                cert.display(),
-                key.display()
-            ));
-        }
         let prefix = if problems.is_empty() {
             seen.push((site.name.clone(), site.source.clone()));
             ""
@@ -175,6 +168,13 @@ pub fn to_toml(sites: &[DiscoveredSite]) -> String {
             line(format!("chain = {}", toml_path(Some(chain))));
         }
         line(format!("endpoints = {}", toml_array(&endpoints)));
+        // Dual certificates (RSA + ECDSA on one vhost): each further pair is
+        // renewed on its own, the one whose key type matches the new cert.
+        for (cert, key) in site.pairs.iter().skip(1) {
+            line("[[site.pair]]".into());
+            line(format!("cert = {}", toml_path(Some(cert))));
+            line(format!("key = {}", toml_path(Some(key))));
+        }
     }
     out
 }
