@@ -231,13 +231,25 @@ pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError
 /// offers only that key type's signature schemes, so the server has to show
 /// that leaf and not its sibling.
 fn install_pair(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError> {
-    let site = req.site;
     // Only a peek to choose the pair: a file that does not parse is
-    // rejected by the full check below, with its own message.
+    // rejected by the full check, with its own message.
     let family = bundle::read_certs(req.cert)
         .ok()
         .and_then(|c| c.first().map(|leaf| KeyFamily::of(&leaf.key_kind)))
         .unwrap_or(KeyFamily::Any);
+    with_pair(env, req.site, family, |env, site| {
+        install(env, &Request { site, ..*req })
+    })
+}
+
+/// Run `f` on the pair of `site` with key type `family`, with a prober
+/// that offers only that type's signature schemes.
+fn with_pair(
+    env: &Env<'_>,
+    site: &Site,
+    family: KeyFamily,
+    f: impl FnOnce(&Env<'_>, &Site) -> Result<Outcome, InstallError>,
+) -> Result<Outcome, InstallError> {
     let pair_site = match pair_site(site, family) {
         Ok(s) => s,
         Err(why) => {
@@ -250,16 +262,12 @@ fn install_pair(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallErro
         .prober
         .for_key_family(family)
         .map_err(InstallError::Probe)?;
-    let pair_env = Env {
-        prober: &prober,
-        ..*env
-    };
-    install(
-        &pair_env,
-        &Request {
-            site: &pair_site,
-            ..*req
+    f(
+        &Env {
+            prober: &prober,
+            ..*env
         },
+        &pair_site,
     )
 }
 
@@ -304,25 +312,7 @@ pub fn rollback_pair(
     site: &Site,
     family: KeyFamily,
 ) -> Result<Outcome, InstallError> {
-    let pair_site = match pair_site(site, family) {
-        Ok(s) => s,
-        Err(why) => {
-            let mut out = Outcome::new(&site.name);
-            out.reject(why);
-            return Ok(out);
-        }
-    };
-    let prober = env
-        .prober
-        .for_key_family(family)
-        .map_err(InstallError::Probe)?;
-    rollback(
-        &Env {
-            prober: &prober,
-            ..*env
-        },
-        &pair_site,
-    )
+    with_pair(env, site, family, rollback)
 }
 
 /// Put the newest saved version of `site` back, verified.

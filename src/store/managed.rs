@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use super::{
     Flip, Journal, NewFile, Op, Phase, Role, SavedFile, SiteStore, StoreError, Txn, Version,
-    io_err, load_saved, mkdir_private, now_rfc3339, read_meta, remove_dir_durable, write_meta,
+    io_err, load_saved, mkdir_private, now_rfc3339, read_meta, remove_dir_durable, version_ids,
+    write_meta,
 };
 use crate::cert::sha256_hex;
 use crate::failpoint;
@@ -69,19 +70,7 @@ impl SiteStore {
 
     /// Version ids in the archive, oldest first.
     fn managed_ids(&self) -> Result<Vec<String>, StoreError> {
-        let dir = self.archive_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir, "list versions")(e)),
-        };
-        let mut ids: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
-            .collect();
-        ids.sort();
-        Ok(ids)
+        version_ids(&self.archive_dir())
     }
 
     fn next_id(&self) -> Result<String, StoreError> {

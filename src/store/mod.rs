@@ -428,17 +428,7 @@ impl SiteStore {
     /// Saved versions, oldest first.
     pub fn versions(&self) -> Result<Vec<Version>, StoreError> {
         let dir = self.versions_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir, "list versions")(e)),
-        };
-        let mut ids: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
-            .collect();
-        ids.sort();
+        let ids = version_ids(&dir)?;
         let mut out = Vec::new();
         for id in ids {
             let vdir = dir.join(&id);
@@ -634,6 +624,23 @@ fn check_target(f: &NewFile) -> Result<(), StoreError> {
         return Err(StoreError::UnsafeDir { path: dir });
     }
     Ok(())
+}
+
+/// The version directories (six digits) in `dir`, oldest first; none when
+/// `dir` does not exist.
+fn version_ids(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir, "list versions")(e)),
+    };
+    let mut ids: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    ids.sort();
+    Ok(ids)
 }
 
 fn current_sha256(path: &Path) -> Result<Option<String>, StoreError> {
