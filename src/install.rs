@@ -198,8 +198,22 @@ pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError
     }
     let site = req.site;
     let mut out = Outcome::new(&site.name);
+    let site_store = env.store.site(&site.store_key);
 
-    // 1–2. bundle and validate; a rejection has touched nothing.
+    // Repair before judging: after a crash the files on disk may be the
+    // interrupted change's, and the bundle must be compared with what the
+    // site really has. A dry run only reads, so it neither locks nor repairs.
+    let _lock = match req.dry_run {
+        true => None,
+        false => {
+            let lock = env.store.lock()?;
+            recover_site(env, site, &site_store)?;
+            Some(lock)
+        }
+    };
+
+    // 1–2. bundle and validate; a rejection changes nothing and sends no
+    //      signal (invariant 1).
     let Some(bundle) = check_with(
         Some(site),
         req.cert,
@@ -214,12 +228,6 @@ pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError
     if req.dry_run {
         return Ok(out);
     }
-
-    // Only now take the lock and repair: a rejected bundle sends no signal
-    // and writes nothing, not even a lock file (invariant 1).
-    let _lock = env.store.lock()?;
-    let site_store = env.store.site(&site.store_key);
-    recover_site(env, site, &site_store)?;
 
     let files = new_files(site, &bundle);
     let new_sha = bundle.leaf.sha256.clone();

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 
 use super::{
     Flip, Journal, NewFile, Op, Phase, Role, SavedFile, SiteStore, StoreError, Txn, Version,
-    io_err, load_saved, mkdir_private, now_rfc3339, read_meta, remove_dir_durable, version_ids,
-    write_meta,
+    check_target_dir, io_err, load_saved, mkdir_private, now_rfc3339, read_meta,
+    remove_dir_durable, version_ids, write_meta,
 };
 use crate::cert::sha256_hex;
 use crate::failpoint;
@@ -113,6 +113,9 @@ impl SiteStore {
         files: Vec<NewFile>,
         targets: &[(Role, PathBuf)],
     ) -> Result<Txn, StoreError> {
+        for (_, target) in targets {
+            check_target_dir(target)?;
+        }
         mkdir_private(&self.dir)?;
         mkdir_private(&self.archive_dir())?;
         mkdir_private(&self.root.join("live"))?;

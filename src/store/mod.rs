@@ -615,11 +615,16 @@ fn check_target(f: &NewFile) -> Result<(), StoreError> {
             path: f.target.clone(),
         });
     }
-    let dir = fsio::parent_of(&f.target);
+    check_target_dir(&f.target)
+}
+
+/// The directory of `target` must not be writable by everyone (without the
+/// sticky bit): anyone could swap the file, or the link, under the server.
+fn check_target_dir(target: &Path) -> Result<(), StoreError> {
+    let dir = fsio::parent_of(target);
     let m = std::fs::metadata(&dir).map_err(io_err(&dir, "read the target directory"))?;
     use std::os::unix::fs::PermissionsExt;
     let mode = m.permissions().mode();
-    // World-writable without the sticky bit: anyone could swap the file.
     if mode & 0o002 != 0 && mode & 0o1000 == 0 {
         return Err(StoreError::UnsafeDir { path: dir });
     }
