@@ -6,19 +6,29 @@
 //! 1–2  check every bundle (in parallel; touches nothing)
 //!        rejected → its outcome, out of the batch;  --dry-run stops here
 //!      take the host lock, repair every site from its journal (one reload
-//!        for all repairs), note what every endpoint serves now (one bulk probe)
-//! 3–4  stage + swap every site (in parallel: the fsyncs overlap)
+//!        for all the repairs)
+//! 3    stage every site (I/O threads) while ONE bulk probe notes what every
+//!        endpoint serves now; a site whose endpoint does not answer is
+//!        refused and its staging dropped, before any target changes
+//! 4    swap every site (I/O threads)
 //! 5    ONE config test ──── fails: restore every site, no reload, prove old
-//! 6    ONE reload
+//! 6    mark every journal "reloading", ONE reload
 //! 7    ONE concurrent wait: every endpoint of every site serves its new leaf
+//!        on `consecutive` fresh handshakes (after a light gate that waits
+//!        for the reloaded config to answer at all)
 //! 8    commit the sites that verified; restore the others, config test,
 //!      ONE second reload, prove their old leaves are served again (exit 3)
 //! ```
 //!
 //! A batch of one behaves like `certswap install`. The differences are
 //! per-site where install is all-or-nothing: a site whose endpoint does not
-//! answer before the change is *rejected* (install fails with exit 2), and
-//! a store error while staging one site rolls back that site only.
+//! answer before the change is *rejected* (install fails with exit 2 —
+//! a batch does too when no site answers at all), and a store error while
+//! staging one site refuses that site only.
+//!
+//! Each phase logs its wall time at info level (`-v`), e.g.
+//! `batch phase phase=wait ms=1834 sites=1000`; docs/performance.md says
+//! where the time of a 1000-site batch goes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -104,12 +114,57 @@ pub fn install_dir(
 /// item, in the order of `items`. Err only for a failure of the host, not
 /// of a site: the lock is held by another certswap, a repair from a
 /// journal failed, or no endpoint of any site answers before the change.
+///
+/// Dual-certificate sites (`[[site.pair]]`) are the exception: the bundle's
+/// key type chooses the pair, and the proof needs a probe that offers only
+/// that key type. They go through [`install::install`] one by one after
+/// the batch, each with its own reload; an error there is that site's
+/// rejected outcome.
 pub fn install_items(
     env: &Env<'_>,
     items: &[Item<'_>],
     force: bool,
     dry_run: bool,
 ) -> Result<Vec<Outcome>, InstallError> {
+    let (dual, single): (Vec<usize>, Vec<usize>) =
+        (0..items.len()).partition(|&i| !items[i].site.pairs.is_empty());
+    let batch: Vec<Item<'_>> = single.iter().map(|&i| items[i].clone()).collect();
+    let mut outs: Vec<Option<Outcome>> = items.iter().map(|_| None).collect();
+    for (i, out) in single
+        .into_iter()
+        .zip(install_batch(env, &batch, force, dry_run)?)
+    {
+        outs[i] = Some(out);
+    }
+    for i in dual {
+        let it = &items[i];
+        let req = install::Request {
+            site: it.site,
+            cert: &it.cert,
+            key: it.key.as_deref(),
+            chain: it.chain.as_deref(),
+            force,
+            dry_run,
+        };
+        outs[i] = Some(install::install(env, &req).unwrap_or_else(|e| {
+            let mut out = Outcome::new(&it.site.name);
+            out.reject(e.to_string());
+            out
+        }));
+    }
+    Ok(outs.into_iter().flatten().collect())
+}
+
+/// [`install_items`] for sites with one cert/key pair: the batch proper.
+fn install_batch(
+    env: &Env<'_>,
+    items: &[Item<'_>],
+    force: bool,
+    dry_run: bool,
+) -> Result<Vec<Outcome>, InstallError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut clock = Clock::start();
     let trust = env.prober.trust();
     // 1–2. bundle and validate, before the lock: a batch that is rejected
@@ -120,7 +175,11 @@ pub fn install_items(
         })
         .into_iter()
         .unzip();
-    reject_conflicts(items, &mut bundles, &mut outs);
+    let accepted: Vec<bool> = bundles.iter().map(Option::is_some).collect();
+    for (i, why) in conflicts(items, &accepted) {
+        bundles[i] = None;
+        outs[i].reject(why);
+    }
     clock.done("check", items.len());
     if dry_run || bundles.iter().all(Option::is_none) {
         return Ok(outs);
@@ -308,9 +367,10 @@ pub fn install_items(
         .collect();
     let waited = wait_all(env, &waits, true);
     clock.done("wait", waits.len());
-    failpoint::hit("mid-probe");
 
-    // 8. commit the sites that verified; restore the others.
+    // 8. commit the sites that verified; restore the others. (Committing
+    //    while the wait goes on was measured slower here: on a VM the
+    //    fsyncs cost CPU that the handshakes need.)
     let mut verified = Vec::new();
     let mut unverified = Vec::new();
     for ((open, txn), w) in std::mem::take(&mut batch.open).into_iter().zip(waited) {
@@ -339,8 +399,8 @@ pub fn install_items(
             Err(e) => batch.commit_failed(open, e),
         }
     }
+    clock.done("commit", batch.outs.len());
     batch.restore(unverified, true);
-    clock.done("commit", items.len());
     Ok(batch.finish())
 }
 
@@ -646,45 +706,52 @@ fn check_item(it: &Item<'_>, force: bool, trust: &TrustStore) -> (Outcome, Optio
     (out, bundle)
 }
 
-/// Refuse what a batch cannot do safely: two bundles for one site (which
-/// one is meant?), and two sites that share a file (one swap would undo
-/// the other; invariant 2).
-fn reject_conflicts(items: &[Item<'_>], bundles: &mut [Option<Bundle>], outs: &mut [Outcome]) {
+/// What a batch cannot do safely, as (item, why) refusals: two bundles
+/// for one site (which one is meant?), and two sites that share a file
+/// (one swap would undo the other; invariant 2). `accepted[i]`: item `i`
+/// passed its checks.
+fn conflicts(items: &[Item<'_>], accepted: &[bool]) -> Vec<(usize, String)> {
     let mut per_site: HashMap<&str, usize> = HashMap::new();
     for it in items {
         *per_site.entry(it.site.name.as_str()).or_default() += 1;
     }
+    let mut refused = Vec::new();
     let mut owner: HashMap<PathBuf, &str> = HashMap::new();
     for (i, it) in items.iter().enumerate() {
         let n = per_site[it.site.name.as_str()];
         if n > 1 {
-            bundles[i] = None;
-            outs[i].reject(format!(
-                "{n} bundles for {} in one batch ({}); which one is meant is unclear, so none is installed",
-                it.site.name,
-                it.cert.display()
+            refused.push((
+                i,
+                format!(
+                    "{n} bundles for {} in one batch ({}); which one is meant is unclear, so none is installed",
+                    it.site.name,
+                    it.cert.display()
+                ),
             ));
             continue;
         }
-        if bundles[i].is_none() {
+        if !accepted[i] {
             continue;
         }
-        for (_, path) in install::site_targets(it.site) {
-            if let Some(other) = owner.get(&path) {
-                bundles[i] = None;
-                outs[i].reject(format!(
+        let targets = install::site_targets(it.site);
+        if let Some((path, other)) = targets
+            .iter()
+            .find_map(|(_, p)| owner.get(p).map(|o| (p, *o)))
+        {
+            refused.push((
+                i,
+                format!(
                     "{} is also a file of site {other} in this batch; install them one at a time",
                     path.display()
-                ));
-                break;
-            }
+                ),
+            ));
+            continue;
         }
-        if bundles[i].is_some() {
-            for (_, path) in install::site_targets(it.site) {
-                owner.insert(path, &it.site.name);
-            }
+        for (_, path) in targets {
+            owner.insert(path, &it.site.name);
         }
     }
+    refused
 }
 
 /// What the endpoints of `site` served, taken from the bulk probe's
@@ -731,7 +798,10 @@ struct WaitResult {
 /// [`SITES_IN_FLIGHT`] entries waited on at once, all within the configured
 /// deadline, on one current-thread runtime. The server is looked at every
 /// [`ALIVE_EVERY`]: if it died, every entry still waiting fails with why.
-fn wait_all(env: &Env<'_>, waits: &[Wait], gate: bool) -> Vec<WaitResult> {
+///
+/// `new`: the wait for the new leaves after the reload, which first passes
+/// the gate of [`first_new_answer`].
+fn wait_all(env: &Env<'_>, waits: &[Wait], new: bool) -> Vec<WaitResult> {
     let pc = &env.config.probe;
     let started = Instant::now();
     let until = started + pc.deadline;
@@ -740,9 +810,12 @@ fn wait_all(env: &Env<'_>, waits: &[Wait], gate: bool) -> Vec<WaitResult> {
         Mutex::new(waits.iter().map(|_| None).collect());
 
     let work = async {
-        if gate && waits.len() >= GATE_MIN_SITES {
+        if new && waits.len() >= GATE_MIN_SITES {
             let opened = first_new_answer(env.prober, waits, started + pc.deadline / 2).await;
             tracing::info!(phase = %"settle", ms = ms(started), opened, "batch phase");
+        }
+        if new {
+            failpoint::hit("mid-probe");
         }
         let mut tasks = tokio::task::JoinSet::new();
         let mut pending = waits.iter().enumerate();
@@ -801,16 +874,12 @@ fn wait_all(env: &Env<'_>, waits: &[Wait], gate: bool) -> Vec<WaitResult> {
                     ms: ms(started),
                 };
             };
-            let rows: Vec<ServedRow> = o
-                .last
-                .iter()
-                .zip(&w.targets)
-                .map(|(r, t)| ServedRow::of(t, r))
-                .collect();
+            let rows = rows_of(&o, &w.targets);
             let failure = match (&died, o.ok) {
-                // Seen served, but the server is gone now: not verified.
-                (Some(why), _) => Some(why.clone()),
-                (None, true) => None,
+                // Seen served on consecutive handshakes before the server
+                // died: proven.
+                (_, true) => None,
+                (Some(why), false) => Some(why.clone()),
                 (None, false) => Some(install::describe_mismatch(
                     &o.last,
                     &w.targets,
@@ -824,6 +893,14 @@ fn wait_all(env: &Env<'_>, waits: &[Wait], gate: bool) -> Vec<WaitResult> {
                 ms: took,
             }
         })
+        .collect()
+}
+
+fn rows_of(o: &probe::WaitOutcome, targets: &[Target]) -> Vec<ServedRow> {
+    o.last
+        .iter()
+        .zip(targets)
+        .map(|(r, t)| ServedRow::of(t, r))
         .collect()
 }
 
@@ -1052,4 +1129,168 @@ impl Clock {
 
 fn ms(since: Instant) -> u64 {
     since.elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        let ssl = dir.join("ssl");
+        let mut t = format!(
+            "state_dir = \"{}\"\n[server]\nkind = \"nginx\"\n",
+            dir.join("state").display()
+        );
+        for name in ["a.test", "b.test", "c.test", "*.w.test", "shares.test"] {
+            let file = name.replace('*', "_wildcard_");
+            // shares.test uses a.test's key file: a conflict in one batch.
+            let key = if name == "shares.test" {
+                "a.test"
+            } else {
+                &file
+            };
+            let sni = name.replace('*', "x");
+            t.push_str(&format!(
+                "[[site]]\nname = \"{name}\"\ncert = \"{}\"\nkey = \"{}\"\nendpoints = [\"{sni}@127.0.0.1:443\"]\n",
+                ssl.join(format!("{file}.pem")).display(),
+                ssl.join(format!("{key}.key")).display(),
+            ));
+        }
+        Config::parse(&t, &dir.join("certswap.toml")).expect("test config parses")
+    }
+
+    fn touch(dir: &Path, names: &[&str]) {
+        for n in names {
+            std::fs::write(dir.join(n), b"x").expect("write");
+        }
+    }
+
+    #[test]
+    fn scan_dir_pairs_files_by_site_and_rejects_strays() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = config(tmp.path());
+        let inbox = tmp.path().join("inbox");
+        std::fs::create_dir_all(inbox.join("sub.pem")).expect("mkdir");
+        touch(
+            &inbox,
+            &[
+                "a.test.pem",
+                "a.test.key",
+                "b.test_public.crt",
+                "b.test_chain.crt",
+                "c.test.key",
+                "_wildcard_.w.test.pem",
+                "nosuch.test.pem",
+                "README.txt",
+                ".hidden.pem",
+            ],
+        );
+        let (items, rejected) = scan_dir(&cfg, &inbox).expect("scan");
+        let got: Vec<(&str, String, bool, bool)> = items
+            .iter()
+            .map(|it| {
+                (
+                    it.site.name.as_str(),
+                    it.cert
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    it.key.is_some(),
+                    it.chain.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "*.w.test",
+                    "_wildcard_.w.test.pem".to_string(),
+                    false,
+                    false
+                ),
+                ("a.test", "a.test.pem".to_string(), true, false),
+                ("b.test", "b.test_public.crt".to_string(), false, true),
+            ]
+        );
+        let why: BTreeMap<&str, &str> = rejected
+            .iter()
+            .map(|o| (o.site.as_str(), o.error.as_deref().unwrap_or_default()))
+            .collect();
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(why["c.test"].contains("no c.test.pem beside it"), "{why:?}");
+        assert!(why["nosuch.test"].contains("nosuch.test.pem"), "{why:?}");
+        assert!(why["nosuch.test"].contains("is not a site of"), "{why:?}");
+        assert!(rejected.iter().all(|o| o.result == ResultKind::Rejected));
+    }
+
+    #[test]
+    fn scan_dir_refuses_two_certs_for_one_site_and_a_missing_dir() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = config(tmp.path());
+        touch(tmp.path(), &["a.test.pem", "a.test_public.crt"]);
+        let (items, rejected) = scan_dir(&cfg, tmp.path()).expect("scan");
+        assert!(items.is_empty());
+        assert_eq!(rejected.len(), 1);
+        assert!(
+            rejected[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("two certificates for a.test")),
+            "{:?}",
+            rejected[0].error
+        );
+
+        let e = scan_dir(&cfg, &tmp.path().join("missing")).expect_err("an error");
+        assert!(e.to_string().contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn conflicts_refuse_a_site_twice_and_shared_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = config(tmp.path());
+        let site = |n: &str| cfg.sites.iter().find(|s| s.name == n).expect("site");
+        let item = |n: &str, file: &str| Item {
+            site: site(n),
+            cert: PathBuf::from(file),
+            key: None,
+            chain: None,
+        };
+        let items = [
+            item("a.test", "1.pem"),
+            item("b.test", "2.pem"),
+            item("b.test", "3.pem"),
+            item("shares.test", "4.pem"),
+            item("c.test", "5.pem"),
+        ];
+        let refused = conflicts(&items, &[true, true, true, true, false]);
+        let idx: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, vec![1, 2, 3], "{refused:?}");
+        assert!(refused[0].1.contains("2 bundles for b.test"), "{refused:?}");
+        assert!(
+            refused[2].1.contains("also a file of site a.test"),
+            "{refused:?}"
+        );
+        // A rejected a.test frees its files for shares.test.
+        let refused = conflicts(&items[..4], &[false, false, false, true]);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+    }
+
+    #[test]
+    fn par_map_keeps_input_order() {
+        let input: Vec<usize> = (0..1000).collect();
+        let out = par_map(input.clone(), 8, |i| i * 2);
+        assert_eq!(out, input.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert!(par_map(Vec::<usize>::new(), 8, |i| i).is_empty());
+    }
+
+    #[test]
+    fn name_list_is_short() {
+        assert_eq!(name_list(["a", "b"].into_iter()), "a, b");
+        let many: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+        assert_eq!(
+            name_list(many.iter().map(String::as_str)),
+            "s0, s1, s2, s3, s4 and 3 more"
+        );
+    }
 }
