@@ -131,7 +131,11 @@ pub fn to_toml(sites: &[DiscoveredSite]) -> String {
     let mut seen: Vec<(String, String)> = Vec::new();
     for site in sites {
         out.push('\n');
-        out.push_str(&format!("# {} (from {})\n", site.name, site.source));
+        out.push_str(&format!(
+            "# {} (from {})\n",
+            one_line(&site.name),
+            one_line(&site.source)
+        ));
         for note in &site.notes {
             out.push_str(&format!("# note: {}\n", one_line(note)));
         }
@@ -265,7 +269,10 @@ fn toml_endpoints(site: &DiscoveredSite) -> (Vec<String>, Vec<String>) {
 /// A TOML basic string. JSON string escapes (`\"`, `\\`, `\n`, `\uXXXX`)
 /// are all valid TOML escapes, so serde_json does the quoting.
 fn toml_str(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
+    // JSON's escapes are TOML's, except that TOML also forbids a raw DEL.
+    serde_json::Value::String(s.to_string())
+        .to_string()
+        .replace('\u{7f}', "\\u007f")
 }
 
 fn toml_path(p: Option<&Path>) -> String {
@@ -280,9 +287,18 @@ fn toml_array(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-/// Notes go into `#` comments: keep each on one line.
+/// Notes, names and paths go into `#` comments, where TOML allows no
+/// control character but tab: keep each on one line and make the others
+/// visible as escapes (a config file may hold anything).
 fn one_line(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\r' => " ".to_string(),
+            '\t' => "\t".to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// Split candidate names into (name, other names): lowercased, empty and
@@ -503,6 +519,28 @@ mod tests {
         assert_eq!(s["pairs"][0]["key"], "/etc/ssl/a.test.key");
         assert_eq!(s["endpoints"][1], "[::1]:8443");
         assert_eq!(s["notes"][0], "default_server");
+    }
+
+    #[test]
+    fn control_characters_in_names_and_paths_still_give_valid_toml() {
+        let mut site = DiscoveredSite {
+            name: "a\u{1}b\u{7f}.test".into(),
+            names: vec!["c\u{7f}.test".into()],
+            cert: Some(PathBuf::from("/etc/ssl/\u{8}a.pem")),
+            key: Some(PathBuf::from("/etc/ssl/a.key")),
+            chain: None,
+            pairs: Vec::new(),
+            endpoints: vec!["127.0.0.1:443".into()],
+            source: "/etc/nginx/x\u{0}.conf:1".into(),
+            notes: vec!["odd \u{1b}[31m note".into()],
+        };
+        let text = to_toml(std::slice::from_ref(&site));
+        text.parse::<toml::Table>()
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        site.name = "a.test".into();
+        let text = to_toml(&[site]);
+        text.parse::<toml::Table>()
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
     }
 
     #[test]
