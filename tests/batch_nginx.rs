@@ -14,6 +14,12 @@ use support::pki::{self, Ca, Leaf};
 use support::{SiteSpec, certswap, served_sha256};
 
 const SITES: [&str; 5] = ["a.test", "b.test", "c.test", "d.test", "e.test"];
+/// Enough sites for the batch's per-address gate (GATE_MIN_SITES = 16).
+const MANY: [&str; 20] = [
+    "s00.test", "s01.test", "s02.test", "s03.test", "s04.test", "s05.test", "s06.test", "s07.test",
+    "s08.test", "s09.test", "s10.test", "s11.test", "s12.test", "s13.test", "s14.test", "s15.test",
+    "s16.test", "s17.test", "s18.test", "s19.test",
+];
 
 /// Five sites on one nginx, with a certswap config and an inbox dir.
 struct World {
@@ -27,6 +33,10 @@ struct World {
 
 impl World {
     fn new(deadline: &str) -> World {
+        World::with_sites(deadline, &SITES)
+    }
+
+    fn with_sites(deadline: &str, sites: &[&'static str]) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         let ssl = dir.path().join("ssl");
         std::fs::create_dir(&ssl).expect("mkdir ssl");
@@ -34,7 +44,7 @@ impl World {
         let mut old = BTreeMap::new();
         let mut specs = Vec::new();
         let mut files = Vec::new();
-        for name in SITES {
+        for &name in sites {
             let leaf = ca.leaf(&[name]).days(-345, 20).build();
             let (cert, key) = pki::write(&ssl, name, &leaf);
             specs.push(SiteSpec::new(name, &cert, &key));
@@ -379,4 +389,42 @@ fn an_empty_inbox_is_nothing_to_do() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[test]
+fn twenty_sites_pass_the_address_gate_and_a_wrong_endpoint_still_rolls_back() {
+    // With 16+ sites the wait proves old workers gone per address, then
+    // checks each site with one fresh handshake; a site whose endpoint
+    // serves something else must still fail and roll back.
+    let w = World::with_sites("3s", &MANY);
+    let lb_dir = w.dir.path().join("lb");
+    std::fs::create_dir(&lb_dir).expect("mkdir");
+    let lb_leaf = w.ca.leaf(&["s07.test"]).days(-1, 90).build();
+    let (lb_cert, lb_key) = pki::write(&lb_dir, "lb", &lb_leaf);
+    let lb = Nginx::start(&[SiteSpec::new("s07.test", &lb_cert, &lb_key)]);
+    let conf = std::fs::read_to_string(&w.config).expect("config");
+    let marker = format!("cert = {}", support::toml_path(&w.cert_file("s07.test")));
+    let at = conf.find(&marker).expect("s07.test in the config");
+    let (head, tail) = conf.split_at(at);
+    let tail = tail.replacen(
+        &format!("127.0.0.1:{}", w.nginx.port()),
+        &format!("127.0.0.1:{}", lb.port()),
+        1,
+    );
+    std::fs::write(&w.config, format!("{head}{tail}")).expect("write config");
+
+    let new = w.renew_all(&MANY);
+    let out = w.batch(&["--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let rows = json_lines(&out);
+    assert_eq!(rows.len(), MANY.len(), "{}", text(&out));
+    for name in MANY {
+        if name == "s07.test" {
+            assert_eq!(rows[name]["result"], "rolled_back", "{}", rows[name]);
+            assert_eq!(w.served(name), w.old[name].sha256);
+        } else {
+            assert_eq!(rows[name]["result"], "verified", "{name}: {}", rows[name]);
+            assert_eq!(w.served(name), new[name].sha256, "{name}");
+        }
+    }
 }
