@@ -948,12 +948,13 @@ async fn settled_addrs(
             }
         }
     }
+    // Every sample concurrently: each alone spans the time old workers
+    // may linger (`consecutive` handshakes spaced by the probe engine).
     let mut checks = tokio::task::JoinSet::new();
     for (addr, list) in samples {
-        let prober = prober.clone();
-        checks.spawn(async move {
-            let mut all = true;
-            for (t, sha) in list {
+        for (t, sha) in list {
+            let (prober, addr) = (prober.clone(), addr.clone());
+            checks.spawn(async move {
                 let left = until.saturating_duration_since(Instant::now());
                 let o = probe::wait_until_served(
                     &prober,
@@ -963,17 +964,21 @@ async fn settled_addrs(
                     left,
                 )
                 .await;
-                all &= o.ok;
-            }
-            (addr, all)
-        });
-    }
-    let mut settled = HashSet::new();
-    while let Some(r) = checks.join_next().await {
-        if let Ok((addr, true)) = r {
-            settled.insert(addr);
+                (addr, o.ok)
+            });
         }
     }
+    let mut failed = HashSet::new();
+    let mut seen = HashSet::new();
+    while let Some(r) = checks.join_next().await {
+        if let Ok((addr, ok)) = r {
+            if !ok {
+                failed.insert(addr.clone());
+            }
+            seen.insert(addr);
+        }
+    }
+    let settled: HashSet<String> = seen.difference(&failed).cloned().collect();
     settled
 }
 
