@@ -43,6 +43,10 @@ pub enum BundleError {
     KeyInsteadOfCert { path: PathBuf },
     #[error("{path}: holds {count} private keys; expected one")]
     SeveralKeys { path: PathBuf, count: usize },
+    #[error(
+        "{path}: the private key is a {bits}-bit RSA key, which is too weak; at least 2048 bits are required"
+    )]
+    WeakKey { path: PathBuf, bits: usize },
 }
 
 /// A private key as read, with the PEM text certswap will write.
@@ -142,6 +146,34 @@ pub fn read_key(path: &Path) -> Result<KeyMaterial, BundleError> {
     parse_key(path, &bytes)
 }
 
+/// The certificates in the bytes of one file (PEM or DER), with the same
+/// limits and messages as [`read_certs`]; `path` only names the input in
+/// messages. For bytes that did not come from a file (and the fuzzers).
+pub fn parse_certs_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<CertInfo>, BundleError> {
+    check_size_and_blank(path, bytes)?;
+    Ok(parse_certs(path, bytes)?.certs)
+}
+
+/// One private key from the bytes of one file, as [`read_key`] reads it.
+pub fn parse_key_bytes(path: &Path, bytes: &[u8]) -> Result<KeyMaterial, BundleError> {
+    check_size_and_blank(path, bytes)?;
+    parse_key(path, bytes)
+}
+
+fn check_size_and_blank(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(BundleError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(BundleError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 /// Read a whole file, refusing more than [`MAX_FILE_BYTES`]. The metadata
 /// check catches big regular files early; the bounded read also covers
 /// pipes, devices and a file that grows while being read.
@@ -161,16 +193,7 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, BundleError> {
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(BundleError::TooLarge {
-            path: path.to_path_buf(),
-        });
-    }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(BundleError::Empty {
-            path: path.to_path_buf(),
-        });
-    }
+    check_size_and_blank(path, &bytes)?;
     Ok(bytes)
 }
 
@@ -317,6 +340,25 @@ fn key_material(path: &Path, der: PrivateKeyDer<'static>) -> Result<KeyMaterial,
             "unsupported or corrupt private key (supported: RSA 2048-8192 bits, ECDSA P-256/P-384, Ed25519)".into(),
         )
     };
+    // ring refuses RSA keys under 2048 bits like a corrupt key; say why
+    // instead, from the modulus, before handing the key to ring. (A modulus
+    // of a few bits is a corrupt key, not a weak one: ring says so.)
+    if let Some(bits) = rsa_modulus_bits(&der) {
+        if (MIN_PLAUSIBLE_RSA_BITS..crate::validate::MIN_RSA_BITS).contains(&bits) {
+            return Err(BundleError::WeakKey {
+                path: path.to_path_buf(),
+                bits,
+            });
+        }
+        if bits > MAX_RSA_BITS {
+            return Err(malformed(
+                path,
+                format!(
+                    "the private key is a {bits}-bit RSA key; certswap supports RSA keys of 2048 to {MAX_RSA_BITS} bits"
+                ),
+            ));
+        }
+    }
     let signing_key =
         rustls::crypto::ring::sign::any_supported_type(&der).map_err(|_| unsupported())?;
     let spki_der = signing_key
@@ -342,14 +384,78 @@ fn key_material(path: &Path, der: PrivateKeyDer<'static>) -> Result<KeyMaterial,
     })
 }
 
+/// The largest RSA modulus ring loads.
+const MAX_RSA_BITS: usize = 8192;
+/// Below this an "RSA key" is damaged bytes rather than a weak key.
+const MIN_PLAUSIBLE_RSA_BITS: usize = 256;
+
+/// The modulus size of an RSA private key: PKCS#1 `RSAPrivateKey`, or PKCS#8
+/// wrapping one (rsaEncryption or RSASSA-PSS). None for other key types and
+/// for bytes that do not have that shape (ring then says what it thinks).
+fn rsa_modulus_bits(der: &PrivateKeyDer<'_>) -> Option<usize> {
+    // rsaEncryption 1.2.840.113549.1.1.1 and id-RSASSA-PSS .1.1.10 (content bytes).
+    const RSA_OIDS: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01],
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a],
+    ];
+    let pkcs1 = match der {
+        PrivateKeyDer::Pkcs1(k) => k.secret_pkcs1_der(),
+        PrivateKeyDer::Pkcs8(k) => {
+            // PrivateKeyInfo ::= SEQUENCE { version, AlgorithmIdentifier, OCTET STRING }
+            let (seq, _) = der_expect(k.secret_pkcs8_der(), 0x30)?;
+            let (_version, rest) = der_expect(seq, 0x02)?;
+            let (alg, rest) = der_expect(rest, 0x30)?;
+            let (oid, _) = der_expect(alg, 0x06)?;
+            if !RSA_OIDS.contains(&oid) {
+                return None;
+            }
+            der_expect(rest, 0x04)?.0
+        }
+        _ => return None,
+    };
+    // RSAPrivateKey ::= SEQUENCE { version INTEGER, modulus INTEGER, ... }
+    let (seq, _) = der_expect(pkcs1, 0x30)?;
+    let (_version, rest) = der_expect(seq, 0x02)?;
+    let (modulus, _) = der_expect(rest, 0x02)?;
+    Some(cert::bit_length(modulus))
+}
+
+/// One DER element with tag `tag` at the start of `input`: (content, rest).
+/// Definite lengths of up to four bytes only; anything else is None.
+fn der_expect(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = input.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some(rest.split_at(len))
+}
+
 /// A reason for a PEM syntax error that names the block but never echoes
 /// file content (the block may be a private key).
 fn pem_reason(e: &pem::Error, block: usize) -> String {
     match e {
-        pem::Error::MissingSectionEnd { end_marker } => format!(
-            "truncated PEM: block #{block} ('{}') has no END line",
-            String::from_utf8_lossy(end_marker)
-        ),
+        pem::Error::MissingSectionEnd { end_marker } => match known_label(end_marker) {
+            Some(label) => {
+                format!("truncated PEM: block #{block} ('{label}') has no END line")
+            }
+            None => format!("truncated PEM: block #{block} has no END line"),
+        },
         pem::Error::IllegalSectionStart { .. } => {
             format!("malformed PEM: block #{block} has a broken BEGIN line")
         }
@@ -358,6 +464,31 @@ fn pem_reason(e: &pem::Error, block: usize) -> String {
         }
         _ => format!("malformed PEM at block #{block}"),
     }
+}
+
+/// The PEM label in `marker` (the END line the parser looked for) if it is
+/// one of the labels certswap knows. Anything else is file content, which
+/// may be a damaged key (the fuzzer found base64 there), so it is not shown.
+fn known_label(marker: &[u8]) -> Option<&'static str> {
+    const LABELS: &[&str] = &[
+        "CERTIFICATE",
+        "TRUSTED CERTIFICATE",
+        "PRIVATE KEY",
+        "RSA PRIVATE KEY",
+        "EC PRIVATE KEY",
+        "ENCRYPTED PRIVATE KEY",
+        "PUBLIC KEY",
+        "CERTIFICATE REQUEST",
+        "NEW CERTIFICATE REQUEST",
+        "X509 CRL",
+        "EC PARAMETERS",
+    ];
+    let text = std::str::from_utf8(marker).ok()?;
+    let label = text
+        .trim()
+        .trim_start_matches("-----END ")
+        .trim_end_matches("-----");
+    LABELS.iter().copied().find(|l| *l == label)
 }
 
 fn malformed(path: &Path, reason: String) -> BundleError {
@@ -608,6 +739,92 @@ mod tests {
     }
 
     #[test]
+    fn weak_rsa_key_is_called_weak_in_every_encoding() {
+        let f = fixture();
+        let d = f.dir.path();
+        let pkcs8 = openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:1024",
+            ],
+            "w8.key",
+        );
+        assert!(pkcs8.starts_with(b"-----BEGIN PRIVATE KEY-----"));
+        let pkcs1 = openssl(d, &["genrsa", "-traditional", "1024"], "w1.key");
+        assert!(pkcs1.starts_with(b"-----BEGIN RSA PRIVATE KEY-----"));
+        let der = openssl(
+            d,
+            &[
+                "pkey",
+                "-in",
+                d.join("w8.key").to_str().expect("utf-8 path"),
+                "-outform",
+                "DER",
+            ],
+            "w8.der",
+        );
+        for (name, bytes) in [("a.key", &pkcs8), ("b.key", &pkcs1), ("c.der", &der)] {
+            let err = read_key(&f.write(name, bytes)).expect_err("weak key");
+            assert!(
+                matches!(err, BundleError::WeakKey { bits: 1024, .. }),
+                "{name}: {err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains("1024-bit RSA key") && msg.contains("too weak"),
+                "{msg}"
+            );
+            assert!(msg.contains(name), "{msg}");
+        }
+    }
+
+    #[test]
+    fn der_reader_refuses_short_and_odd_lengths() {
+        assert_eq!(
+            der_expect(&[0x02, 0x01, 0x05], 0x02),
+            Some((&[5u8][..], &[][..]))
+        );
+        assert_eq!(der_expect(&[0x02, 0x02, 0x05], 0x02), None, "content cut");
+        assert_eq!(der_expect(&[0x02], 0x02), None, "no length");
+        assert_eq!(der_expect(&[0x30, 0x80, 0x00], 0x30), None, "indefinite");
+        assert_eq!(
+            der_expect(&[0x30, 0x85, 1, 1, 1, 1, 1], 0x30),
+            None,
+            "5 length bytes"
+        );
+        assert_eq!(
+            der_expect(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff], 0x30),
+            None
+        );
+        assert_eq!(der_expect(&[0x04, 0x00], 0x02), None, "other tag");
+        let long = [&[0x04, 0x81, 0x80][..], &[7u8; 0x80][..]].concat();
+        assert_eq!(der_expect(&long, 0x04).map(|(c, _)| c.len()), Some(0x80));
+    }
+
+    #[test]
+    fn parse_bytes_entry_points_match_the_file_readers() {
+        let f = fixture();
+        let name = Path::new("bytes.pem");
+        let certs = parse_certs_bytes(name, f.leaf.to_pem().as_bytes()).expect("certs");
+        assert_eq!(certs[0].sha256, f.leaf.sha256);
+        let key = parse_key_bytes(name, f.key.serialize_pem().as_bytes()).expect("key");
+        assert_eq!(key.spki_der, f.leaf.spki_der);
+        assert!(matches!(
+            parse_certs_bytes(name, b" \n"),
+            Err(BundleError::Empty { .. })
+        ));
+        let big = vec![b'a'; MAX_FILE_BYTES as usize + 1];
+        assert!(matches!(
+            parse_key_bytes(name, &big),
+            Err(BundleError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
     fn key_as_cert_refused() {
         let f = fixture();
         let pem_key = f.write("site.key", f.key.serialize_pem());
@@ -676,6 +893,26 @@ mod tests {
             matches!(&err, BundleError::Malformed { reason, .. } if reason.contains("certificate #1")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn truncated_pem_names_only_known_labels() {
+        let f = fixture();
+        let cut = &f.key.serialize_pem()[..100];
+        let err = read_key(&f.write("cut.key", cut)).expect_err("truncated key");
+        assert!(
+            err.to_string()
+                .contains("block #1 ('PRIVATE KEY') has no END line"),
+            "{err}"
+        );
+        // Found by the bundle_key fuzzer: the BEGIN line's "label" is file
+        // content and may be a damaged key's base64; it is not echoed.
+        let b64 = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg";
+        let text = format!("-----BEGIN {b64}-----\nAAAA\n");
+        let err = read_key(&f.write("odd.key", &text)).expect_err("truncated");
+        let msg = err.to_string();
+        assert!(msg.contains("block #1 has no END line"), "{msg}");
+        assert!(!msg.contains(b64), "{msg}");
     }
 
     #[test]

@@ -394,7 +394,7 @@ fn key_kind(spki: &SubjectPublicKeyInfo<'_>) -> KeyKind {
 
 /// Bits of a big-endian unsigned integer. x509-parser's own `key_size` is
 /// wrong for moduli without a leading zero byte, hence this.
-fn bit_length(be: &[u8]) -> usize {
+pub(crate) fn bit_length(be: &[u8]) -> usize {
     match be.iter().position(|b| *b != 0) {
         None => 0,
         Some(i) => (be.len() - i - 1) * 8 + (8 - be[i].leading_zeros() as usize),
