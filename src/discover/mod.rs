@@ -366,32 +366,44 @@ pub(crate) fn fnmatch(pattern: &str, name: &str) -> bool {
     }
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
-    match_from(&p, &n)
+    // No real glob or file name is this long; the bound keeps the
+    // recursion (at most P + N deep) small whatever a config holds.
+    if p.len() > MAX_GLOB_CHARS || n.len() > MAX_GLOB_CHARS {
+        return false;
+    }
+    let mut memo = vec![None; (p.len() + 1) * (n.len() + 1)];
+    match_at(&p, &n, 0, 0, &mut memo)
 }
 
-fn match_from(p: &[char], n: &[char]) -> bool {
-    let Some((&c, rest)) = p.split_first() else {
-        return n.is_empty();
-    };
-    match c {
-        '*' => (0..=n.len()).any(|i| match_from(rest, &n[i..])),
-        '?' => !n.is_empty() && match_from(rest, &n[1..]),
-        '[' => {
-            let Some((&ch, n_rest)) = n.split_first() else {
-                return false;
-            };
-            match class_match(rest, ch) {
-                Some((true, after)) => match_from(after, n_rest),
+const MAX_GLOB_CHARS: usize = 1024;
+
+/// Does `p[pi..]` match `n[ni..]`? Memoised on (pi, ni): a pattern with
+/// many `*` would otherwise backtrack exponentially (a fuzzer found one).
+fn match_at(p: &[char], n: &[char], pi: usize, ni: usize, memo: &mut [Option<bool>]) -> bool {
+    let key = pi * (n.len() + 1) + ni;
+    if let Some(v) = memo[key] {
+        return v;
+    }
+    let v = match p.get(pi) {
+        None => ni == n.len(),
+        Some('*') => (ni..=n.len()).any(|j| match_at(p, n, pi + 1, j, memo)),
+        Some('?') => ni < n.len() && match_at(p, n, pi + 1, ni + 1, memo),
+        Some('[') => match n.get(ni) {
+            None => false,
+            Some(&ch) => match class_match(&p[pi + 1..], ch) {
+                Some((true, after)) => match_at(p, n, p.len() - after.len(), ni + 1, memo),
                 Some((false, _)) => false,
                 // No closing ']': a literal '['.
-                None => ch == '[' && match_from(rest, n_rest),
-            }
+                None => ch == '[' && match_at(p, n, pi + 1, ni + 1, memo),
+            },
+        },
+        Some('\\') if pi + 1 < p.len() => {
+            ni < n.len() && n[ni] == p[pi + 1] && match_at(p, n, pi + 2, ni + 1, memo)
         }
-        '\\' if !rest.is_empty() => {
-            !n.is_empty() && n[0] == rest[0] && match_from(&rest[1..], &n[1..])
-        }
-        _ => !n.is_empty() && n[0] == c && match_from(rest, &n[1..]),
-    }
+        Some(&c) => ni < n.len() && n[ni] == c && match_at(p, n, pi + 1, ni + 1, memo),
+    };
+    memo[key] = Some(v);
+    v
 }
 
 /// Match `ch` against the class after a `[`; returns (matched, pattern
@@ -575,6 +587,13 @@ mod tests {
         assert!(fnmatch("[!a]*", "b"));
         assert!(!fnmatch("[!a]*", "a"));
         assert!(fnmatch("[a-c]", "b"));
+        assert!(fnmatch("a\\*", "a*"));
+        assert!(!fnmatch("a\\*", "ab"));
+        assert!(fnmatch("[x", "[x"));
+        // Many stars against a long name that does not match: linear, not
+        // exponential (this hung before memoisation).
+        let stars = "*a".repeat(40) + "b";
+        assert!(!fnmatch(&stars, &"a".repeat(200)));
         assert!(path_match(
             Path::new("/etc/nginx/sites/*.conf"),
             Path::new("/etc/nginx/sites/x.conf")

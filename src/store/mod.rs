@@ -223,10 +223,13 @@ impl Store {
     /// Take the host-wide lock without waiting: a second certswap fails fast.
     pub fn lock(&self) -> Result<Lock, StoreError> {
         let path = self.root.join("lock");
+        use std::os::unix::fs::OpenOptionsExt;
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
             .open(&path)
             .map_err(io_err(&path, "open the lock file"))?;
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
