@@ -3,10 +3,6 @@
 //! run (`fuzz/harness.rs`), so every input that once crashed a parser, and
 //! a selection of what the fuzzers explored, runs in the normal suite
 //! without nightly or libFuzzer. How to fuzz: docs/reliability.md.
-//!
-//! `tests/fuzz_regressions/open/TARGET/*` are findings not fixed yet (in
-//! code this suite's author does not own); the ignored test replays them.
-//! Once fixed, move them up one directory and they guard the fix.
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
@@ -47,18 +43,6 @@ fn every_saved_fuzz_input_passes_its_harness() {
     assert!(
         failures.is_empty(),
         "{} of {count} saved inputs fail: {failures:#?}",
-        failures.len()
-    );
-}
-
-#[test]
-
-fn open_fuzz_findings_pass_once_fixed() {
-    let (count, failures) = replay(&saved().join("open"));
-    assert!(count > 0);
-    assert!(
-        failures.is_empty(),
-        "{} of {count} open findings still fail: {failures:#?}",
         failures.len()
     );
 }
