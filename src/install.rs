@@ -471,12 +471,18 @@ pub(crate) fn undo(
     }
     // Invariant 6: the old leaf is served again, proven by handshakes.
     let mut rows = Vec::new();
+    let mut proven = true;
     for (sha, targets) in group_by_sha(before) {
         let w = wait_served(env, &targets, &sha, false);
         rows.extend(w.rows);
         if let Some(why) = w.failure {
+            proven = false;
             problems.push(format!("the old certificate is NOT served again: {why}"));
         }
+    }
+    if proven {
+        // Say it: the operator reading this wants to know the site is fine.
+        problems.push("the old certificate is served again (proven by fresh handshakes)".into());
     }
     out.served = rows;
     out.error = Some(problems.join("; "));

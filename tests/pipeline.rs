@@ -349,6 +349,11 @@ fn an_endpoint_that_keeps_serving_another_cert_rolls_back() {
     assert!(stdout.starts_with("rolled back"), "{}", text(&out));
     assert!(stdout.contains("was not served"), "{}", text(&out));
     assert!(!stdout.contains("NOT served again"), "{}", text(&out));
+    assert!(
+        stdout.contains("the old certificate is served again (proven"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         pki::leaf_sha256_file(&w.cert),
         w.old.sha256,
