@@ -22,9 +22,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Flip, Journal, NewFile, Op, Phase, Role, SavedFile, SiteStore, StoreError, Txn, Version,
-    check_target_dir, io_err, load_saved, mkdir_private, now_rfc3339, read_meta,
-    remove_dir_durable, version_ids, write_meta,
+    Flip, NewFile, Op, Role, SavedFile, SiteStore, StoreError, Txn, Version, check_target_dir,
+    io_err, load_saved, mkdir_private, read_meta, remove_dir_durable, version_ids, write_meta,
 };
 use crate::cert::sha256_hex;
 use crate::failpoint;
@@ -164,19 +163,7 @@ impl SiteStore {
         };
 
         // 3. the journal, before the flip.
-        let txn = Txn {
-            site: self.clone(),
-            journal: Journal {
-                version: 1,
-                site: self.name.clone(),
-                op,
-                phase: Phase::Staged,
-                started: now_rfc3339(),
-                files: Vec::new(),
-                flip: Some(Flip { old: current, new }),
-            },
-        };
-        txn.write_journal()?;
+        let txn = Txn::start(self, op, Vec::new(), Some(Flip { old: current, new }))?;
         failpoint::hit("after-stage");
         Ok(txn)
     }

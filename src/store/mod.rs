@@ -412,20 +412,7 @@ impl SiteStore {
         }
 
         // 3. The journal, before the first rename.
-        let txn = Txn {
-            site: self.clone(),
-            journal: Journal {
-                version: 1,
-                site: self.name.clone(),
-                op,
-                phase: Phase::Staged,
-                started: now_rfc3339(),
-                files: journal_files,
-                flip: None,
-            },
-        };
-        txn.write_journal()?;
-        Ok(txn)
+        Txn::start(self, op, journal_files, None)
     }
 
     /// Saved versions, oldest first.
@@ -461,6 +448,30 @@ impl SiteStore {
 }
 
 impl Txn {
+    /// Open a change in phase `staged`: its journal is written (durably)
+    /// before this returns, i.e. before any target is renamed.
+    fn start(
+        site: &SiteStore,
+        op: Op,
+        files: Vec<JournalFile>,
+        flip: Option<Flip>,
+    ) -> Result<Txn, StoreError> {
+        let txn = Txn {
+            site: site.clone(),
+            journal: Journal {
+                version: 1,
+                site: site.name.clone(),
+                op,
+                phase: Phase::Staged,
+                started: now_rfc3339(),
+                files,
+                flip,
+            },
+        };
+        txn.write_journal()?;
+        Ok(txn)
+    }
+
     fn write_journal(&self) -> Result<(), StoreError> {
         let path = self.site.journal_path();
         let bytes =
