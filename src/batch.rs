@@ -55,6 +55,8 @@ const SITES_IN_FLIGHT: usize = 256;
 const GATE_SAMPLE: usize = 4;
 const GATE_EVERY: Duration = Duration::from_millis(20);
 const GATE_MIN_SITES: usize = 16;
+/// The per-address gate may use at most this fraction of the deadline.
+const GATE_DEADLINE_SHARE: u32 = 3;
 /// Handshakes in flight for the one-shot probe of what is served before.
 const PROBE_CONCURRENCY: usize = 64;
 /// Threads for staging, swapping, committing and restoring: each site costs
@@ -824,7 +826,11 @@ fn wait_all(env: &Env<'_>, waits: &[Wait], new: bool) -> Vec<WaitResult> {
         // per site proves the rest. A site whose single check saw anything
         // else first is held to the full rule.
         let settled = if new && consecutive > 1 && waits.len() >= GATE_MIN_SITES {
-            settled_addrs(env.prober, waits, consecutive, until).await
+            // The gate only saves time: it must never eat the deadline of
+            // the sites behind an address that does not settle (a load
+            // balancer, a wrong port) — those get the full rule instead.
+            let gate_until = until.min(Instant::now() + pc.deadline / GATE_DEADLINE_SHARE);
+            settled_addrs(env.prober, waits, consecutive, gate_until).await
         } else {
             HashSet::new()
         };
