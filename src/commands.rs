@@ -251,13 +251,7 @@ fn batch_cmd(cfg: &Config, dir: &Path, a: &InstallArgs) -> CmdResult {
 fn emit_many(outcomes: &[Outcome], json: bool) -> CmdResult {
     let mut worst = EXIT_OK;
     for out in outcomes {
-        if json {
-            let text =
-                serde_json::to_string(out).map_err(|e| format!("cannot encode the result: {e}"))?;
-            println!("{text}");
-        } else {
-            print!("{}", out.to_text());
-        }
+        print_outcome(out, json)?;
         let code = out.result.exit_code();
         if code == 3 || (worst != 3 && code > worst) {
             worst = code;
@@ -383,7 +377,8 @@ fn with_env(
     }
 }
 
-fn emit(out: &Outcome, json: bool) -> CmdResult {
+/// One outcome on stdout: a JSON object on one line, or the text.
+fn print_outcome(out: &Outcome, json: bool) -> Result<(), String> {
     if json {
         let text =
             serde_json::to_string(out).map_err(|e| format!("cannot encode the result: {e}"))?;
@@ -391,6 +386,11 @@ fn emit(out: &Outcome, json: bool) -> CmdResult {
     } else {
         print!("{}", out.to_text());
     }
+    Ok(())
+}
+
+fn emit(out: &Outcome, json: bool) -> CmdResult {
+    print_outcome(out, json)?;
     if let (Some(e), false) = (&out.error, json) {
         eprintln!("certswap: {e}");
     }
