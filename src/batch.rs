@@ -12,7 +12,7 @@
 //!        refused and its staging dropped, before any target changes
 //! 4    swap every site (I/O threads)
 //! 5    ONE config test ──── fails: restore every site, no reload, prove old
-//! 6    mark every journal "reloading", ONE reload
+//! 6    ONE reload (from the swap on, recovery reloads: new files in place)
 //! 7    ONE concurrent wait: every endpoint of every site serves its new leaf
 //!        on `consecutive` fresh handshakes (after a light gate that waits
 //!        for the reloaded config to answer at all)
@@ -293,20 +293,32 @@ fn install_batch(
         return Err(e);
     }
 
-    // 4. swap every site.
+    // 4. swap every site, then fsync each directory once: the targets of
+    //    a host's sites share a few directories.
     let mut failed = Vec::new();
+    let mut dirs = Vec::new();
     let swapped = par_map(to_swap, IO_THREADS, |(open, mut txn)| {
         let t = Instant::now();
-        let r = txn.swap();
+        let r = txn.swap_unsynced();
         (open, txn, ms(t), r)
     });
     for (open, txn, t, r) in swapped {
         batch.outs[open.idx].timings_ms.swap += t;
         match r {
-            Ok(()) => batch.open.push((open, txn)),
+            Ok(d) => {
+                dirs.extend(d);
+                batch.open.push((open, txn));
+            }
             Err(e) => failed.push((open, txn, e.to_string())),
         }
     }
+    dirs.sort();
+    dirs.dedup();
+    if let Err(e) = store::fsync_dirs(&dirs) {
+        // Not durable: no site may go on to a reload it could lose.
+        batch.restore_open(&e.to_string(), false);
+    }
+    failpoint::hit("after-swap");
     batch.restore(failed, false);
     clock.done("swap", batch.open.len());
     if batch.open.is_empty() {
@@ -324,29 +336,9 @@ fn install_batch(
     }
     failpoint::hit("after-configtest");
 
-    // 6. ONE reload, journalled first for every site: recovery must reload
-    //    after a crash here.
+    // 6. ONE reload. From the swap on, new files are in place, so
+    //    recovery reloads after a crash (src/store/mod.rs).
     let t = Instant::now();
-    let mut unmarked = Vec::new();
-    let marked = par_map(
-        std::mem::take(&mut batch.open),
-        IO_THREADS,
-        |(open, mut txn)| {
-            let r = txn.mark_reloading();
-            (open, txn, r)
-        },
-    );
-    for (open, txn, r) in marked {
-        match r {
-            Ok(()) => batch.open.push((open, txn)),
-            // Still before the reload: restoring the files is enough.
-            Err(e) => unmarked.push((open, txn, e.to_string())),
-        }
-    }
-    batch.restore(unmarked, false);
-    if batch.open.is_empty() {
-        return Ok(batch.finish());
-    }
     let reloaded = env.server.reload();
     batch.each_open(|o| o.timings_ms.reload = ms(t));
     clock.done("reload", batch.open.len());
@@ -371,8 +363,8 @@ fn install_batch(
     clock.done("wait", waits.len());
 
     // 8. commit the sites that verified; restore the others. (Committing
-    //    while the wait goes on was measured slower here: on a VM the
-    //    fsyncs cost CPU that the handshakes need.)
+    //    each site while the wait goes on was measured slower: the commits'
+    //    fsyncs cost CPU that the handshakes need, docs/performance.md.)
     let mut verified = Vec::new();
     let mut unverified = Vec::new();
     for ((open, txn), w) in std::mem::take(&mut batch.open).into_iter().zip(waited) {
@@ -569,7 +561,8 @@ impl Batch<'_, '_> {
     /// Put the old files of each site back (in parallel); each outcome
     /// ends rolled back with its reason. The proof comes in [`Batch::finish`].
     fn restore(&mut self, failed: Vec<(Open<'_>, Txn, String)>, after_reload: bool) {
-        let aborted = par_map(failed, IO_THREADS, |(o, txn, why)| {
+        let aborted = par_map(failed, IO_THREADS, |(o, mut txn, why)| {
+            install::mark_if_reloaded(&mut txn, after_reload);
             let r = txn.abort();
             (o, why, r)
         });

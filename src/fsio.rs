@@ -94,6 +94,22 @@ pub fn durable_rename(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Hard-link `from` as `to` (which must not exist; a symlink at `from` is
+/// not followed), then fsync the file so its link count is durable. The
+/// caller fsyncs `to`'s directory (once for several links).
+pub fn link_synced(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::hard_link(from, to)?;
+    let synced = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(to)
+        .and_then(|f| f.sync_all());
+    if synced.is_err() {
+        let _ = std::fs::remove_file(to);
+    }
+    synced
+}
+
 /// Remove a file if it exists and fsync its directory.
 pub fn durable_remove(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {

@@ -403,9 +403,9 @@ pub(crate) fn apply(
     }
     failpoint::hit("after-configtest");
 
-    // 6. reload, journalled first: recovery must reload after a crash here.
+    // 6. reload. From the swap on, new files are in place, so recovery
+    //    reloads after a crash from here on.
     let t = Instant::now();
-    txn.mark_reloading()?;
     let reloaded = env.server.reload();
     out.timings_ms.reload = ms(t);
     if let Err(e) = reloaded {
@@ -434,12 +434,21 @@ pub(crate) fn apply(
     Ok(out)
 }
 
+/// After a reload was sent, journal that before the old files go back
+/// (recovery must then reload even with every old file in place). A
+/// failure only warns: putting the old files back matters more.
+pub(crate) fn mark_if_reloaded(txn: &mut Txn, reloaded: bool) {
+    if reloaded && let Err(e) = txn.mark_reloaded() {
+        tracing::warn!("cannot journal the reload before restoring: {e}");
+    }
+}
+
 /// Rollback of an open change: restore the old files, then (if the server
 /// may have loaded the new ones) config-test and reload, and prove the old
 /// leaves are served again. Always ends `rolled_back` (exit 3).
 pub(crate) fn undo(
     env: &Env<'_>,
-    txn: Txn,
+    mut txn: Txn,
     before: &[(Target, String)],
     reloaded: bool,
     reason: String,
@@ -447,6 +456,7 @@ pub(crate) fn undo(
 ) -> Result<Outcome, InstallError> {
     out.result = ResultKind::RolledBack;
     let mut problems = vec![reason];
+    mark_if_reloaded(&mut txn, reloaded);
     if let Err(e) = txn.abort() {
         problems.push(format!("RESTORING THE OLD FILES FAILED: {e}"));
         out.error = Some(problems.join("; "));

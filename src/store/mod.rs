@@ -5,7 +5,7 @@
 //! restore the undo copy. [`SiteStore::recover`] repairs whatever a crash
 //! left, at the start of every command that touches a site.
 //!
-//! Layout under `state_dir` (all 0700/0600):
+//! Layout under `state_dir` (directories 0700):
 //! ```text
 //! lock                          flock(2): one certswap changes files at a time
 //! sites/SITE/journal.json       present only while a change is open
@@ -14,14 +14,21 @@
 //! ```
 //! Order of a change, each step durable before the next (kubelet
 //! AtomicWriter style, numbers as in DESIGN.md step 3–4 and 8):
-//!   1. undo copy written to `undo.tmp/`, fsynced, renamed to `undo/`;
+//!   1. undo copy in `undo/`: a hard link to each current file (a copy,
+//!      0600, when the state dir is on another filesystem), fsynced —
+//!      without a journal, recovery removes it;
 //!   2. new files staged as `.NAME.certswap-new` beside each target;
 //!   3. journal written (phase `staged`) — before the first rename, so a
 //!      missing journal always means no target was touched;
-//!   4. staged files renamed over the targets, directories fsynced,
-//!      journal phase `swapped`; `reloading` just before a reload;
+//!   4. staged files renamed over the targets, each directory fsynced
+//!      once (a batch: once for all its sites). No journal write: from the
+//!      first rename on, recovery sees a new file in place and reloads
+//!      after restoring; `reloading` is written only before old files are
+//!      put back after a reload was sent;
 //!   5. commit: journal phase `committed` (the commit point), then the undo
-//!      copy becomes a version, old versions are pruned, the journal goes.
+//!      copy becomes a version and old versions are pruned (one fsync per
+//!      directory), and the journal goes (no fsync: a journal that comes
+//!      back only makes recovery finish the commit again).
 
 use std::fs::File;
 use std::io;
@@ -150,8 +157,13 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// From before the first rename until the commit point. Recovery puts
+    /// the old files back, and reloads if any new file was in place.
     Staged,
+    /// Written by earlier builds after the swap; still read.
     Swapped,
+    /// A reload was sent and the old files are being put back: recovery
+    /// reloads even when every old file is already in place.
     Reloading,
     Committed,
 }
@@ -318,13 +330,17 @@ impl SiteStore {
                 Recovery::Completed { op }
             }
             Some(j) => {
-                let reload = j.phase >= Phase::Swapped;
                 let op = j.op.clone();
-                Txn {
+                let txn = Txn {
                     site: self.clone(),
                     journal: j,
-                }
-                .abort()?;
+                };
+                // The server may have loaded the new files when any of them
+                // is in place (a crash after the swap or the reload), or when
+                // the journal says a reload was sent before the old files
+                // were being put back.
+                let reload = txn.journal.phase >= Phase::Swapped || txn.swapped_in()?;
+                txn.abort()?;
                 Recovery::RolledBack { op, reload }
             }
         };
@@ -381,18 +397,17 @@ impl SiteStore {
 
     /// Steps 1–3 of [`SiteStore::begin`].
     fn prepare(&self, op: Op, files: &[NewFile]) -> Result<Txn, StoreError> {
-        // 1. The undo copy, complete before it has its name.
-        let tmp = self.dir.join("undo.tmp");
-        remove_dir_durable(&tmp)?;
-        mkdir_private(&tmp)?;
+        // 1. The undo copy. It needs no temporary name: until the journal
+        //    exists, recovery removes whatever is in undo/.
+        let undo = self.undo_dir();
+        remove_dir_durable(&self.dir.join("undo.tmp"))?;
+        remove_dir_durable(&undo)?;
+        mkdir_private(&undo)?;
         let mut saved = Vec::new();
         for f in files {
-            saved.push(save_copy(f.role, &f.target, &tmp)?);
+            saved.push(save_copy(f.role, &f.target, &undo)?);
         }
-        write_meta(&tmp, &saved)?;
-        remove_dir_durable(&self.undo_dir())?;
-        fsio::durable_rename(&tmp, &self.undo_dir())
-            .map_err(io_err(&tmp, "rename the undo copy"))?;
+        write_meta(&undo, &saved)?;
 
         // 2. Stage, with the mode and owner of the file each one replaces.
         let mut journal_files = Vec::new();
@@ -492,30 +507,60 @@ impl Txn {
             .and_then(|f| f.old_sha256.as_deref())
     }
 
-    /// Step 4: rename every staged file over its target.
+    /// Step 4: rename every staged file over its target, durably. The
+    /// journal stays `staged`: from the first rename on, recovery sees the
+    /// new files in place and reloads after putting the old ones back.
     pub fn swap(&mut self) -> Result<(), StoreError> {
+        let dirs = self.swap_unsynced()?;
+        fsync_dirs(&dirs)?;
+        failpoint::hit("after-swap");
+        Ok(())
+    }
+
+    /// [`Txn::swap`] without the directory fsyncs: returns the directories
+    /// the caller must fsync (once each, for a whole batch) before it
+    /// relies on the swap, e.g. before a commit.
+    pub fn swap_unsynced(&mut self) -> Result<Vec<PathBuf>, StoreError> {
         if let Some(flip) = self.journal.flip.clone() {
             // Managed: one rename flips cert, key and chain together.
             self.site.point_live_at(&flip.new)?;
         }
+        let mut dirs: Vec<PathBuf> = Vec::new();
         for f in &self.journal.files {
-            fsio::durable_rename(&f.staged, &f.target)
+            std::fs::rename(&f.staged, &f.target)
                 .map_err(io_err(&f.target, "rename the new file into place"))?;
+            let dir = fsio::parent_of(&f.target);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
             match f.role {
                 Role::Cert => failpoint::hit("after-rename-cert"),
                 Role::Key => failpoint::hit("after-rename-key"),
                 Role::Chain => failpoint::hit("after-rename-chain"),
             }
         }
-        self.journal.phase = Phase::Swapped;
-        self.write_journal()?;
-        failpoint::hit("after-swap");
-        Ok(())
+        Ok(dirs)
     }
 
-    /// Record that a reload is about to happen: from here on, recovery must
-    /// reload after restoring, since the server may have read the new files.
-    pub fn mark_reloading(&mut self) -> Result<(), StoreError> {
+    /// Whether any new file of this change is in place (in-place: a target
+    /// no longer holds its old bytes; managed: `live/SITE` points at the
+    /// new version).
+    fn swapped_in(&self) -> Result<bool, StoreError> {
+        if let Some(flip) = &self.journal.flip {
+            return Ok(self.site.managed_current()?.as_deref() == Some(flip.new.as_str()));
+        }
+        for f in &self.journal.files {
+            if current_sha256(&f.target)? != f.old_sha256 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Before old files are put back after a reload was sent: the server
+    /// may run the new files while the disk holds the old ones, so a crash
+    /// from here on must still end in a reload.
+    pub fn mark_reloaded(&mut self) -> Result<(), StoreError> {
         self.journal.phase = Phase::Reloading;
         self.write_journal()
     }
@@ -550,15 +595,23 @@ impl Txn {
                         .and_then(|v| v.id.parse::<u64>().ok())
                         .map_or(1, |n| n + 1);
                     let dest = vdir.join(format!("{next:06}"));
-                    fsio::durable_rename(&undo, &dest)
+                    std::fs::rename(&undo, &dest)
                         .map_err(io_err(&undo, "save the previous version"))?;
                 } else {
-                    remove_dir_durable(&undo)?;
+                    remove_dir(&undo)?;
                 }
                 let versions = site.versions()?;
                 let excess = versions.len().saturating_sub(keep);
                 for v in &versions[..excess] {
-                    remove_dir_durable(&v.dir)?;
+                    remove_dir(&v.dir)?;
+                }
+                // One fsync of each directory for the rename and the
+                // prunes: the version is durable before the journal goes.
+                for dir in [site.versions_dir(), site.dir.clone()] {
+                    match fsio::fsync_dir(&dir) {
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        r => r.map_err(io_err(&dir, "fsync"))?,
+                    }
                 }
             }
             Op::Rollback { version } => {
@@ -566,8 +619,16 @@ impl Txn {
                 remove_dir_durable(&undo)?;
             }
         }
+        // The journal goes last and needs no fsync: a `committed` journal
+        // that comes back after a power loss only makes recovery run this
+        // finish again, which finds its work done.
         let j = site.journal_path();
-        fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"))
+        match std::fs::remove_file(&j) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(io_err(&j, "remove the journal")(e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Put back the files as they were before this change (the undo copy),
@@ -670,9 +731,20 @@ fn current_sha256(path: &Path) -> Result<Option<String>, StoreError> {
     }
 }
 
-/// Copy the file at `target` into `dir/ROLE` (if it exists) and describe it.
+/// Save the file at `target` as `dir/ROLE` (if it exists) and describe it.
+///
+/// A hard link when the state dir is on the same filesystem: the swap
+/// renames a new file over `target`, so the old inode lives on only under
+/// `dir`, and nothing is copied. The hash and mode are read through the
+/// link, so they describe exactly what was saved even if `target` was
+/// replaced meanwhile. Otherwise (another filesystem, protected_hardlinks)
+/// a copy, private to root whatever the original's mode: it may be a key.
+/// `dir` lives in the 0700 state dir either way; [`write_meta`] fsyncs it.
 fn save_copy(role: Role, target: &Path, dir: &Path) -> Result<SavedFile, StoreError> {
-    let bytes = match fsio::read_limited(target, MAX_TARGET_BYTES) {
+    let dest = dir.join(role.file_name());
+    let linked = fsio::link_synced(target, &dest).is_ok();
+    let source = if linked { &dest } else { target };
+    let bytes = match fsio::read_limited(source, MAX_TARGET_BYTES) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Ok(SavedFile {
@@ -684,10 +756,10 @@ fn save_copy(role: Role, target: &Path, dir: &Path) -> Result<SavedFile, StoreEr
         }
         Err(e) => return Err(io_err(target, "read the installed file")(e)),
     };
-    let perms = Perms::of(target).map_err(io_err(target, "read the mode of"))?;
-    let dest = dir.join(role.file_name());
-    // The copy is private to root whatever the original's mode: it may be a key.
-    fsio::create_new(&dest, &bytes, Perms::own(0o600)).map_err(io_err(&dest, "save a copy"))?;
+    let perms = Perms::of(source).map_err(io_err(target, "read the mode of"))?;
+    if !linked {
+        fsio::create_new(&dest, &bytes, Perms::own(0o600)).map_err(io_err(&dest, "save a copy"))?;
+    }
     Ok(SavedFile {
         role,
         target: target.to_path_buf(),
@@ -752,6 +824,27 @@ fn mkdir_private(dir: &Path) -> Result<(), StoreError> {
     {
         Ok(()) => Ok(()),
         Err(e) => Err(io_err(dir, "create the directory")(e)),
+    }
+}
+
+/// fsync each directory once (the swap of a batch: one fsync of a
+/// directory that holds the files of many sites).
+pub fn fsync_dirs(dirs: &[PathBuf]) -> Result<(), StoreError> {
+    let mut done: Vec<&PathBuf> = Vec::new();
+    for dir in dirs {
+        if !done.contains(&dir) {
+            fsio::fsync_dir(dir).map_err(io_err(dir, "fsync"))?;
+            done.push(dir);
+        }
+    }
+    Ok(())
+}
+
+/// Remove a directory tree if it exists; the caller fsyncs its parent.
+fn remove_dir(dir: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(dir, "remove")(e)),
+        _ => Ok(()),
     }
 }
 
@@ -827,6 +920,55 @@ mod tests {
     }
 
     #[test]
+    fn the_undo_copy_is_a_hard_link_on_one_filesystem_and_a_private_copy_across() {
+        use std::os::unix::fs::MetadataExt;
+        // One filesystem: the old inode itself is kept, nothing is copied.
+        let f = fixture();
+        let site = f.store.site("a.test");
+        let txn = site
+            .begin(Op::Install, new_files(&f, "new"))
+            .expect("begin");
+        let saved = site.undo_dir().join("key");
+        let (a, b) = (
+            std::fs::metadata(&f.key).expect("key"),
+            std::fs::metadata(&saved).expect("saved"),
+        );
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "a hard link");
+        txn.abort().expect("abort");
+        assert_eq!(std::fs::metadata(&f.key).expect("key").nlink(), 1);
+
+        // Another filesystem (/dev/shm is tmpfs here): a 0600 copy.
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() || std::fs::metadata(shm).map(|m| m.dev()).ok() == Some(a.dev()) {
+            eprintln!("skipped the cross-filesystem half: no separate /dev/shm");
+            return;
+        }
+        let other = tempfile::tempdir_in(shm).expect("shm dir");
+        let key = other.path().join("b.key");
+        std::fs::write(&key, b"old key").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let site = f.store.site("b.test");
+        let files = vec![NewFile {
+            role: Role::Key,
+            target: key.clone(),
+            bytes: b"new key".to_vec(),
+        }];
+        let mut txn = site.begin(Op::Install, files).expect("begin");
+        let saved = site.undo_dir().join("key");
+        assert_ne!(
+            std::fs::metadata(&saved).expect("saved").dev(),
+            std::fs::metadata(&key).expect("key").dev()
+        );
+        assert_eq!(Perms::of(&saved).expect("perms").mode, 0o600);
+        txn.swap().expect("swap");
+        txn.commit(KEEP_VERSIONS).expect("commit");
+        assert_eq!(read(&key), "new key");
+        assert_eq!(Perms::of(&key).expect("perms").mode, 0o640, "mode kept");
+        let v = site.previous().expect("a version").1;
+        assert_eq!(v[0].bytes, b"old key");
+    }
+
+    #[test]
     fn commit_installs_keeps_mode_and_saves_a_version() {
         let f = fixture();
         let site = f.store.site("a.test");
@@ -866,18 +1008,39 @@ mod tests {
     }
 
     #[test]
-    fn recovery_undoes_a_change_left_open_at_each_phase() {
-        for phase in [Phase::Staged, Phase::Swapped, Phase::Reloading] {
+    fn recovery_undoes_a_change_left_open_at_each_step() {
+        // (crash point, whether recovery must reload)
+        let cases = [
+            ("staged", false),
+            ("cert renamed", true),
+            ("swapped", true),
+            ("swapped, old phase `swapped` journalled", true),
+            ("reloaded, old files already back", true),
+        ];
+        for (step, reload) in cases {
             let f = fixture();
             let site = f.store.site("a.test");
             let mut txn = site
                 .begin(Op::Install, new_files(&f, "new"))
                 .expect("begin");
-            if phase >= Phase::Swapped {
-                txn.swap().expect("swap");
-            }
-            if phase == Phase::Reloading {
-                txn.mark_reloading().expect("mark");
+            match step {
+                "staged" => {}
+                "cert renamed" => {
+                    let staged = txn.journal.files[0].staged.clone();
+                    std::fs::rename(staged, &f.cert).expect("rename");
+                }
+                "swapped" => txn.swap().expect("swap"),
+                "swapped, old phase `swapped` journalled" => {
+                    txn.swap().expect("swap");
+                    txn.journal.phase = Phase::Swapped;
+                    txn.write_journal().expect("mark");
+                }
+                _ => {
+                    txn.swap().expect("swap");
+                    txn.mark_reloaded().expect("mark");
+                    std::fs::write(&f.cert, "old cert").expect("put back");
+                    std::fs::write(&f.key, "old key").expect("put back");
+                }
             }
             drop(txn); // like a crash: the journal stays
             let r = site
@@ -887,13 +1050,13 @@ mod tests {
                 r,
                 Recovery::RolledBack {
                     op: Op::Install,
-                    reload: phase >= Phase::Swapped
+                    reload
                 },
-                "{phase:?}"
+                "{step}"
             );
-            assert_eq!(read(&f.cert), "old cert", "{phase:?}");
-            assert_eq!(read(&f.key), "old key", "{phase:?}");
-            assert!(leftovers(&f).is_empty(), "{phase:?}: {:?}", leftovers(&f));
+            assert_eq!(read(&f.cert), "old cert", "{step}");
+            assert_eq!(read(&f.key), "old key", "{step}");
+            assert!(leftovers(&f).is_empty(), "{step}: {:?}", leftovers(&f));
             // Idempotent.
             assert_eq!(
                 site.recover(std::slice::from_ref(&f.cert)).expect("again"),
