@@ -818,20 +818,46 @@ fn wait_all(env: &Env<'_>, waits: &[Wait], new: bool) -> Vec<WaitResult> {
         // workers there no longer accept, and one matching fresh handshake
         // per site proves the rest. A site whose single check saw anything
         // else first is held to the full rule.
-        let settled = if new && consecutive > 1 && waits.len() >= GATE_MIN_SITES {
+        let gated = new && consecutive > 1 && waits.len() >= GATE_MIN_SITES;
+        let (settled, first_looks) = if gated {
             // The gate only saves time: it must never eat the deadline of
             // the sites behind an address that does not settle (a load
             // balancer, a wrong port) — those get the full rule instead.
             let gate_until = until.min(Instant::now() + pc.deadline / GATE_DEADLINE_SHARE);
-            settled_addrs(env.prober, waits, consecutive, gate_until).await
+            // Meanwhile every site's single check. A match can only come
+            // from a new worker (old ones hold the old config in memory),
+            // so it counts once its address has settled; anything else is
+            // checked again below.
+            let all: Vec<Target> = waits.iter().flat_map(|w| w.targets.clone()).collect();
+            tokio::join!(
+                settled_addrs(env.prober, waits, consecutive, gate_until),
+                probe::probe_many(env.prober, &all, PROBE_CONCURRENCY)
+            )
         } else {
-            HashSet::new()
+            (HashSet::new(), Vec::new())
         };
+        let mut first_looks = first_looks.into_iter();
         let mut tasks = tokio::task::JoinSet::new();
         let mut pending = waits.iter().enumerate();
         loop {
             while tasks.len() < SITES_IN_FLIGHT {
                 let Some((i, w)) = pending.next() else { break };
+                let looked: Vec<_> = first_looks.by_ref().take(w.targets.len()).collect();
+                let settled_here = w.targets.iter().all(|t| settled.contains(&t.addr));
+                let matched = !looked.is_empty()
+                    && looked.len() == w.targets.len()
+                    && looked
+                        .iter()
+                        .all(|r| r.as_ref().is_ok_and(|served| served.leaf.sha256 == w.sha));
+                if settled_here && matched {
+                    let o = probe::WaitOutcome {
+                        ok: true,
+                        handshakes: looked.len(),
+                        last: looked,
+                    };
+                    lock(&slots)[i] = Some((o, ms(started)));
+                    continue;
+                }
                 let prober = env.prober.clone();
                 let targets = w.targets.clone();
                 let sha = w.sha.clone();
