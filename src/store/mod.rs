@@ -25,10 +25,13 @@
 //!      first rename on, recovery sees a new file in place and reloads
 //!      after restoring; `reloading` is written only before old files are
 //!      put back after a reload was sent;
-//!   5. commit: journal phase `committed` (the commit point), then the undo
-//!      copy becomes a version and old versions are pruned (one fsync per
-//!      directory), and the journal goes (no fsync: a journal that comes
-//!      back only makes recovery finish the commit again).
+//!   5. commit: the undo copy leaves `undo/` by one rename, to the next
+//!      `versions/N` (or `undo.done`, dropped, when there was no old file),
+//!      both directories fsynced — the commit point: a journal without
+//!      `undo/` is a committed change (managed mode: journal phase
+//!      `committed`). Then old versions are pruned and the journal goes,
+//!      with no fsync: either coming back only makes recovery finish again.
+//!      An abort removes the journal before `undo/`, for the same reason.
 
 use std::fs::File;
 use std::io;
@@ -48,6 +51,8 @@ pub const KEEP_VERSIONS: usize = 3;
 /// Suffix of files staged beside their targets.
 pub const STAGED_SUFFIX: &str = ".certswap-new";
 const RESTORE_SUFFIX: &str = ".certswap-restore";
+/// Where a committed change's undo copy goes when it is not kept.
+const UNDO_DONE: &str = "undo.done";
 /// Cert and key files are small; anything bigger is not ours to copy.
 const MAX_TARGET_BYTES: u64 = 1024 * 1024;
 
@@ -157,14 +162,16 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
-    /// From before the first rename until the commit point. Recovery puts
-    /// the old files back, and reloads if any new file was in place.
+    /// From before the first rename until the commit point (in place: until
+    /// `undo/` is gone). Recovery puts the old files back, and reloads if
+    /// any new file was in place.
     Staged,
     /// Written by earlier builds after the swap; still read.
     Swapped,
     /// A reload was sent and the old files are being put back: recovery
     /// reloads even when every old file is already in place.
     Reloading,
+    /// Managed mode's commit point (and in-place mode's in earlier builds).
     Committed,
 }
 
@@ -317,10 +324,16 @@ impl SiteStore {
                 // copy or staged file a crash before the journal left.
                 remove_dir_durable(&self.undo_dir())?;
                 remove_dir_durable(&self.dir.join("undo.tmp"))?;
+                remove_dir_durable(&self.dir.join(UNDO_DONE))?;
                 self.remove_managed_leftovers()?;
                 Recovery::Clean
             }
-            Some(j) if j.phase == Phase::Committed => {
+            // Past the commit point: the journal says so (managed mode),
+            // or the undo copy has left undo/ (in place).
+            Some(j)
+                if j.phase == Phase::Committed
+                    || (j.flip.is_none() && !self.undo_dir().exists()) =>
+            {
                 let op = j.op.clone();
                 Txn {
                     site: self.clone(),
@@ -387,9 +400,9 @@ impl SiteStore {
                 for f in &files {
                     let _ = fsio::durable_remove(&fsio::sibling(&f.target, STAGED_SUFFIX));
                 }
-                let _ = remove_dir_durable(&self.dir.join("undo.tmp"));
-                let _ = remove_dir_durable(&self.undo_dir());
+                // The journal first: a journal without undo/ means committed.
                 let _ = fsio::durable_remove(&self.journal_path());
+                let _ = remove_dir_durable(&self.undo_dir());
                 Err(e)
             }
         }
@@ -567,12 +580,50 @@ impl Txn {
 
     /// Step 8: the change stands. Keep `keep` versions.
     pub fn commit(mut self, keep: usize) -> Result<(), StoreError> {
-        self.journal.phase = Phase::Committed;
-        self.write_journal()?;
+        if self.journal.flip.is_some() {
+            self.journal.phase = Phase::Committed;
+            self.write_journal()?;
+        } else {
+            // In place, the commit point is one rename: the undo copy
+            // leaves undo/, and a journal without undo/ is committed.
+            self.retire_undo()?;
+        }
         failpoint::hit("after-commit");
         self.finish_commit(keep)
     }
 
+    /// The in-place commit point: move undo/ to the next `versions/N` (or,
+    /// when it holds nothing worth keeping, to `undo.done` to be dropped),
+    /// durably.
+    fn retire_undo(&self) -> Result<(), StoreError> {
+        let site = &self.site;
+        let undo = site.undo_dir();
+        let keep = self.journal.op == Op::Install
+            && read_meta(&undo)?.files.iter().any(|f| f.sha256.is_some());
+        let dest = if keep {
+            let vdir = site.versions_dir();
+            mkdir_private(&vdir)?;
+            let next = version_ids(&vdir)?
+                .last()
+                .and_then(|id| id.parse::<u64>().ok())
+                .map_or(1, |n| n + 1);
+            vdir.join(format!("{next:06}"))
+        } else {
+            let done = site.dir.join(UNDO_DONE);
+            remove_dir(&done)?;
+            done
+        };
+        std::fs::rename(&undo, &dest).map_err(io_err(&undo, "save the previous version"))?;
+        let parent = fsio::parent_of(&dest);
+        fsio::fsync_dir(&parent).map_err(io_err(&parent, "fsync"))?;
+        if parent != site.dir {
+            fsio::fsync_dir(&site.dir).map_err(io_err(&site.dir, "fsync"))?;
+        }
+        Ok(())
+    }
+
+    /// Everything after the commit point; idempotent, as recovery may run
+    /// it again.
     fn finish_commit(self, keep: usize) -> Result<(), StoreError> {
         if let Some(flip) = &self.journal.flip {
             self.site
@@ -581,47 +632,25 @@ impl Txn {
             return fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"));
         }
         let site = &self.site;
-        let undo = site.undo_dir();
-        match &self.journal.op {
-            Op::Install => {
-                let had_files =
-                    undo.exists() && read_meta(&undo)?.files.iter().any(|f| f.sha256.is_some());
-                if had_files {
-                    let vdir = site.versions_dir();
-                    mkdir_private(&vdir)?;
-                    let next = site
-                        .versions()?
-                        .last()
-                        .and_then(|v| v.id.parse::<u64>().ok())
-                        .map_or(1, |n| n + 1);
-                    let dest = vdir.join(format!("{next:06}"));
-                    std::fs::rename(&undo, &dest)
-                        .map_err(io_err(&undo, "save the previous version"))?;
-                } else {
-                    remove_dir(&undo)?;
-                }
-                let versions = site.versions()?;
-                let excess = versions.len().saturating_sub(keep);
-                for v in &versions[..excess] {
-                    remove_dir(&v.dir)?;
-                }
-                // One fsync of each directory for the rename and the
-                // prunes: the version is durable before the journal goes.
-                for dir in [site.versions_dir(), site.dir.clone()] {
-                    match fsio::fsync_dir(&dir) {
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        r => r.map_err(io_err(&dir, "fsync"))?,
-                    }
-                }
-            }
-            Op::Rollback { version } => {
-                remove_dir_durable(&site.versions_dir().join(version))?;
-                remove_dir_durable(&undo)?;
-            }
+        // A journal marked `committed` by an earlier build may still have
+        // its undo copy in place.
+        if site.undo_dir().exists() {
+            self.retire_undo()?;
         }
-        // The journal goes last and needs no fsync: a `committed` journal
-        // that comes back after a power loss only makes recovery run this
-        // finish again, which finds its work done.
+        remove_dir(&site.dir.join(UNDO_DONE))?;
+        if let Op::Rollback { version } = &self.journal.op {
+            // Durable: the version gone back to must not come back as an
+            // earlier one.
+            remove_dir_durable(&site.versions_dir().join(version))?;
+        }
+        // Pruning needs no fsync: a pruned version that comes back after a
+        // power loss goes at the next commit.
+        let ids = version_ids(&site.versions_dir())?;
+        for id in &ids[..ids.len().saturating_sub(keep)] {
+            remove_dir(&site.versions_dir().join(id))?;
+        }
+        // The journal goes last and needs no fsync either: a journal that
+        // comes back finds undo/ gone and makes recovery run this again.
         let j = site.journal_path();
         match std::fs::remove_file(&j) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -674,9 +703,10 @@ impl Txn {
                 }
             }
         }
-        remove_dir_durable(&undo)?;
+        // The journal goes first: a journal without undo/ means committed.
         let j = site.journal_path();
-        fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"))
+        fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"))?;
+        remove_dir_durable(&undo)
     }
 }
 
@@ -1067,21 +1097,35 @@ mod tests {
 
     #[test]
     fn recovery_after_the_commit_point_keeps_the_new_files() {
-        let f = fixture();
-        let site = f.store.site("a.test");
-        let mut txn = site
-            .begin(Op::Install, new_files(&f, "new"))
-            .expect("begin");
-        txn.swap().expect("swap");
-        txn.journal.phase = Phase::Committed;
-        txn.write_journal().expect("journal");
-        drop(txn);
-        let r = site
-            .recover(std::slice::from_ref(&f.cert))
-            .expect("recover");
-        assert_eq!(r, Recovery::Completed { op: Op::Install });
-        assert_eq!(read(&f.cert), "new cert");
-        assert_eq!(site.versions().expect("versions").len(), 1);
+        // The commit point now (undo/ gone to versions/) and the one of
+        // earlier builds (journal phase `committed`, undo/ still there).
+        for old_style in [false, true] {
+            let f = fixture();
+            let site = f.store.site("a.test");
+            let mut txn = site
+                .begin(Op::Install, new_files(&f, "new"))
+                .expect("begin");
+            txn.swap().expect("swap");
+            if old_style {
+                txn.journal.phase = Phase::Committed;
+                txn.write_journal().expect("journal");
+            } else {
+                txn.retire_undo().expect("commit point");
+            }
+            drop(txn); // a crash: the journal stays
+            assert!(site.journal_path().exists());
+            let r = site
+                .recover(std::slice::from_ref(&f.cert))
+                .expect("recover");
+            assert_eq!(r, Recovery::Completed { op: Op::Install }, "{old_style}");
+            assert_eq!(read(&f.cert), "new cert");
+            assert_eq!(site.versions().expect("versions").len(), 1);
+            assert!(!site.journal_path().exists() && !site.undo_dir().exists());
+            assert_eq!(
+                site.recover(std::slice::from_ref(&f.cert)).expect("again"),
+                Recovery::Clean
+            );
+        }
     }
 
     #[test]
