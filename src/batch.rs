@@ -7,11 +7,14 @@
 //!        rejected → its outcome, out of the batch;  --dry-run stops here
 //!      take the host lock, repair every site from its journal (one reload
 //!        for all the repairs)
-//! 3    stage every site (I/O threads) while ONE bulk probe notes what every
-//!        endpoint serves now; a site whose endpoint does not answer is
-//!        refused and its staging dropped, before any target changes
-//! 4    swap every site (I/O threads)
-//! 5    ONE config test ──── fails: restore every site, no reload, prove old
+//! 3    stage every site (I/O threads), while ONE bulk probe, running on
+//!        through step 5, notes what every endpoint serves now (the server
+//!        reads the new files only at the reload)
+//! 4    swap every site (I/O threads), one fsync per directory
+//! 5    ONE config test; a site whose endpoint did not answer gets its old
+//!        files back, refused before the server ever loaded anything (then
+//!        the config is tested again); config test fails: restore every
+//!        site, no reload, prove old
 //! 6    ONE reload (from the swap on, recovery reloads: new files in place)
 //! 7    ONE concurrent wait: every endpoint of every site serves its new leaf
 //!        on `consecutive` fresh handshakes (after a light gate that waits
@@ -205,10 +208,7 @@ fn install_batch(
         .collect();
     clock.done("repair", accepted.len());
 
-    // 3. stage every site while ONE bulk probe notes what every endpoint
-    //    serves now: the proof target of a rollback. Staging writes undo
-    //    copies and files beside the targets, nothing a server reads, so
-    //    the probe still sees the state before the change.
+    // 3. stage every site (I/O threads).
     let mut staging = Vec::new();
     for &i in &accepted {
         if let Some(bundle) = bundles[i].take() {
@@ -222,75 +222,39 @@ fn install_batch(
             });
         }
     }
-    let targets: Vec<Target> = staging
-        .iter()
-        .flat_map(|s| s.site.endpoints.iter().cloned())
-        .collect();
-    let (staged, probed) = std::thread::scope(|s| {
-        let prober = env.prober.clone();
-        let targets = &targets;
-        let probe = s
-            .spawn(move || probe::block_on(probe::probe_many(&prober, targets, PROBE_CONCURRENCY)));
-        let staged = par_map(staging, IO_THREADS, stage);
-        let probed = probe
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (staged, probed)
-    });
-    clock.done("stage+probe-before", staged.len());
+    // ONE bulk probe of what every endpoint serves now, the proof target
+    // of a rollback, runs from here through the config test: the server
+    // reads the new files only at the reload, and the handshakes use the
+    // CPU that staging (fsync waits) and the config test (one core) leave.
+    let before_probe = BeforeProbe::start(env.prober, &staging);
+    let staged = par_map(staging, IO_THREADS, stage);
+    clock.done("stage", staged.len());
 
-    // A site whose endpoint does not answer is refused before any target
-    // changes; when no site answers at all the server is down: an error.
     let mut batch = Batch {
         env,
         outs,
         open: Vec::new(),
         restored: Vec::new(),
     };
-    let mut probed = targets.into_iter().zip(probed);
     let mut to_swap = Vec::new();
-    let mut refused = Vec::new();
-    let mut answered = false;
     for st in staged {
-        let before = before_of(st.site, &mut probed);
-        answered |= before.is_ok();
         let out = &mut batch.outs[st.idx];
         out.timings_ms.swap = st.ms;
-        match (st.txn, before) {
-            (Err(why), _) => out.reject(format!(
+        match st.txn {
+            Err(why) => out.reject(format!(
                 "before changing anything: {why}; nothing was changed"
             )),
-            (Ok(txn), Err(not_serving)) => refused.push((st.idx, txn, not_serving)),
-            (Ok(txn), Ok(before)) => to_swap.push((
+            Ok(txn) => to_swap.push((
                 Open {
                     idx: st.idx,
                     site: st.site,
                     store: st.store,
                     new_sha: st.new_sha,
-                    before,
+                    before: Vec::new(),
                 },
                 txn,
             )),
         }
-    }
-    let mut first_refusal = None;
-    for (idx, txn, e) in refused {
-        let out = &mut batch.outs[idx];
-        out.reject(e.to_string());
-        if let Err(ae) = txn.abort() {
-            add_problem(
-                out,
-                format!(
-                    "removing the staged files failed: {ae}; the next certswap command removes them"
-                ),
-            );
-        }
-        first_refusal.get_or_insert(e);
-    }
-    if let Some(e) = first_refusal
-        && !answered
-    {
-        return Err(e);
     }
 
     // 4. swap every site, then fsync each directory once: the targets of
@@ -325,14 +289,65 @@ fn install_batch(
         return Ok(batch.finish());
     }
 
-    // 5. ONE config test: no reload without a passing test (invariant 4).
+    // 5. ONE config test (the bulk probe of what is served still runs).
     let t = Instant::now();
     let tested = env.server.configtest();
     batch.each_open(|o| o.timings_ms.configtest = ms(t));
     clock.done("configtest", batch.open.len());
+    let mut probed = before_probe.results();
+    clock.done("probe-before", batch.open.len());
+
+    // A site whose endpoint does not answer gets its old files back before
+    // the server ever loads the new ones: refused, nothing changed. When
+    // no site answers at all the server is down: an error.
+    let mut refused = Vec::new();
+    let mut first_refusal = None;
+    for (mut open, txn) in std::mem::take(&mut batch.open) {
+        let mine = probed.remove(&open.idx).unwrap_or_default();
+        match before_of(open.site, &mut mine.into_iter()) {
+            Ok(before) => {
+                open.before = before;
+                batch.open.push((open, txn));
+            }
+            Err(e) => {
+                refused.push((open, txn, e.to_string()));
+                first_refusal.get_or_insert(e);
+            }
+        }
+    }
+    let put_back = !refused.is_empty();
+    let aborted = par_map(refused, IO_THREADS, |(open, txn, why)| {
+        let r = txn.abort();
+        (open, why, r)
+    });
+    for (open, why, r) in aborted {
+        let out = &mut batch.outs[open.idx];
+        out.reject(why);
+        if let Err(e) = r {
+            add_problem(
+                out,
+                format!(
+                    "putting the old files back failed: {e}; the next certswap command repairs it"
+                ),
+            );
+        }
+    }
+    if let Some(e) = first_refusal
+        && batch.open.is_empty()
+    {
+        return Err(e);
+    }
     if let Err(e) = tested {
         batch.restore_open(&e.to_string(), false);
         return Ok(batch.finish());
+    }
+    if put_back {
+        // Files changed since the test: no reload without a passing test
+        // of exactly what it loads (invariant 4).
+        if let Err(e) = env.server.configtest() {
+            batch.restore_open(&e.to_string(), false);
+            return Ok(batch.finish());
+        }
     }
     failpoint::hit("after-configtest");
 
@@ -747,6 +762,62 @@ fn conflicts(items: &[Item<'_>], accepted: &[bool]) -> Vec<(usize, String)> {
         }
     }
     refused
+}
+
+/// The bulk probe of what every endpoint of the staged sites serves before
+/// the change, on its own thread. Dropped without [`BeforeProbe::results`]
+/// (a batch that ends early), it still waits for the thread: no handshake
+/// outlives the batch.
+struct BeforeProbe {
+    /// (site's outcome index, endpoint), in probe order.
+    targets: Vec<(usize, Target)>,
+    thread: Option<std::thread::JoinHandle<Vec<Result<probe::Served, probe::ProbeError>>>>,
+}
+
+type Probed = HashMap<usize, Vec<(Target, Result<probe::Served, probe::ProbeError>)>>;
+
+impl BeforeProbe {
+    fn start(prober: &probe::Prober, staging: &[Staging<'_>]) -> BeforeProbe {
+        let targets: Vec<(usize, Target)> = staging
+            .iter()
+            .flat_map(|s| s.site.endpoints.iter().map(move |t| (s.idx, t.clone())))
+            .collect();
+        let list: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
+        let prober = prober.clone();
+        let thread = std::thread::spawn(move || {
+            probe::block_on(probe::probe_many(&prober, &list, PROBE_CONCURRENCY))
+        });
+        BeforeProbe {
+            targets,
+            thread: Some(thread),
+        }
+    }
+
+    /// What each site's endpoints served, by outcome index.
+    fn results(mut self) -> Probed {
+        let results = self.join();
+        let mut per_site: Probed = HashMap::new();
+        for ((idx, t), r) in std::mem::take(&mut self.targets).into_iter().zip(results) {
+            per_site.entry(idx).or_default().push((t, r));
+        }
+        per_site
+    }
+
+    fn join(&mut self) -> Vec<Result<probe::Served, probe::ProbeError>> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Drop for BeforeProbe {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// What the endpoints of `site` served, taken from the bulk probe's
