@@ -311,6 +311,57 @@ fn a_site_whose_endpoint_serves_another_cert_is_rolled_back_alone() {
 }
 
 #[test]
+fn a_site_whose_endpoint_does_not_answer_is_refused_with_its_files_put_back() {
+    let w = World::new("5s");
+    // e.test's endpoint: a loopback port nothing listens on.
+    let dead = support::free_port();
+    let conf = std::fs::read_to_string(&w.config).expect("config");
+    let marker = format!("cert = {}", support::toml_path(&w.cert_file("e.test")));
+    let at = conf.find(&marker).expect("e.test in the config");
+    let (head, tail) = conf.split_at(at);
+    let tail = tail.replacen(
+        &format!("127.0.0.1:{}", w.nginx.port()),
+        &format!("127.0.0.1:{dead}"),
+        1,
+    );
+    std::fs::write(&w.config, format!("{head}{tail}")).expect("write config");
+    let new = w.renew_all(&SITES);
+    let ssl = w.dir.path().join("ssl");
+    let e_files = [w.cert_file("e.test"), ssl.join("e.test.key")];
+    let e_before: Vec<Vec<u8>> = e_files
+        .iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect();
+    let reloads = w.reloads();
+
+    let out = w.batch(&["--json"]);
+    let rows = json_lines(&out);
+    assert_eq!(rows["e.test"]["result"], "rejected", "{}", text(&out));
+    let why = rows["e.test"]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("does not answer") && why.contains("nothing was changed"),
+        "{why}"
+    );
+    for name in ["a.test", "b.test", "c.test", "d.test"] {
+        assert_eq!(rows[name]["result"], "verified", "{}", text(&out));
+        assert_eq!(w.served(name), new[name].sha256, "{name}");
+    }
+    // e.test: every byte back, nothing staged beside it, and the server
+    // never loaded its new files (one reload, after they were put back).
+    for (p, before) in e_files.iter().zip(&e_before) {
+        assert_eq!(&std::fs::read(p).expect("read"), before, "{}", p.display());
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(&ssl)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(w.served("e.test"), w.old["e.test"].sha256);
+    assert_eq!(w.reloads() - reloads, 1, "{}", w.nginx.error_log());
+}
+
+#[test]
 fn a_failing_config_test_restores_every_site_without_a_reload() {
     let w = World::new("10s");
     let conf = std::fs::read_to_string(w.nginx.conf_path()).expect("read nginx.conf");
