@@ -361,6 +361,82 @@ fn a_site_whose_endpoint_does_not_answer_is_refused_with_its_files_put_back() {
     assert_eq!(w.reloads() - reloads, 1, "{}", w.nginx.error_log());
 }
 
+/// A batch killed at every failpoint, while its I/O threads have each site
+/// at a different step: the next command that touches a site repairs it
+/// (`rollback --site`, one site at a time), and then every site is whole —
+/// the old pair on disk and served (or, past the commit point, rolled back
+/// to it), nothing left beside the targets or in the state dir — and a
+/// clean batch afterwards is verified.
+#[test]
+fn a_batch_killed_at_every_step_leaves_every_site_repairable() {
+    for point in certswap::failpoint::POINTS {
+        let w = World::new("5s");
+        let new = w.renew_all(&SITES);
+        let mut cmd = certswap();
+        cmd.arg("--config")
+            .arg(&w.config)
+            .args(["install", "--batch"])
+            .arg(&w.inbox)
+            .env(certswap::failpoint::ENV, point);
+        let crashed = cmd.output().expect("run certswap");
+        assert_eq!(
+            crashed.status.code(),
+            None,
+            "{point}: the batch must die by abort: {}",
+            text(&crashed)
+        );
+
+        for name in SITES {
+            let mut cmd = certswap();
+            cmd.arg("--config")
+                .arg(&w.config)
+                .args(["rollback", "--site", name]);
+            let next = cmd.output().expect("run certswap");
+            let code = next.status.code();
+            let rolled_back = code == Some(0);
+            let nothing_earlier = code == Some(2)
+                && String::from_utf8_lossy(&next.stderr).contains("no earlier version");
+            assert!(
+                nothing_earlier || (rolled_back && *point == "after-commit"),
+                "{point} {name}: {}",
+                text(&next)
+            );
+            let cert = w.cert_file(name);
+            let key = w.dir.path().join("ssl").join(format!("{name}.key"));
+            let certs = certswap::bundle::read_certs(&cert).expect("cert parses");
+            let k = certswap::bundle::read_key(&key).expect("key parses");
+            assert_eq!(certs[0].spki_der, k.spki_der, "{point} {name}: pair");
+            assert_eq!(
+                pki::leaf_sha256_file(&cert),
+                w.old[name].sha256,
+                "{point} {name}"
+            );
+            assert_eq!(w.served(name), w.old[name].sha256, "{point} {name}");
+        }
+        w.nginx
+            .configtest()
+            .unwrap_or_else(|e| panic!("{point}: config test fails: {e}"));
+        let hidden: Vec<String> = std::fs::read_dir(w.dir.path().join("ssl"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(hidden.is_empty(), "{point}: {hidden:?}");
+        for name in SITES {
+            let site = w.dir.path().join("state/sites").join(name);
+            for left in ["journal.json", "undo", "undo.tmp", "undo.done"] {
+                assert!(!site.join(left).exists(), "{point} {name}: {left} left");
+            }
+        }
+
+        let out = w.batch(&["--json"]);
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
+        for name in SITES {
+            assert_eq!(w.served(name), new[name].sha256, "{point} {name}");
+        }
+    }
+}
+
 #[test]
 fn a_failing_config_test_restores_every_site_without_a_reload() {
     let w = World::new("10s");
