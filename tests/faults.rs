@@ -704,6 +704,13 @@ fn parse_strace(text: &str) -> Vec<Call> {
 /// Install a renewal under `strace -f -y`, tracing `syscalls`. None (after
 /// printing why) where strace is missing or not allowed.
 fn traced_install(w: &World, syscalls: &str, test: &str) -> Option<Vec<Call>> {
+    traced(w, syscalls, test, false)
+}
+
+/// [`traced_install`] with `batch`: the same renewal through
+/// `install --batch DIR` (a one-site batch: the batch's own swap and
+/// directory fsyncs).
+fn traced(w: &World, syscalls: &str, test: &str, batch: bool) -> Option<Vec<Call>> {
     if Command::new("strace").arg("-V").output().is_err() {
         skip(
             test,
@@ -712,21 +719,25 @@ fn traced_install(w: &World, syscalls: &str, test: &str) -> Option<Vec<Call>> {
         return None;
     }
     let trace = w.dir.path().join("strace.txt");
-    let (cert, key) = w.bundle("new", &w.renewed());
+    let (cert, key) = w.bundle(SITE, &w.renewed());
     let bin = env!("CARGO_BIN_EXE_certswap");
-    let out = Command::new("strace")
-        .args(["-f", "-y", "-qq", "-e"])
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-y", "-qq", "-e"])
         .arg(format!("trace={syscalls}"))
         .arg("-o")
         .arg(&trace)
         .arg(bin)
         .arg("--config")
         .arg(&w.config)
-        .args(["install", "--site", SITE, "--cert", path(&cert)])
-        .args(["--key", path(&key)])
-        .env_remove("CERTSWAP_CONFIG")
-        .output()
-        .expect("run strace");
+        .env_remove("CERTSWAP_CONFIG");
+    if batch {
+        cmd.args(["install", "--batch"])
+            .arg(cert.parent().expect("incoming dir"));
+    } else {
+        cmd.args(["install", "--site", SITE, "--cert", path(&cert)])
+            .args(["--key", path(&key)]);
+    }
+    let out = cmd.output().expect("run strace");
     let err = stderr(&out);
     if err.contains("PTRACE_TRACEME") || err.contains("Operation not permitted") {
         skip(test, &format!("strace cannot trace here: {}", err.trim()));
@@ -750,12 +761,17 @@ fn parent(p: &str) -> String {
 
 #[test]
 fn every_rename_is_fsynced_before_and_after() {
+    renames_are_fsynced(false, "every_rename_is_fsynced_before_and_after");
+}
+
+#[test]
+fn every_rename_of_a_batch_is_fsynced_before_and_after() {
+    renames_are_fsynced(true, "every_rename_of_a_batch_is_fsynced_before_and_after");
+}
+
+fn renames_are_fsynced(batch: bool, test: &str) {
     let w = World::nginx();
-    let Some(calls) = traced_install(
-        &w,
-        "fsync,fdatasync,rename,renameat,renameat2",
-        "every_rename_is_fsynced_before_and_after",
-    ) else {
+    let Some(calls) = traced(&w, "fsync,fdatasync,rename,renameat,renameat2", test, batch) else {
         return;
     };
     let is_rename = |c: &Call| c.name.starts_with("rename") && c.ok();
