@@ -270,8 +270,7 @@ impl Agent {
         match store.lock() {
             Ok(lock) => {
                 if !self.recovered {
-                    let sites: Vec<_> = cfg.sites.iter().collect();
-                    match batch::recover_sites(&env, &sites) {
+                    match batch::recover_host(&env) {
                         Ok(_) => self.recovered = true,
                         Err(e) => tracing::error!("repair from the journals failed: {e}"),
                     }

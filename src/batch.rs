@@ -195,10 +195,10 @@ fn install_batch(
 
     // Repair what a crash left, then check again the sites a repair
     // changed: the installed files the bundle was compared with are back.
-    let sites: Vec<&Site> = accepted.iter().map(|&i| items[i].site).collect();
-    let repaired = recover_sites(env, &sites)?;
-    for (&i, r) in accepted.iter().zip(&repaired) {
-        if *r != Recovery::Clean {
+    let repaired = recover_host(env)?;
+    for &i in &accepted {
+        let r = repaired.get(&items[i].site.store_key);
+        if r.is_some_and(|r| *r != Recovery::Clean) {
             (outs[i], bundles[i]) = check_item(&items[i], force, trust);
         }
     }
@@ -413,6 +413,40 @@ fn install_batch(
     Ok(batch.finish())
 }
 
+/// Every site of the config as the store keeps them: a dual-certificate
+/// site once per pair (each has its own journal), the others as they are.
+/// A pair whose files cannot be read now is left to its own commands.
+pub fn stored_sites(config: &Config) -> Vec<Site> {
+    let mut out = Vec::new();
+    for s in &config.sites {
+        if s.pairs.is_empty() {
+            out.push(s.clone());
+            continue;
+        }
+        for family in [probe::KeyFamily::Rsa, probe::KeyFamily::Ecdsa] {
+            if let Ok(pair) = install::pair_site(s, family) {
+                out.push(pair);
+            }
+        }
+    }
+    out
+}
+
+/// Repair every open change on the host ([`recover_sites`] over
+/// [`stored_sites`]): the sites share one server config, so a site that a
+/// crashed batch left half-swapped fails the config test of any other
+/// site's repair until it is repaired too. What was done, by store key.
+pub fn recover_host(env: &Env<'_>) -> Result<HashMap<String, Recovery>, InstallError> {
+    let sites = stored_sites(env.config);
+    let refs: Vec<&Site> = sites.iter().collect();
+    let found = recover_sites(env, &refs)?;
+    Ok(sites
+        .iter()
+        .map(|s| s.store_key.clone())
+        .zip(found)
+        .collect())
+}
+
 /// Repair every site in `sites` from its journal, like
 /// [`install::recover_site`] but with ONE config test and reload for all
 /// the sites whose server may have loaded an interrupted change (a crash
@@ -459,6 +493,11 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
     match env.server.check_alive() {
         Ok(()) => env.server.reload().map_err(map)?,
         Err(_) => env.server.start().map_err(map)?,
+    }
+    for site in &reload {
+        if let Some(p) = install::close_reloaded(&env.store.site(&site.store_key)) {
+            tracing::warn!(site = %site.name, "{p}");
+        }
     }
     // As after any rollback, prove the restored leaves are what is served
     // before the batch goes on (invariant 6).
@@ -544,8 +583,10 @@ fn stage(s: Staging<'_>) -> Staged<'_> {
 struct Restored {
     idx: usize,
     before: Before,
-    /// Restored after the reload was sent: needs the second reload.
+    /// Restored after the reload was sent: needs the second reload, and its
+    /// change stays open until that reload was tried.
     after_reload: bool,
+    store: SiteStore,
 }
 
 /// The state of one batch from the first swap on.
@@ -590,6 +631,7 @@ impl Batch<'_, '_> {
                     idx: o.idx,
                     before: o.before,
                     after_reload,
+                    store: o.store,
                 }),
                 Err(e) => add_problem(out, format!("RESTORING THE OLD FILES FAILED: {e}")),
             }
@@ -622,6 +664,7 @@ impl Batch<'_, '_> {
                     idx: o.idx,
                     before: o.before,
                     after_reload: true,
+                    store: o.store,
                 });
             }
             Err(e2) => {
@@ -644,11 +687,17 @@ impl Batch<'_, '_> {
             return self.outs;
         }
         let mut clock = Clock::start();
-        if self.restored.iter().any(|r| r.after_reload)
-            && let Some(problem) = reload_again(self.env)
-        {
+        if self.restored.iter().any(|r| r.after_reload) {
+            failpoint::hit(failpoint::AFTER_RESTORE);
+            let problem = reload_again(self.env);
             for r in self.restored.iter().filter(|r| r.after_reload) {
-                add_problem(&mut self.outs[r.idx], problem.clone());
+                let out = &mut self.outs[r.idx];
+                if let Some(p) = &problem {
+                    add_problem(out, p.clone());
+                }
+                if let Some(p) = install::close_reloaded(&r.store) {
+                    add_problem(out, p);
+                }
             }
         }
         let mut waits = Vec::new();

@@ -20,6 +20,11 @@ pub const POINTS: &[&str] = &[
     "after-commit",
 ];
 
+/// On the rollback path only (not passed by an install that verifies):
+/// after the old files are back following a reload, before the reload
+/// that puts the server on them again.
+pub const AFTER_RESTORE: &str = "after-restore";
+
 /// Abort the process if `name` is the configured failpoint.
 pub fn hit(name: &str) {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();

@@ -434,6 +434,14 @@ pub(crate) fn apply(
     Ok(out)
 }
 
+/// Close a change kept open for the reload with the old files, once that
+/// reload was tried; the problem in words, if any.
+pub(crate) fn close_reloaded(store: &SiteStore) -> Option<String> {
+    store.close_reloaded().err().map(|e| {
+        format!("closing the journal failed: {e}; the next certswap command reloads once more")
+    })
+}
+
 /// After a reload was sent, journal that before the old files go back
 /// (recovery must then reload even with every old file in place). A
 /// failure only warns: putting the old files back matters more.
@@ -457,12 +465,14 @@ pub(crate) fn undo(
     out.result = ResultKind::RolledBack;
     let mut problems = vec![reason];
     mark_if_reloaded(&mut txn, reloaded);
+    let store = txn.store().clone();
     if let Err(e) = txn.abort() {
         problems.push(format!("RESTORING THE OLD FILES FAILED: {e}"));
         out.error = Some(problems.join("; "));
         return Ok(out);
     }
     if reloaded {
+        failpoint::hit(failpoint::AFTER_RESTORE);
         match env.server.configtest() {
             Err(e) => problems.push(format!("after restoring the old files the config test still fails, so no reload was sent: {e}")),
             Ok(()) => {
@@ -477,6 +487,9 @@ pub(crate) fn undo(
                     problems.push(format!("reloading with the old files failed: {e}"));
                 }
             }
+        }
+        if let Some(p) = close_reloaded(&store) {
+            problems.push(p);
         }
     }
     // Invariant 6: the old leaf is served again, proven by handshakes.
@@ -642,12 +655,18 @@ pub(crate) fn group_by_sha(before: &[(Target, String)]) -> Vec<(String, Vec<Targ
 
 /// Finish or undo a change a crash interrupted, and if the server may have
 /// loaded the files of that change, test and reload so it serves what is on
-/// disk again.
+/// disk again — for every site of the host with an open change, not only
+/// `site` ([`crate::batch::recover_host`]).
 pub fn recover_site(
     env: &Env<'_>,
     site: &Site,
     site_store: &SiteStore,
 ) -> Result<Recovery, InstallError> {
+    // Every open change on the host first: a site that a crashed batch left
+    // half-swapped would fail this one's config test.
+    if let Some(r) = crate::batch::recover_host(env)?.remove(&site.store_key) {
+        return Ok(r);
+    }
     let targets: Vec<PathBuf> = site_targets(site).into_iter().map(|(_, p)| p).collect();
     let r = site_store.recover(&targets)?;
     if let Recovery::RolledBack { reload: true, .. } = &r {
@@ -659,6 +678,9 @@ pub fn recover_site(
         match env.server.check_alive() {
             Ok(()) => env.server.reload().map_err(map)?,
             Err(_) => env.server.start().map_err(map)?,
+        }
+        if let Some(p) = close_reloaded(site_store) {
+            tracing::warn!(site = %site.name, "{p}");
         }
         // As after any rollback, prove the restored leaf is what is served
         // before the command goes on (invariant 6).

@@ -369,6 +369,68 @@ fn an_endpoint_that_keeps_serving_another_cert_rolls_back() {
 }
 
 #[test]
+fn a_crash_after_the_old_files_are_back_still_ends_in_a_reload() {
+    // As above, the endpoint is a second nginx, so the install rolls back
+    // after its reload. The crash comes when the old files are back but the
+    // real server still runs the new ones: the next command must reload.
+    let mut o = Options::new(Kind::Nginx);
+    o.deadline = Some("2s".into());
+    let w = World::new(o);
+    let lb_dir = w.dir.path().join("lb");
+    std::fs::create_dir(&lb_dir).expect("mkdir");
+    let lb_leaf = w.ca.leaf(&[SITE]).days(-1, 90).build();
+    let (lb_cert, lb_key) = pki::write(&lb_dir, "lb", &lb_leaf);
+    let lb = Nginx::start(&[SiteSpec::new(SITE, &lb_cert, &lb_key)]);
+    let conf = std::fs::read_to_string(&w.config).expect("config");
+    let conf = conf.replace(
+        &format!("127.0.0.1:{}", w.server.port()),
+        &format!("127.0.0.1:{}", lb.port()),
+    );
+    std::fs::write(&w.config, conf).expect("write config");
+
+    let new = w.renewed();
+    let (cert, key) = w.bundle("new", &new);
+    let crashed = w.run_env(
+        &[
+            "install",
+            "--site",
+            SITE,
+            "--cert",
+            path(&cert),
+            "--key",
+            path(&key),
+        ],
+        &[(certswap::failpoint::ENV, certswap::failpoint::AFTER_RESTORE)],
+    );
+    assert_eq!(crashed.status.code(), None, "{}", text(&crashed));
+    assert_eq!(
+        pki::leaf_sha256_file(&w.cert),
+        w.old.sha256,
+        "files are back"
+    );
+    assert_eq!(
+        w.served(),
+        new.sha256,
+        "the server still runs the new files"
+    );
+
+    let next = w.run(&["rollback", "--site", SITE]);
+    assert_eq!(next.status.code(), Some(2), "{}", text(&next));
+    assert!(
+        String::from_utf8_lossy(&next.stderr).contains("no earlier version"),
+        "{}",
+        text(&next)
+    );
+    assert_eq!(
+        w.served(),
+        w.old.sha256,
+        "the repair reloaded: the real server serves the old cert"
+    );
+    assert!(w.pair_matches());
+    assert!(w.leftovers().is_empty(), "{:?}", w.leftovers());
+}
+
+#[test]
 fn apache_vendor_layout_installs_leaf_and_separate_chain() {
     let mut o = Options::new(Kind::Apache);
     o.chain_file = true;

@@ -217,7 +217,7 @@ pub struct Lock {
 }
 
 /// What recovery found and did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recovery {
     /// No interrupted change.
     Clean,
@@ -344,15 +344,19 @@ impl SiteStore {
             }
             Some(j) => {
                 let op = j.op.clone();
-                let txn = Txn {
+                let mut txn = Txn {
                     site: self.clone(),
                     journal: j,
                 };
                 // The server may have loaded the new files when any of them
                 // is in place (a crash after the swap or the reload), or when
                 // the journal says a reload was sent before the old files
-                // were being put back.
+                // were being put back. Then the change stays open until the
+                // caller has reloaded ([`SiteStore::close_reloaded`]).
                 let reload = txn.journal.phase >= Phase::Swapped || txn.swapped_in()?;
+                if reload && txn.journal.phase != Phase::Reloading {
+                    txn.mark_reloaded()?;
+                }
                 txn.abort()?;
                 Recovery::RolledBack { op, reload }
             }
@@ -364,6 +368,24 @@ impl SiteStore {
             }
         }
         Ok(outcome)
+    }
+
+    /// Close a change that [`Txn::abort`] left open for the reload that
+    /// puts the server back on the old files (journal `reloading`); call it
+    /// once that reload was tried. Any other open change is left alone.
+    pub fn close_reloaded(&self) -> Result<(), StoreError> {
+        match self.read_journal()? {
+            Some(j) if j.phase == Phase::Reloading => self.close_change(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Remove the journal, then the undo copy: the journal first, because a
+    /// journal without `undo/` means committed.
+    fn close_change(&self) -> Result<(), StoreError> {
+        let j = self.journal_path();
+        fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"))?;
+        remove_dir_durable(&self.undo_dir())
     }
 
     fn read_journal(&self) -> Result<Option<Journal>, StoreError> {
@@ -660,11 +682,24 @@ impl Txn {
         }
     }
 
+    /// The site's store.
+    pub fn store(&self) -> &SiteStore {
+        &self.site
+    }
+
     /// Put back the files as they were before this change (the undo copy),
-    /// the same durable way, then close the change.
+    /// the same durable way, then close the change — unless the journal
+    /// says `reloading` ([`Txn::mark_reloaded`]): then the journal and the
+    /// undo copy stay until [`SiteStore::close_reloaded`], called once the
+    /// server has been reloaded with the old files, so that a crash before
+    /// that reload still ends in one.
     pub fn abort(self) -> Result<(), StoreError> {
+        let keep_open = self.journal.phase == Phase::Reloading;
         if let Some(flip) = &self.journal.flip {
             self.site.abort_managed(&self.journal.op, flip)?;
+            if keep_open {
+                return Ok(());
+            }
             let j = self.site.journal_path();
             return fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"));
         }
@@ -703,10 +738,10 @@ impl Txn {
                 }
             }
         }
-        // The journal goes first: a journal without undo/ means committed.
-        let j = site.journal_path();
-        fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"))?;
-        remove_dir_durable(&undo)
+        if keep_open {
+            return Ok(());
+        }
+        site.close_change()
     }
 }
 
@@ -1087,11 +1122,27 @@ mod tests {
             assert_eq!(read(&f.cert), "old cert", "{step}");
             assert_eq!(read(&f.key), "old key", "{step}");
             assert!(leftovers(&f).is_empty(), "{step}: {:?}", leftovers(&f));
-            // Idempotent.
+            if reload {
+                // Open until the caller's reload was tried: a crash before
+                // it repeats the reload (and finds the files already back).
+                assert!(site.journal_path().exists(), "{step}");
+                assert_eq!(
+                    site.recover(std::slice::from_ref(&f.cert)).expect("again"),
+                    Recovery::RolledBack {
+                        op: Op::Install,
+                        reload: true
+                    },
+                    "{step}"
+                );
+                assert_eq!(read(&f.cert), "old cert", "{step}");
+                site.close_reloaded().expect("close");
+            }
             assert_eq!(
                 site.recover(std::slice::from_ref(&f.cert)).expect("again"),
-                Recovery::Clean
+                Recovery::Clean,
+                "{step}"
             );
+            assert!(!site.undo_dir().exists(), "{step}");
         }
     }
 
