@@ -323,13 +323,10 @@ fn own_csr_renewal_without_key_matches_the_installed_key() {
     assert_eq!(w.snapshot(), before);
 }
 
-#[test]
-fn an_endpoint_that_keeps_serving_another_cert_rolls_back() {
-    // The site's endpoint is a second nginx (think: a load balancer in
-    // front) that certswap's reload does not affect.
-    let mut o = Options::new(Kind::Nginx);
-    o.deadline = Some("2s".into());
-    let w = World::new(o);
+/// Point the site's endpoint at a second nginx (think: a load balancer in
+/// front) serving another cert for the site, which certswap's reloads do
+/// not touch.
+fn endpoint_behind_a_second_nginx(w: &World) -> (Nginx, pki::Leaf) {
     let lb_dir = w.dir.path().join("lb");
     std::fs::create_dir(&lb_dir).expect("mkdir");
     let lb_leaf = w.ca.leaf(&[SITE]).days(-1, 90).build();
@@ -341,6 +338,17 @@ fn an_endpoint_that_keeps_serving_another_cert_rolls_back() {
         &format!("127.0.0.1:{}", lb.port()),
     );
     std::fs::write(&w.config, conf).expect("write config");
+    (lb, lb_leaf)
+}
+
+#[test]
+fn an_endpoint_that_keeps_serving_another_cert_rolls_back() {
+    // The site's endpoint is a second nginx (think: a load balancer in
+    // front) that certswap's reload does not affect.
+    let mut o = Options::new(Kind::Nginx);
+    o.deadline = Some("2s".into());
+    let w = World::new(o);
+    let (lb, lb_leaf) = endpoint_behind_a_second_nginx(&w);
 
     let (cert, key) = w.bundle("new", &w.renewed());
     let out = w.install(&cert, &key, &[]);
@@ -376,17 +384,7 @@ fn a_crash_after_the_old_files_are_back_still_ends_in_a_reload() {
     let mut o = Options::new(Kind::Nginx);
     o.deadline = Some("2s".into());
     let w = World::new(o);
-    let lb_dir = w.dir.path().join("lb");
-    std::fs::create_dir(&lb_dir).expect("mkdir");
-    let lb_leaf = w.ca.leaf(&[SITE]).days(-1, 90).build();
-    let (lb_cert, lb_key) = pki::write(&lb_dir, "lb", &lb_leaf);
-    let lb = Nginx::start(&[SiteSpec::new(SITE, &lb_cert, &lb_key)]);
-    let conf = std::fs::read_to_string(&w.config).expect("config");
-    let conf = conf.replace(
-        &format!("127.0.0.1:{}", w.server.port()),
-        &format!("127.0.0.1:{}", lb.port()),
-    );
-    std::fs::write(&w.config, conf).expect("write config");
+    let (_lb, _) = endpoint_behind_a_second_nginx(&w); // kept running
 
     let new = w.renewed();
     let (cert, key) = w.bundle("new", &new);
