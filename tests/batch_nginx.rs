@@ -369,8 +369,22 @@ fn a_site_whose_endpoint_does_not_answer_is_refused_with_its_files_put_back() {
 /// clean batch afterwards is verified.
 #[test]
 fn a_batch_killed_at_every_step_leaves_every_site_repairable() {
+    batch_killed_at_every_step(false);
+}
+
+#[test]
+fn a_managed_batch_killed_at_every_step_leaves_every_site_repairable() {
+    batch_killed_at_every_step(true);
+}
+
+fn batch_killed_at_every_step(managed: bool) {
     for point in certswap::failpoint::POINTS {
         let w = World::new("5s");
+        if managed {
+            let conf = std::fs::read_to_string(&w.config).expect("config");
+            let conf = conf.replace("[[site]]\n", "[[site]]\nmode = \"managed\"\n");
+            std::fs::write(&w.config, conf).expect("write config");
+        }
         let new = w.renew_all(&SITES);
         let mut cmd = certswap();
         cmd.arg("--config")
@@ -433,6 +447,11 @@ fn a_batch_killed_at_every_step_leaves_every_site_repairable() {
         assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
         for name in SITES {
             assert_eq!(w.served(name), new[name].sha256, "{point} {name}");
+            let linked = std::fs::symlink_metadata(w.cert_file(name))
+                .expect("stat")
+                .file_type()
+                .is_symlink();
+            assert_eq!(linked, managed, "{point} {name}: managed paths are links");
         }
     }
 }
