@@ -24,6 +24,7 @@ pub const TARGETS: &[&str] = &[
     "nginx_dump",
     "apache_config",
     "manifest_path",
+    "zip_entries",
 ];
 
 /// Run the target `name` on `data` (`scratch` is a private directory for
@@ -36,6 +37,7 @@ pub fn run(name: &str, data: &[u8], scratch: &Path) {
         "nginx_dump" => nginx_dump(data),
         "apache_config" => apache_config(data, scratch),
         "manifest_path" => manifest_path(data),
+        "zip_entries" => zip_entries(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -209,5 +211,40 @@ pub fn manifest_path(data: &[u8]) {
     for seg in url.path_segments().into_iter().flatten() {
         let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
         assert!(decoded != ".." && decoded != ".", "{rel:?} -> {url}");
+    }
+}
+
+/// Vendor zips from an inbox (hostile names, links, bombs): whatever
+/// `zip_entries` accepts keeps its promises — few entries, plain file
+/// names, bounded sizes as really inflated — and a refusal is one line
+/// naming the zip.
+pub fn zip_entries(data: &[u8]) {
+    use certswap::source::inbox::{
+        self, MAX_ZIP_ENTRIES, MAX_ZIP_ENTRY_BYTES, MAX_ZIP_TOTAL_BYTES,
+    };
+    match inbox::zip_entries(data.to_vec(), "fuzz.zip") {
+        Ok(entries) => {
+            assert!(
+                entries.len() <= MAX_ZIP_ENTRIES,
+                "{} entries",
+                entries.len()
+            );
+            let mut total = 0u64;
+            for (name, bytes) in &entries {
+                assert!(
+                    !name.is_empty()
+                        && !name.contains(['/', '\\', ':', '\0'])
+                        && !name.contains(".."),
+                    "{name:?}"
+                );
+                assert!(bytes.len() as u64 <= MAX_ZIP_ENTRY_BYTES, "{name:?}");
+                total += bytes.len() as u64;
+            }
+            assert!(total <= MAX_ZIP_TOTAL_BYTES, "{total} bytes");
+        }
+        Err(why) => {
+            assert!(why.starts_with("fuzz.zip: "), "{why}");
+            assert!(!why.contains('\n'), "{why:?}");
+        }
     }
 }

@@ -413,6 +413,61 @@ fn bad_entry_name(raw: &[u8], name: &str) -> Option<&'static str> {
 fn zip_candidate(cfg: &Config, work: &WorkDir, zip_path: &Path) -> Result<Candidate, String> {
     let shown = zip_path.display().to_string();
     let bytes = read_inbox_file(zip_path, MAX_ZIP_TOTAL_BYTES)?;
+    let entries = zip_entries(bytes, &shown)?;
+
+    // Classify by suffix; anything else (a README) is not part of the bundle.
+    let mut parts = Parts::default();
+    let mut stems: Vec<String> = Vec::new();
+    for (name, data) in entries {
+        let Some((stem, part)) = classify(&name) else {
+            continue;
+        };
+        let slot = match part {
+            Part::Cert => &mut parts.cert,
+            Part::Key => &mut parts.key,
+            Part::Chain => &mut parts.chain,
+        };
+        if let Some((_, other)) = slot {
+            return Err(format!(
+                "{shown}: holds two {} files ({}, {name}); expected one",
+                match part {
+                    Part::Cert => "certificate",
+                    Part::Key => "key",
+                    Part::Chain => "chain",
+                },
+                other.rsplit(':').next().unwrap_or(other)
+            ));
+        }
+        if part == Part::Cert {
+            stems.insert(0, stem.to_string());
+        } else {
+            stems.push(stem.to_string());
+        }
+        *slot = Some((data, format!("{shown}:{name}")));
+    }
+    if parts.cert.is_none() {
+        return Err(format!(
+            "{shown}: holds no certificate (expected NAME.pem for nginx, or NAME_public.crt with NAME_chain.crt for apache)"
+        ));
+    }
+    let zip_stem = file_name(zip_path);
+    let zip_stem = strip_suffix_ignore_case(&zip_stem, ".zip").unwrap_or(&zip_stem);
+    stems.push(zip_stem.to_string());
+    let stems: Vec<&str> = stems.iter().map(String::as_str).collect();
+    let dir = work
+        .bundle_dir()
+        .map_err(|e| format!("cannot create a private work directory: {e}"))?;
+    parts
+        .into_candidate(cfg, &dir, &stems)
+        .map_err(|why| format!("{shown}: {why}"))
+}
+
+/// The entries of a vendor zip, in memory: at most [`MAX_ZIP_ENTRIES`],
+/// each at most [`MAX_ZIP_ENTRY_BYTES`] as really inflated (a declared size
+/// can lie), [`MAX_ZIP_TOTAL_BYTES`] in all; names that are plain file
+/// names; no links or directories. Otherwise the one sentence why, naming
+/// `shown`. Bytes in, so the fuzzer runs exactly this (fuzz/harness.rs).
+pub fn zip_entries(bytes: Vec<u8>, shown: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| format!("{shown}: not a readable zip archive: {e}"))?;
     if archive.len() > MAX_ZIP_ENTRIES {
@@ -471,52 +526,7 @@ fn zip_candidate(cfg: &Config, work: &WorkDir, zip_path: &Path) -> Result<Candid
         }
         entries.push((name, data));
     }
-
-    // Classify by suffix; anything else (a README) is not part of the bundle.
-    let mut parts = Parts::default();
-    let mut stems: Vec<String> = Vec::new();
-    for (name, data) in entries {
-        let Some((stem, part)) = classify(&name) else {
-            continue;
-        };
-        let slot = match part {
-            Part::Cert => &mut parts.cert,
-            Part::Key => &mut parts.key,
-            Part::Chain => &mut parts.chain,
-        };
-        if let Some((_, other)) = slot {
-            return Err(format!(
-                "{shown}: holds two {} files ({}, {name}); expected one",
-                match part {
-                    Part::Cert => "certificate",
-                    Part::Key => "key",
-                    Part::Chain => "chain",
-                },
-                other.rsplit(':').next().unwrap_or(other)
-            ));
-        }
-        if part == Part::Cert {
-            stems.insert(0, stem.to_string());
-        } else {
-            stems.push(stem.to_string());
-        }
-        *slot = Some((data, format!("{shown}:{name}")));
-    }
-    if parts.cert.is_none() {
-        return Err(format!(
-            "{shown}: holds no certificate (expected NAME.pem for nginx, or NAME_public.crt with NAME_chain.crt for apache)"
-        ));
-    }
-    let zip_stem = file_name(zip_path);
-    let zip_stem = strip_suffix_ignore_case(&zip_stem, ".zip").unwrap_or(&zip_stem);
-    stems.push(zip_stem.to_string());
-    let stems: Vec<&str> = stems.iter().map(String::as_str).collect();
-    let dir = work
-        .bundle_dir()
-        .map_err(|e| format!("cannot create a private work directory: {e}"))?;
-    parts
-        .into_candidate(cfg, &dir, &stems)
-        .map_err(|why| format!("{shown}: {why}"))
+    Ok(entries)
 }
 
 /// Move a processed group out of the inbox: to `done/STAMP/`, or to
