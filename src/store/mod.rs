@@ -3,7 +3,8 @@
 //! stage the new files next to their targets, journal, rename them into
 //! place, and either commit (the undo copy becomes a backup version) or
 //! restore the undo copy. [`SiteStore::recover`] repairs whatever a crash
-//! left, at the start of every command that touches a site.
+//! left, for every site of the host, at the start of every command that
+//! changes files (`batch::recover_host`).
 //!
 //! Layout under `state_dir` (directories 0700):
 //! ```text
@@ -24,7 +25,9 @@
 //!      once (a batch: once for all its sites). No journal write: from the
 //!      first rename on, recovery sees a new file in place and reloads
 //!      after restoring; `reloading` is written only before old files are
-//!      put back after a reload was sent;
+//!      put back after a reload was sent, and such a change stays open
+//!      (journal and undo copy) until the reload with the old files was
+//!      tried ([`SiteStore::close_reloaded`]);
 //!   5. commit: the undo copy leaves `undo/` by one rename, to the next
 //!      `versions/N` (or `undo.done`, dropped, when there was no old file),
 //!      both directories fsynced — the commit point: a journal without
