@@ -116,6 +116,34 @@ impl World {
         self.dir.path().join("ssl").join(format!("{name}.pem"))
     }
 
+    /// Start a second nginx serving another cert for `name` (a load
+    /// balancer in front, say; certswap's reloads do not touch it) and
+    /// point `name`'s endpoint at it.
+    fn behind_a_second_nginx(&self, name: &str) -> (Nginx, Leaf) {
+        let lb_dir = self.dir.path().join("lb");
+        std::fs::create_dir(&lb_dir).expect("mkdir");
+        let lb_leaf = self.ca.leaf(&[name]).days(-1, 90).build();
+        let (lb_cert, lb_key) = pki::write(&lb_dir, "lb", &lb_leaf);
+        let lb = Nginx::start(&[SiteSpec::new(name, &lb_cert, &lb_key)]);
+        self.point_endpoint(name, lb.port());
+        (lb, lb_leaf)
+    }
+
+    /// Point `name`'s endpoint in the certswap config at 127.0.0.1:`port`
+    /// instead of this nginx (the other sites keep theirs).
+    fn point_endpoint(&self, name: &str, port: u16) {
+        let conf = std::fs::read_to_string(&self.config).expect("config");
+        let marker = format!("cert = {}", support::toml_path(&self.cert_file(name)));
+        let at = conf.find(&marker).expect("the site in the config");
+        let (head, tail) = conf.split_at(at);
+        let tail = tail.replacen(
+            &format!("127.0.0.1:{}", self.nginx.port()),
+            &format!("127.0.0.1:{port}"),
+            1,
+        );
+        std::fs::write(&self.config, format!("{head}{tail}")).expect("write config");
+    }
+
     /// SIGHUPs nginx has logged so far.
     fn reloads(&self) -> usize {
         self.nginx.error_log().matches("(SIGHUP) received").count()
@@ -250,21 +278,7 @@ fn a_site_whose_endpoint_serves_another_cert_is_rolled_back_alone() {
     let w = World::new("2s");
     // e.test's endpoint is a second nginx (a load balancer in front, say)
     // that certswap's reload does not touch.
-    let lb_dir = w.dir.path().join("lb");
-    std::fs::create_dir(&lb_dir).expect("mkdir");
-    let lb_leaf = w.ca.leaf(&["e.test"]).days(-1, 90).build();
-    let (lb_cert, lb_key) = pki::write(&lb_dir, "lb", &lb_leaf);
-    let lb = Nginx::start(&[SiteSpec::new("e.test", &lb_cert, &lb_key)]);
-    let conf = std::fs::read_to_string(&w.config).expect("config");
-    let marker = format!("cert = {}", support::toml_path(&w.cert_file("e.test")));
-    let at = conf.find(&marker).expect("e.test in the config");
-    let (head, tail) = conf.split_at(at);
-    let tail = tail.replacen(
-        &format!("127.0.0.1:{}", w.nginx.port()),
-        &format!("127.0.0.1:{}", lb.port()),
-        1,
-    );
-    std::fs::write(&w.config, format!("{head}{tail}")).expect("write config");
+    let (lb, lb_leaf) = w.behind_a_second_nginx("e.test");
 
     let new = w.renew_all(&SITES);
     let e_before = pki::sha256_file(&w.cert_file("e.test"));
@@ -315,16 +329,7 @@ fn a_site_whose_endpoint_does_not_answer_is_refused_with_its_files_put_back() {
     let w = World::new("5s");
     // e.test's endpoint: a loopback port nothing listens on.
     let dead = support::free_port();
-    let conf = std::fs::read_to_string(&w.config).expect("config");
-    let marker = format!("cert = {}", support::toml_path(&w.cert_file("e.test")));
-    let at = conf.find(&marker).expect("e.test in the config");
-    let (head, tail) = conf.split_at(at);
-    let tail = tail.replacen(
-        &format!("127.0.0.1:{}", w.nginx.port()),
-        &format!("127.0.0.1:{dead}"),
-        1,
-    );
-    std::fs::write(&w.config, format!("{head}{tail}")).expect("write config");
+    w.point_endpoint("e.test", dead);
     let new = w.renew_all(&SITES);
     let ssl = w.dir.path().join("ssl");
     let e_files = [w.cert_file("e.test"), ssl.join("e.test.key")];
@@ -543,21 +548,7 @@ fn twenty_sites_pass_the_address_gate_and_a_wrong_endpoint_still_rolls_back() {
     // checks each site with one fresh handshake; a site whose endpoint
     // serves something else must still fail and roll back.
     let w = World::with_sites("3s", &MANY);
-    let lb_dir = w.dir.path().join("lb");
-    std::fs::create_dir(&lb_dir).expect("mkdir");
-    let lb_leaf = w.ca.leaf(&["s07.test"]).days(-1, 90).build();
-    let (lb_cert, lb_key) = pki::write(&lb_dir, "lb", &lb_leaf);
-    let lb = Nginx::start(&[SiteSpec::new("s07.test", &lb_cert, &lb_key)]);
-    let conf = std::fs::read_to_string(&w.config).expect("config");
-    let marker = format!("cert = {}", support::toml_path(&w.cert_file("s07.test")));
-    let at = conf.find(&marker).expect("s07.test in the config");
-    let (head, tail) = conf.split_at(at);
-    let tail = tail.replacen(
-        &format!("127.0.0.1:{}", w.nginx.port()),
-        &format!("127.0.0.1:{}", lb.port()),
-        1,
-    );
-    std::fs::write(&w.config, format!("{head}{tail}")).expect("write config");
+    let (_lb, _) = w.behind_a_second_nginx("s07.test"); // kept running
 
     let new = w.renew_all(&MANY);
     let out = w.batch(&["--json"]);

@@ -7,7 +7,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use support::nginx::Nginx;
@@ -239,23 +239,28 @@ fn broken_server_config_means_no_reload(o: Options) {
     }
 }
 
+/// `certswap install` of `cert`/`key` that aborts at failpoint `point`.
+fn install_crashing_at(w: &World, cert: &Path, key: &Path, point: &str) -> Output {
+    w.run_env(
+        &[
+            "install",
+            "--site",
+            SITE,
+            "--cert",
+            path(cert),
+            "--key",
+            path(key),
+        ],
+        &[(certswap::failpoint::ENV, point)],
+    )
+}
+
 fn a_crash_at_every_step_is_repaired(o: Options) {
     for point in certswap::failpoint::POINTS {
         let w = World::new(o.clone());
         let new = w.renewed();
         let (cert, key) = w.bundle("new", &new);
-        let crashed = w.run_env(
-            &[
-                "install",
-                "--site",
-                SITE,
-                "--cert",
-                path(&cert),
-                "--key",
-                path(&key),
-            ],
-            &[(certswap::failpoint::ENV, point)],
-        );
+        let crashed = install_crashing_at(&w, &cert, &key, point);
         assert_eq!(
             crashed.status.code(),
             None,
@@ -388,18 +393,7 @@ fn a_crash_after_the_old_files_are_back_still_ends_in_a_reload() {
 
     let new = w.renewed();
     let (cert, key) = w.bundle("new", &new);
-    let crashed = w.run_env(
-        &[
-            "install",
-            "--site",
-            SITE,
-            "--cert",
-            path(&cert),
-            "--key",
-            path(&key),
-        ],
-        &[(certswap::failpoint::ENV, certswap::failpoint::AFTER_RESTORE)],
-    );
+    let crashed = install_crashing_at(&w, &cert, &key, certswap::failpoint::AFTER_RESTORE);
     assert_eq!(crashed.status.code(), None, "{}", text(&crashed));
     assert_eq!(
         pki::leaf_sha256_file(&w.cert),
