@@ -241,18 +241,7 @@ fn broken_server_config_means_no_reload(o: Options) {
 
 /// `certswap install` of `cert`/`key` that aborts at failpoint `point`.
 fn install_crashing_at(w: &World, cert: &Path, key: &Path, point: &str) -> Output {
-    w.run_env(
-        &[
-            "install",
-            "--site",
-            SITE,
-            "--cert",
-            path(cert),
-            "--key",
-            path(key),
-        ],
-        &[(certswap::failpoint::ENV, point)],
-    )
+    w.install_env(cert, key, &[], &[(certswap::failpoint::ENV, point)])
 }
 
 fn a_crash_at_every_step_is_repaired(o: Options) {

@@ -206,6 +206,17 @@ impl World {
     }
 
     pub fn install(&self, cert: &Path, key: &Path, extra: &[&str]) -> Output {
+        self.install_env(cert, key, extra, &[])
+    }
+
+    /// [`World::install`] with extra environment variables.
+    pub fn install_env(
+        &self,
+        cert: &Path,
+        key: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
         let mut args = vec![
             "install",
             "--site",
@@ -216,7 +227,7 @@ impl World {
             path(key),
         ];
         args.extend_from_slice(extra);
-        self.run(&args)
+        self.run_env(&args, env)
     }
 
     /// The leaf served now, seen by `openssl s_client`.
