@@ -276,8 +276,7 @@ fn install_batch(
             Err(e) => failed.push((open, txn, e.to_string())),
         }
     }
-    dirs.sort();
-    dirs.dedup();
+    // fsync_dirs fsyncs each distinct directory once.
     if let Err(e) = store::fsync_dirs(&dirs) {
         // Not durable: no site may go on to a reload it could lose.
         batch.restore_open(&e.to_string(), false);

@@ -207,7 +207,7 @@ pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError
         true => None,
         false => {
             let lock = env.store.lock()?;
-            recover_site(env, site, &site_store)?;
+            recover_site(env, site)?;
             Some(lock)
         }
     };
@@ -328,7 +328,7 @@ pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
     let mut out = Outcome::new(&site.name);
     let _lock = env.store.lock()?;
     let site_store = env.store.site(&site.store_key);
-    recover_site(env, site, &site_store)?;
+    recover_site(env, site)?;
 
     let (version, files) = match site.mode {
         Mode::InPlace => site_store.previous()?,
@@ -653,63 +653,19 @@ pub(crate) fn group_by_sha(before: &[(Target, String)]) -> Vec<(String, Vec<Targ
     groups
 }
 
-/// Finish or undo a change a crash interrupted, and if the server may have
-/// loaded the files of that change, test and reload so it serves what is on
-/// disk again — for every site of the host with an open change, not only
-/// `site` ([`crate::batch::recover_host`]).
-pub fn recover_site(
-    env: &Env<'_>,
-    site: &Site,
-    site_store: &SiteStore,
-) -> Result<Recovery, InstallError> {
+/// Finish or undo a change a crash interrupted, for every site of the host
+/// with an open change, not only `site` ([`crate::batch::recover_host`]):
+/// one config test and reload if the server may have loaded any of them,
+/// then the restored leaves proven served. What was done for `site`.
+pub fn recover_site(env: &Env<'_>, site: &Site) -> Result<Recovery, InstallError> {
     // Every open change on the host first: a site that a crashed batch left
     // half-swapped would fail this one's config test.
     if let Some(r) = crate::batch::recover_host(env)?.remove(&site.store_key) {
         return Ok(r);
     }
-    let targets: Vec<PathBuf> = site_targets(site).into_iter().map(|(_, p)| p).collect();
-    let r = site_store.recover(&targets)?;
-    if let Recovery::RolledBack { reload: true, .. } = &r {
-        let map = |source| InstallError::Recover {
-            site: site.name.clone(),
-            source,
-        };
-        env.server.configtest().map_err(map)?;
-        match env.server.check_alive() {
-            Ok(()) => env.server.reload().map_err(map)?,
-            Err(_) => env.server.start().map_err(map)?,
-        }
-        if let Some(p) = close_reloaded(site_store) {
-            tracing::warn!(site = %site.name, "{p}");
-        }
-        // As after any rollback, prove the restored leaf is what is served
-        // before the command goes on (invariant 6).
-        if let Some(leaf) = std::fs::read(&site.cert).ok().and_then(|b| leaf_of_pem(&b)) {
-            let w = wait_served(env, &site.endpoints, &leaf.sha256, false);
-            if let Some(why) = w.failure {
-                tracing::warn!(site = %site.name, "after recovery: {why}");
-            }
-        }
-    }
-    match &r {
-        Recovery::Clean => {}
-        Recovery::RolledBack { op, .. } => tracing::warn!(
-            site = %site.name,
-            "an interrupted {} was rolled back: the previous files are restored",
-            op_name(op)
-        ),
-        Recovery::Completed { op } => {
-            tracing::warn!(site = %site.name, "an interrupted {} had committed; finished it", op_name(op))
-        }
-    }
-    Ok(r)
-}
-
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Install => "install",
-        Op::Rollback { .. } => "rollback",
-    }
+    // A pair whose files the host-wide pass could not read.
+    let mut found = crate::batch::recover_sites(env, &[site])?;
+    Ok(found.pop().unwrap_or(Recovery::Clean))
 }
 
 /// Every file the server reads for `site`, with its role.

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 
 use super::{
     Flip, NewFile, Op, Role, SavedFile, SiteStore, StoreError, Txn, Version, check_target_dir,
-    io_err, load_saved, mkdir_private, read_meta, remove_dir_durable, version_ids, write_meta,
+    io_err, load_saved, mkdir_private, next_version_id, read_meta, remove_dir_durable, version_ids,
+    write_meta,
 };
 use crate::cert::sha256_hex;
 use crate::failpoint;
@@ -73,12 +74,7 @@ impl SiteStore {
     }
 
     fn next_id(&self) -> Result<String, StoreError> {
-        let n = self
-            .managed_ids()?
-            .last()
-            .and_then(|id| id.parse::<u64>().ok())
-            .map_or(1, |n| n + 1);
-        Ok(format!("{n:06}"))
+        next_version_id(&self.archive_dir())
     }
 
     /// Steps 1–3 of a managed change. `targets` are every configured path

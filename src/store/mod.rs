@@ -628,11 +628,7 @@ impl Txn {
         let dest = if keep {
             let vdir = site.versions_dir();
             mkdir_private(&vdir)?;
-            let next = version_ids(&vdir)?
-                .last()
-                .and_then(|id| id.parse::<u64>().ok())
-                .map_or(1, |n| n + 1);
-            vdir.join(format!("{next:06}"))
+            vdir.join(next_version_id(&vdir)?)
         } else {
             let done = site.dir.join(UNDO_DONE);
             remove_dir(&done)?;
@@ -776,6 +772,15 @@ fn check_target_dir(target: &Path) -> Result<(), StoreError> {
 
 /// The version directories (six digits) in `dir`, oldest first; none when
 /// `dir` does not exist.
+/// The id after the newest version in `dir` ("000001" in an empty one).
+fn next_version_id(dir: &Path) -> Result<String, StoreError> {
+    let n = version_ids(dir)?
+        .last()
+        .and_then(|id| id.parse::<u64>().ok())
+        .map_or(1, |n| n + 1);
+    Ok(format!("{n:06}"))
+}
+
 fn version_ids(dir: &Path) -> Result<Vec<String>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
