@@ -608,18 +608,7 @@ fn retrying_the_same_install_after_a_crash_repairs_first() {
         let w = World::nginx();
         let new = w.renewed();
         let (cert, key) = w.bundle("new", &new);
-        let crashed = w.run_env(
-            &[
-                "install",
-                "--site",
-                SITE,
-                "--cert",
-                path(&cert),
-                "--key",
-                path(&key),
-            ],
-            &[(certswap::failpoint::ENV, point)],
-        );
+        let crashed = w.install_env(&cert, &key, &[], &[(certswap::failpoint::ENV, point)]);
         assert_eq!(crashed.status.code(), None, "{point}: {}", text(&crashed));
         let retry = w.install(&cert, &key, &[]);
         assert_eq!(retry.status.code(), Some(0), "{point}: {}", text(&retry));

@@ -428,17 +428,7 @@ fn apache_vendor_layout_installs_leaf_and_separate_chain() {
     let key = dl.join("shop_test.key");
     pki::write_key(&key, &new.key_pem);
 
-    let out = w.run(&[
-        "install",
-        "--site",
-        SITE,
-        "--cert",
-        path(&public),
-        "--chain",
-        path(&chain),
-        "--key",
-        path(&key),
-    ]);
+    let out = w.install(&public, &key, &["--chain", path(&chain)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(w.served(), new.sha256);
     // The cert file holds the leaf only, the chain file the chain.
@@ -465,17 +455,10 @@ fn apache_dying_on_reload_is_restarted_with_the_old_pair() {
     let w = World::apache();
     let (cert, _) = w.bundle("new", &w.renewed());
     let (_, wrong_key) = w.bundle("other", &w.renewed());
-    let out = w.run_env(
-        &[
-            "install",
-            "--site",
-            SITE,
-            "--cert",
-            path(&cert),
-            "--key",
-            path(&wrong_key),
-            "--json",
-        ],
+    let out = w.install_env(
+        &cert,
+        &wrong_key,
+        &["--json"],
         &[("CERTSWAP_TEST_SKIP_VALIDATION", "1")],
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
