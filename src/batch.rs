@@ -446,11 +446,10 @@ pub fn recover_host(env: &Env<'_>) -> Result<HashMap<String, Recovery>, InstallE
         .collect())
 }
 
-/// Repair every site in `sites` from its journal, like
-/// [`install::recover_site`] but with ONE config test and reload for all
-/// the sites whose server may have loaded an interrupted change (a crash
-/// in the middle of a batch leaves one journal per site), then prove their
-/// restored leaves are served. The caller holds the host lock. Returns
+/// Repair every site in `sites` from its journal, with ONE config test and
+/// reload for all the sites whose server may have loaded an interrupted
+/// change (a crash in the middle of a batch leaves one journal per site),
+/// then prove their restored leaves are served. The caller holds the host lock. Returns
 /// what recovery did, per site, in order.
 pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, InstallError> {
     let mut found = Vec::with_capacity(sites.len());
