@@ -120,47 +120,52 @@ pub fn install_dir(
 /// of a site: the lock is held by another certswap, a repair from a
 /// journal failed, or no endpoint of any site answers before the change.
 ///
-/// Dual-certificate sites (`[[site.pair]]`) are the exception: the bundle's
-/// key type chooses the pair, and the proof needs a probe that offers only
-/// that key type. They go through [`install::install`] one by one after
-/// the batch, each with its own reload; an error there is that site's
-/// rejected outcome.
+/// A dual-certificate site (`[[site.pair]]`) joins the batch as the pair
+/// its bundle's key type chooses ([`install::pair_site`]): a site of its
+/// own there, with its own journal, probed with only its key type's
+/// signature schemes so that the server shows that leaf and not its
+/// sibling. A bundle whose key type no pair has is rejected.
 pub fn install_items(
     env: &Env<'_>,
     items: &[Item<'_>],
     force: bool,
     dry_run: bool,
 ) -> Result<Vec<Outcome>, InstallError> {
-    let (dual, single): (Vec<usize>, Vec<usize>) =
-        (0..items.len()).partition(|&i| !items[i].site.pairs.is_empty());
-    let batch: Vec<Item<'_>> = single.iter().map(|&i| items[i].clone()).collect();
+    let pairs: Vec<Option<Result<Site, String>>> = items
+        .iter()
+        .map(|it| {
+            (!it.site.pairs.is_empty())
+                .then(|| install::pair_site(it.site, install::bundle_family(&it.cert)))
+        })
+        .collect();
     let mut outs: Vec<Option<Outcome>> = items.iter().map(|_| None).collect();
-    for (i, out) in single
+    let mut batch = Vec::new();
+    let mut in_batch = Vec::new();
+    for (i, (it, pair)) in items.iter().zip(&pairs).enumerate() {
+        let site = match pair {
+            None => it.site,
+            Some(Ok(pair)) => pair,
+            Some(Err(why)) => {
+                let mut out = Outcome::new(&it.site.name);
+                out.reject(why.clone());
+                outs[i] = Some(out);
+                continue;
+            }
+        };
+        batch.push(Item { site, ..it.clone() });
+        in_batch.push(i);
+    }
+    for (i, out) in in_batch
         .into_iter()
         .zip(install_batch(env, &batch, force, dry_run)?)
     {
         outs[i] = Some(out);
     }
-    for i in dual {
-        let it = &items[i];
-        let req = install::Request {
-            site: it.site,
-            cert: &it.cert,
-            key: it.key.as_deref(),
-            chain: it.chain.as_deref(),
-            force,
-            dry_run,
-        };
-        outs[i] = Some(install::install(env, &req).unwrap_or_else(|e| {
-            let mut out = Outcome::new(&it.site.name);
-            out.reject(e.to_string());
-            out
-        }));
-    }
     Ok(outs.into_iter().flatten().collect())
 }
 
-/// [`install_items`] for sites with one cert/key pair: the batch proper.
+/// [`install_items`] once every item names the site (or pair) it replaces:
+/// the batch proper.
 fn install_batch(
     env: &Env<'_>,
     items: &[Item<'_>],
@@ -190,6 +195,7 @@ fn install_batch(
         return Ok(outs);
     }
 
+    let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
     let _lock = env.store.lock()?;
     let accepted: Vec<usize> = (0..items.len()).filter(|&i| bundles[i].is_some()).collect();
 
@@ -226,12 +232,13 @@ fn install_batch(
     // of a rollback, runs from here through the config test: the server
     // reads the new files only at the reload, and the handshakes use the
     // CPU that staging (fsync waits) and the config test (one core) leave.
-    let before_probe = BeforeProbe::start(env.prober, &staging);
+    let before_probe = BeforeProbe::start(&probers, &staging);
     let staged = par_map(staging, IO_THREADS, stage);
     clock.done("stage", staged.len());
 
     let mut batch = Batch {
         env,
+        probers,
         outs,
         open: Vec::new(),
         restored: Vec::new(),
@@ -371,6 +378,7 @@ fn install_batch(
         .map(|(o, _)| Wait {
             targets: o.site.endpoints.clone(),
             sha: o.new_sha.clone(),
+            prober: batch.probers.of(o.site.key_family).clone(),
         })
         .collect();
     let waited = wait_all(env, &waits, true);
@@ -497,6 +505,7 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
             tracing::warn!(site = %site.name, "{p}");
         }
     }
+    let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
     // As after any rollback, prove the restored leaves are what is served
     // before the batch goes on (invariant 6).
     let mut waits = Vec::new();
@@ -510,6 +519,7 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
             waits.push(Wait {
                 targets: site.endpoints.clone(),
                 sha: leaf.sha256,
+                prober: probers.of(site.key_family).clone(),
             });
         }
     }
@@ -585,11 +595,15 @@ struct Restored {
     /// change stays open until that reload was tried.
     after_reload: bool,
     store: SiteStore,
+    /// Probes with the site's key type.
+    prober: probe::Prober,
 }
 
 /// The state of one batch from the first swap on.
 struct Batch<'e, 'a> {
     env: &'e Env<'e>,
+    /// A prober per key type: each site is probed with its own.
+    probers: probe::Probers,
     outs: Vec<Outcome>,
     open: Vec<(Open<'a>, Txn)>,
     restored: Vec<Restored>,
@@ -630,6 +644,7 @@ impl Batch<'_, '_> {
                     before: o.before,
                     after_reload,
                     store: o.store,
+                    prober: self.probers.of(o.site.key_family).clone(),
                 }),
                 Err(e) => add_problem(out, format!("RESTORING THE OLD FILES FAILED: {e}")),
             }
@@ -663,6 +678,7 @@ impl Batch<'_, '_> {
                     before: o.before,
                     after_reload: true,
                     store: o.store,
+                    prober: self.probers.of(o.site.key_family).clone(),
                 });
             }
             Err(e2) => {
@@ -709,7 +725,11 @@ impl Batch<'_, '_> {
                 .collect();
             for (sha, targets) in install::group_by_sha(&shas) {
                 owners.push(r.idx);
-                waits.push(Wait { targets, sha });
+                waits.push(Wait {
+                    targets,
+                    sha,
+                    prober: r.prober.clone(),
+                });
             }
         }
         for (idx, w) in owners.into_iter().zip(wait_all(self.env, &waits, false)) {
@@ -824,15 +844,20 @@ struct BeforeProbe {
 type Probed = HashMap<usize, Vec<(Target, Result<probe::Served, probe::ProbeError>)>>;
 
 impl BeforeProbe {
-    fn start(prober: &probe::Prober, staging: &[Staging<'_>]) -> BeforeProbe {
+    fn start(probers: &probe::Probers, staging: &[Staging<'_>]) -> BeforeProbe {
         let targets: Vec<(usize, Target)> = staging
             .iter()
             .flat_map(|s| s.site.endpoints.iter().map(move |t| (s.idx, t.clone())))
             .collect();
-        let list: Vec<Target> = targets.iter().map(|(_, t)| t.clone()).collect();
-        let prober = prober.clone();
+        let jobs: Vec<(probe::Prober, Target)> = staging
+            .iter()
+            .flat_map(|s| {
+                let prober = probers.of(s.site.key_family);
+                s.site.endpoints.iter().map(|t| (prober.clone(), t.clone()))
+            })
+            .collect();
         let thread = std::thread::spawn(move || {
-            probe::block_on(probe::probe_many(&prober, &list, PROBE_CONCURRENCY))
+            probe::block_on(probe::probe_each(&jobs, PROBE_CONCURRENCY))
         });
         BeforeProbe {
             targets,
@@ -894,10 +919,12 @@ fn before_of(
     }
 }
 
-/// Targets that must all serve the leaf `sha`.
+/// Targets that must all serve the leaf `sha`, as `prober` (the site's
+/// key type) sees them.
 struct Wait {
     targets: Vec<Target>,
     sha: String,
+    prober: probe::Prober,
 }
 
 struct WaitResult {
@@ -924,7 +951,7 @@ fn wait_all(env: &Env<'_>, waits: &[Wait], new: bool) -> Vec<WaitResult> {
 
     let work = async {
         if new && waits.len() >= GATE_MIN_SITES {
-            let opened = first_new_answer(env.prober, waits, started + pc.deadline / 2).await;
+            let opened = first_new_answer(waits, started + pc.deadline / 2).await;
             tracing::info!(phase = %"settle", ms = ms(started), opened, "batch phase");
         }
         if new {
@@ -946,10 +973,13 @@ fn wait_all(env: &Env<'_>, waits: &[Wait], new: bool) -> Vec<WaitResult> {
             // from a new worker (old ones hold the old config in memory),
             // so it counts once its address has settled; anything else is
             // checked again below.
-            let all: Vec<Target> = waits.iter().flat_map(|w| w.targets.clone()).collect();
+            let all: Vec<(probe::Prober, Target)> = waits
+                .iter()
+                .flat_map(|w| w.targets.iter().map(|t| (w.prober.clone(), t.clone())))
+                .collect();
             tokio::join!(
-                settled_addrs(env.prober, waits, consecutive, gate_until),
-                probe::probe_many(env.prober, &all, PROBE_CONCURRENCY)
+                settled_addrs(waits, consecutive, gate_until),
+                probe::probe_each(&all, PROBE_CONCURRENCY)
             )
         } else {
             (HashSet::new(), Vec::new())
@@ -976,7 +1006,7 @@ fn wait_all(env: &Env<'_>, waits: &[Wait], new: bool) -> Vec<WaitResult> {
                     lock(&slots)[i] = Some((o, ms(started)));
                     continue;
                 }
-                let prober = env.prober.clone();
+                let prober = w.prober.clone();
                 let targets = w.targets.clone();
                 let sha = w.sha.clone();
                 let left = until.saturating_duration_since(Instant::now());
@@ -1076,18 +1106,13 @@ fn rows_of(o: &probe::WaitOutcome, targets: &[Target]) -> Vec<ServedRow> {
 /// The addresses where old workers are gone: for each address, up to
 /// `consecutive` sampled sites each served their new leaf on `consecutive`
 /// fresh handshakes in a row (checked concurrently, bounded by `until`).
-async fn settled_addrs(
-    prober: &probe::Prober,
-    waits: &[Wait],
-    consecutive: u32,
-    until: Instant,
-) -> HashSet<String> {
-    let mut samples: HashMap<String, Vec<(Target, String)>> = HashMap::new();
+async fn settled_addrs(waits: &[Wait], consecutive: u32, until: Instant) -> HashSet<String> {
+    let mut samples: HashMap<String, Vec<(Target, String, probe::Prober)>> = HashMap::new();
     for w in waits {
         for t in &w.targets {
             let list = samples.entry(t.addr.clone()).or_default();
             if list.len() < consecutive as usize {
-                list.push((t.clone(), w.sha.clone()));
+                list.push((t.clone(), w.sha.clone(), w.prober.clone()));
             }
         }
     }
@@ -1095,8 +1120,8 @@ async fn settled_addrs(
     // may linger (`consecutive` handshakes spaced by the probe engine).
     let mut checks = tokio::task::JoinSet::new();
     for (addr, list) in samples {
-        for (t, sha) in list {
-            let (prober, addr) = (prober.clone(), addr.clone());
+        for (t, sha, prober) in list {
+            let addr = addr.clone();
             checks.spawn(async move {
                 let left = until.saturating_duration_since(Instant::now());
                 let o = probe::wait_until_served(
@@ -1125,17 +1150,21 @@ async fn settled_addrs(
     settled
 }
 
-async fn first_new_answer(prober: &probe::Prober, waits: &[Wait], until: Instant) -> bool {
+async fn first_new_answer(waits: &[Wait], until: Instant) -> bool {
     let step = (waits.len() / GATE_SAMPLE).max(1);
-    let sample: Vec<(Target, String)> = waits
+    let sample: Vec<(Target, String, probe::Prober)> = waits
         .iter()
         .step_by(step)
         .take(GATE_SAMPLE)
-        .filter_map(|w| w.targets.first().map(|t| (t.clone(), w.sha.clone())))
+        .filter_map(|w| {
+            w.targets
+                .first()
+                .map(|t| (t.clone(), w.sha.clone(), w.prober.clone()))
+        })
         .collect();
     while Instant::now() < until {
         let mut round = tokio::task::JoinSet::new();
-        for (t, sha) in &sample {
+        for (t, sha, prober) in &sample {
             let (prober, t, sha) = (prober.clone(), t.clone(), sha.clone());
             round.spawn(async move {
                 let left = until.saturating_duration_since(Instant::now());

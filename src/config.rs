@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::probe::Target;
+use crate::cert::CertInfo;
+use crate::probe::{KeyFamily, Target};
 
 /// Where the config is read from when neither `--config` nor
 /// `CERTSWAP_CONFIG` says otherwise.
@@ -280,9 +281,24 @@ pub struct Site {
     /// the site name, or `NAME__rsa` / `NAME__ecdsa` for one pair of a
     /// dual-certificate site, so each pair keeps its own history.
     pub store_key: String,
+    /// The key type a probe of this site asks for: `Any`, or the pair's
+    /// type for one pair of a dual-certificate site (the server shows the
+    /// leaf of the type the client's signature schemes allow).
+    pub key_family: KeyFamily,
 }
 
 impl Site {
+    /// The key type to probe this site with, given the leaf of its `cert`
+    /// on disk: its own [`Site::key_family`], except for a dual-certificate
+    /// site as configured, whose `cert` is only one of its pairs — then
+    /// that leaf's type, or the server may show the other pair's leaf.
+    pub fn probe_family(&self, cert_leaf: Option<&CertInfo>) -> KeyFamily {
+        match cert_leaf {
+            Some(leaf) if !self.pairs.is_empty() => KeyFamily::of(&leaf.key_kind),
+            _ => self.key_family,
+        }
+    }
+
     /// `name` followed by `names`: every name the new cert must cover.
     pub fn all_names(&self) -> Vec<String> {
         let mut all = vec![self.name.clone()];
@@ -435,6 +451,7 @@ impl Config {
             }
             sites.push(Site {
                 store_key: s.name.clone(),
+                key_family: KeyFamily::Any,
                 name: s.name,
                 names: s.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
                 cert: s.cert,

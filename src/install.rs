@@ -239,15 +239,20 @@ pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError
 /// offers only that key type's signature schemes, so the server has to show
 /// that leaf and not its sibling.
 fn install_pair(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError> {
-    // Only a peek to choose the pair: a file that does not parse is
-    // rejected by the full check, with its own message.
-    let family = bundle::read_certs(req.cert)
-        .ok()
-        .and_then(|c| c.first().map(|leaf| KeyFamily::of(&leaf.key_kind)))
-        .unwrap_or(KeyFamily::Any);
-    with_pair(env, req.site, family, |env, site| {
+    with_pair(env, req.site, bundle_family(req.cert), |env, site| {
         install(env, &Request { site, ..*req })
     })
+}
+
+/// The key type of the leaf in the certificate file `cert`, which chooses
+/// the pair of a dual-certificate site. Only a peek: a file that does not
+/// parse gives `Any`, which no pair has, so the site is refused by
+/// [`pair_site`].
+pub fn bundle_family(cert: &Path) -> KeyFamily {
+    bundle::read_certs(cert)
+        .ok()
+        .and_then(|c| c.first().map(|leaf| KeyFamily::of(&leaf.key_kind)))
+        .unwrap_or(KeyFamily::Any)
 }
 
 /// Run `f` on the pair of `site` with key type `family`, with a prober
@@ -310,6 +315,7 @@ pub fn pair_site(site: &Site, family: KeyFamily) -> Result<Site, String> {
             site.name,
             format!("{family:?}").to_ascii_lowercase()
         ),
+        key_family: family,
         ..site.clone()
     })
 }

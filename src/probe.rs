@@ -203,6 +203,8 @@ struct ProberInner {
     /// The trust anchors the verdict is judged against.
     trust: TrustStore,
     timeout: Duration,
+    /// The key type whose signature schemes it offers.
+    family: KeyFamily,
 }
 
 impl std::fmt::Debug for Prober {
@@ -310,8 +312,14 @@ impl Prober {
                 connector: TlsConnector::from(Arc::new(config)),
                 trust,
                 timeout,
+                family,
             }),
         })
+    }
+
+    /// The key type whose signature schemes this prober offers.
+    pub fn key_family(&self) -> KeyFamily {
+        self.inner.family
     }
 
     /// The anchors trust is judged against.
@@ -496,6 +504,43 @@ impl KeyFamily {
                     | S::RSA_PSS_SHA384
                     | S::RSA_PSS_SHA512
             ),
+        }
+    }
+}
+
+/// One prober per key family, built once from a base prober: how a batch
+/// or a host-wide repair probes each site with the key type it asks for
+/// ([`crate::config::Site::key_family`]) without building a `ClientConfig`
+/// per site.
+#[derive(Clone, Debug)]
+pub struct Probers {
+    any: Prober,
+    ecdsa: Prober,
+    rsa: Prober,
+}
+
+impl Probers {
+    pub fn new(base: &Prober) -> Result<Probers, ProbeError> {
+        let of = |family| {
+            if base.key_family() == family {
+                Ok(base.clone())
+            } else {
+                base.for_key_family(family)
+            }
+        };
+        Ok(Probers {
+            any: of(KeyFamily::Any)?,
+            ecdsa: of(KeyFamily::Ecdsa)?,
+            rsa: of(KeyFamily::Rsa)?,
+        })
+    }
+
+    /// The prober offering `family`'s signature schemes.
+    pub fn of(&self, family: KeyFamily) -> &Prober {
+        match family {
+            KeyFamily::Any => &self.any,
+            KeyFamily::Ecdsa => &self.ecdsa,
+            KeyFamily::Rsa => &self.rsa,
         }
     }
 }
@@ -721,18 +766,39 @@ pub async fn probe_many(
     targets: &[Target],
     concurrency: usize,
 ) -> Vec<Result<Served, ProbeError>> {
+    probe_jobs(targets.len(), concurrency, |i| (prober, &targets[i])).await
+}
+
+/// [`probe_many`] with a prober per target (each site's own key type,
+/// [`Probers`]), so one bulk probe also covers the pairs of
+/// dual-certificate sites.
+pub async fn probe_each(
+    jobs: &[(Prober, Target)],
+    concurrency: usize,
+) -> Vec<Result<Served, ProbeError>> {
+    probe_jobs(jobs.len(), concurrency, |i| (&jobs[i].0, &jobs[i].1)).await
+}
+
+/// The `n` probes `job(0..n)`, at most `concurrency` in flight, results in
+/// index order.
+async fn probe_jobs<'a>(
+    n: usize,
+    concurrency: usize,
+    job: impl Fn(usize) -> (&'a Prober, &'a Target),
+) -> Vec<Result<Served, ProbeError>> {
     let concurrency = concurrency.max(1);
-    let mut slots: Vec<Option<Result<Served, ProbeError>>> = targets.iter().map(|_| None).collect();
+    let mut slots: Vec<Option<Result<Served, ProbeError>>> = (0..n).map(|_| None).collect();
     let mut tasks = JoinSet::new();
-    let mut pending = targets.iter().cloned().enumerate();
+    let mut pending = 0..n;
 
     // Keep the set filled up to `concurrency`: one finished, one started.
     loop {
         while tasks.len() < concurrency {
-            let Some((i, target)) = pending.next() else {
+            let Some(i) = pending.next() else {
                 break;
             };
-            let prober = prober.clone();
+            let (prober, target) = job(i);
+            let (prober, target) = (prober.clone(), target.clone());
             tasks.spawn(async move { (i, prober.probe(&target).await) });
         }
         let Some(joined) = tasks.join_next().await else {
@@ -747,11 +813,11 @@ pub async fn probe_many(
 
     slots
         .into_iter()
-        .zip(targets)
-        .map(|(slot, target)| {
+        .enumerate()
+        .map(|(i, slot)| {
             slot.unwrap_or_else(|| {
                 Err(ProbeError::Cancelled {
-                    target: target.to_string(),
+                    target: job(i).1.to_string(),
                 })
             })
         })

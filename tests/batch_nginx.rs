@@ -11,7 +11,7 @@ use std::process::Output;
 
 use support::nginx::Nginx;
 use support::pki::{self, Ca, Leaf};
-use support::{SiteSpec, certswap, served_sha256};
+use support::{ECDSA_SUITE, RSA_SUITE, SiteSpec, certswap, served_sha256};
 
 const SITES: [&str; 5] = ["a.test", "b.test", "c.test", "d.test", "e.test"];
 /// Enough sites for the batch's per-address gate (GATE_MIN_SITES = 16).
@@ -144,6 +144,57 @@ impl World {
         std::fs::write(&self.config, format!("{head}{tail}")).expect("write config");
     }
 
+    /// Give `name` an RSA pair beside its ECDSA one: a second
+    /// `ssl_certificate` line in its server block and a `[[site.pair]]` in
+    /// its site. Returns the RSA leaf, served once nginx has reloaded.
+    fn add_rsa_pair(&self, name: &str) -> Leaf {
+        let ssl = self.dir.path().join("ssl");
+        let key = pki::rsa_key_pem(&ssl, &format!("{name}-old"));
+        let leaf = self.ca.leaf(&[name]).days(-345, 20).key(&key).build();
+        let (cert, key) = pki::write(&ssl, &format!("{name}.rsa"), &leaf);
+
+        let conf = std::fs::read_to_string(self.nginx.conf_path()).expect("read nginx.conf");
+        let own_key = format!(
+            "ssl_certificate_key {};",
+            support::conf_path(&ssl.join(format!("{name}.key")))
+        );
+        assert_eq!(conf.matches(&own_key).count(), 1, "{conf}");
+        let both = format!(
+            "{own_key} ssl_certificate {}; ssl_certificate_key {};",
+            support::conf_path(&cert),
+            support::conf_path(&key)
+        );
+        self.nginx.set_config(&conf.replacen(&own_key, &both, 1));
+        self.nginx
+            .reload_and_wait(std::time::Duration::from_secs(10))
+            .expect("reload with two pairs");
+
+        // `[[site.pair]]` belongs to the `[[site]]` table above it.
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let marker = format!("cert = {}", support::toml_path(&self.cert_file(name)));
+        let at = text.find(&marker).expect("the site in the config");
+        let end = text[at..].find("\n[[site]]").map_or(text.len(), |i| at + i);
+        let pair = format!(
+            "\n[[site.pair]]\ncert = {}\nkey = {}\n",
+            support::toml_path(&cert),
+            support::toml_path(&key)
+        );
+        std::fs::write(
+            &self.config,
+            format!("{}{pair}{}", &text[..end], &text[end..]),
+        )
+        .expect("write config");
+        assert_eq!(self.served_with(name, RSA_SUITE), leaf.sha256);
+        assert_eq!(self.served_with(name, ECDSA_SUITE), self.old[name].sha256);
+        leaf
+    }
+
+    /// The leaf served for `name` with only `cipher` (which pair).
+    fn served_with(&self, name: &str, cipher: &str) -> String {
+        support::served_sha256_with_cipher(self.nginx.port(), name, cipher)
+            .unwrap_or_else(|e| panic!("{name} with {cipher}: {e}"))
+    }
+
     /// SIGHUPs nginx has logged so far.
     fn reloads(&self) -> usize {
         self.nginx.error_log().matches("(SIGHUP) received").count()
@@ -228,6 +279,48 @@ fn five_sites_are_verified_with_one_config_test_and_one_reload() {
             .all(|v| v["result"] == "rejected")
     );
     assert_eq!(w.reloads() - reloads, 1);
+}
+
+#[test]
+fn a_dual_certificate_site_renews_in_the_same_reload_as_the_others() {
+    let w = World::new("10s");
+    let rsa_old = w.add_rsa_pair("c.test");
+    let others = ["a.test", "b.test", "d.test", "e.test"];
+    let new = w.renew_all(&others);
+    // c.test's renewal is for its RSA pair.
+    let key = pki::rsa_key_pem(&w.dir.path().join("ssl"), "c.test-new");
+    let rsa_new = w.ca.leaf(&["c.test"]).days(-1, 385).key(&key).build();
+    pki::write(&w.inbox, "c.test", &rsa_new);
+    let reloads = w.reloads();
+
+    let out = w.batch(&["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let results = json_lines(&out);
+    assert_eq!(results.len(), SITES.len(), "{}", text(&out));
+    for name in others {
+        assert_eq!(results[name]["result"], "verified", "{}", results[name]);
+        assert_eq!(w.served(name), new[name].sha256, "{name}");
+    }
+    let c = &results["c.test"];
+    assert_eq!(c["result"], "verified", "{c}");
+    assert_eq!(c["old"]["sha256"], rsa_old.sha256.as_str(), "{c}");
+    assert_eq!(
+        c["served"][0]["sha256"],
+        rsa_new.sha256.as_str(),
+        "the batch probed c.test's RSA pair: {c}"
+    );
+    assert_eq!(w.served_with("c.test", RSA_SUITE), rsa_new.sha256);
+    assert_eq!(
+        w.served_with("c.test", ECDSA_SUITE),
+        w.old["c.test"].sha256,
+        "the ECDSA pair is untouched"
+    );
+    assert_eq!(
+        w.reloads() - reloads,
+        1,
+        "one SIGHUP for the whole batch, the dual-certificate site included:\n{}",
+        w.nginx.error_log()
+    );
 }
 
 #[test]

@@ -135,11 +135,28 @@ fn live_procs(keep: impl Fn(i32, i32) -> bool) -> Vec<i32> {
 /// The leaf a server serves to `sni` on `127.0.0.1:port`, as PEM, read with
 /// `openssl s_client` (independent of certswap's probe). Bounded to 10 s.
 pub fn served_leaf_pem(port: u16, sni: &str) -> Result<String, String> {
+    served_leaf_pem_with(port, sni, &[])
+}
+
+/// TLS 1.2 suites that make a dual-certificate vhost show one pair.
+pub const RSA_SUITE: &str = "ECDHE-RSA-AES128-GCM-SHA256";
+pub const ECDSA_SUITE: &str = "ECDHE-ECDSA-AES128-GCM-SHA256";
+
+/// SHA-256 of the leaf served over TLS 1.2 with only `cipher` (an RSA or an
+/// ECDSA suite): which pair of a dual-certificate vhost is served.
+pub fn served_sha256_with_cipher(port: u16, sni: &str, cipher: &str) -> Result<String, String> {
+    let pem = served_leaf_pem_with(port, sni, &["-tls1_2", "-cipher", cipher])?;
+    pki::pem_sha256(&pem).ok_or_else(|| "served certificate does not parse".to_string())
+}
+
+/// [`served_leaf_pem`] with more `openssl s_client` arguments.
+fn served_leaf_pem_with(port: u16, sni: &str, extra: &[&str]) -> Result<String, String> {
     let out = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
     let err = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
     let mut child = Command::new("openssl")
         .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
         .args(["-servername", sni])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(out.reopen().map_err(|e| e.to_string())?)
         .stderr(err.reopen().map_err(|e| e.to_string())?)

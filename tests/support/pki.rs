@@ -274,6 +274,30 @@ pub fn write(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A new 2048-bit RSA key (PKCS#8 PEM) from the openssl CLI (ring cannot
+/// generate RSA keys), kept as `DIR/NAME.rsa.key`.
+pub fn rsa_key_pem(dir: &Path, name: &str) -> String {
+    let p = dir.join(format!("{name}.rsa.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&p)
+        .output()
+        .expect("openssl genpkey");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::read_to_string(&p).expect("read key")
+}
+
 /// Write a private key file with mode 0600 (also when it already existed).
 pub fn write_key(path: &Path, key_pem: &str) {
     let mut f = fs::OpenOptions::new()
