@@ -674,19 +674,34 @@ impl Agent {
     /// `fix_drift`, reload (after a config test) and verify.
     fn drift(&self, env: &Env<'_>) {
         let cfg = env.config;
-        let mut targets: Vec<Target> = Vec::new();
+        let probers = match probe::Probers::new(env.prober) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("drift not checked this pass: {e}");
+                return;
+            }
+        };
+        let mut jobs: Vec<(Prober, Target)> = Vec::new();
         let mut owners: Vec<usize> = Vec::new();
         let mut on_disk: Vec<Option<String>> = Vec::new();
+        let mut site_probers: Vec<Prober> = Vec::new();
         for (i, site) in cfg.sites.iter().enumerate() {
-            on_disk.push(src::installed_leaf_sha256(site));
+            let leaf = crate::bundle::read_certs(&site.cert)
+                .ok()
+                .and_then(|certs| certs.into_iter().next());
+            // A dual-certificate site is checked through its `cert`'s pair,
+            // with a probe asking for that pair's key type.
+            let prober = probers.of(site.probe_family(leaf.as_ref())).clone();
+            on_disk.push(leaf.map(|l| l.sha256));
             for t in &site.endpoints {
-                targets.push(t.clone());
+                jobs.push((prober.clone(), t.clone()));
                 owners.push(i);
             }
+            site_probers.push(prober);
         }
-        let results = probe::block_on(probe::probe_many(env.prober, &targets, DRIFT_CONCURRENCY));
+        let results = probe::block_on(probe::probe_each(&jobs, DRIFT_CONCURRENCY));
         let mut drifting = vec![false; cfg.sites.len()];
-        for ((t, owner), r) in targets.iter().zip(&owners).zip(results) {
+        for (((_, t), owner), r) in jobs.iter().zip(&owners).zip(results) {
             let site = &cfg.sites[*owner];
             match r {
                 Ok(served) => {
@@ -721,11 +736,18 @@ impl Agent {
                 .set(i64::from(*d));
         }
         if cfg.agent.fix_drift && drifting.contains(&true) {
-            self.fix_drift(env, &drifting, &on_disk);
+            self.fix_drift(env, &drifting, &on_disk, &site_probers);
         }
     }
 
-    fn fix_drift(&self, env: &Env<'_>, drifting: &[bool], on_disk: &[Option<String>]) {
+    /// `probers`: each site's, as in [`Agent::drift`].
+    fn fix_drift(
+        &self,
+        env: &Env<'_>,
+        drifting: &[bool],
+        on_disk: &[Option<String>],
+        probers: &[Prober],
+    ) {
         let _lock = match env.store.lock() {
             Ok(l) => l,
             Err(e) => {
@@ -746,11 +768,19 @@ impl Agent {
             "fix_drift: reloaded {} to serve the certificates on disk",
             env.server.name()
         );
-        for ((site, d), sha) in env.config.sites.iter().zip(drifting).zip(on_disk) {
+        for (((site, d), sha), prober) in env
+            .config
+            .sites
+            .iter()
+            .zip(drifting)
+            .zip(on_disk)
+            .zip(probers)
+        {
             let (true, Some(sha)) = (*d, sha) else {
                 continue;
             };
-            let w = install::wait_served(env, &site.endpoints, sha, false);
+            let env = Env { prober, ..*env };
+            let w = install::wait_served(&env, &site.endpoints, sha, false);
             match w.failure {
                 None => {
                     tracing::info!(site = %site.name, "drift fixed: the certificate on disk is served");

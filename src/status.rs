@@ -294,21 +294,32 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
     // 1. Disk: one read per file into one reused buffer.
     let now = OffsetDateTime::now_utc();
     let mut buf = Vec::new();
+    let mut families = Vec::with_capacity(cfg.sites.len());
     let mut sites: Vec<SiteStatus> = cfg
         .sites
         .iter()
-        .map(|site| site_from_disk(site, read_leaf(&site.cert, &mut buf), now))
+        .map(|site| {
+            let leaf = read_leaf(&site.cert, &mut buf);
+            families.push(site.probe_family(leaf.as_ref().ok()));
+            site_from_disk(site, leaf, now)
+        })
         .collect();
 
-    // 2. Probe: every endpoint of every site in one go, results in order.
+    // 2. Probe: every endpoint of every site in one go, results in order,
+    //    each site with the key type of its cert on disk.
     if let Some(prober) = prober {
-        let targets: Vec<Target> = cfg
+        let probers = probe::Probers::new(&prober)?;
+        let jobs: Vec<(Prober, Target)> = cfg
             .sites
             .iter()
-            .flat_map(|s| s.endpoints.iter().cloned())
+            .zip(&families)
+            .flat_map(|(s, family)| {
+                let prober = probers.of(*family);
+                s.endpoints.iter().map(|t| (prober.clone(), t.clone()))
+            })
             .collect();
-        let results = probe::block_on(probe::probe_many(&prober, &targets, PROBE_CONCURRENCY));
-        let mut results = targets.into_iter().zip(results);
+        let results = probe::block_on(probe::probe_each(&jobs, PROBE_CONCURRENCY));
+        let mut results = jobs.into_iter().map(|(_, t)| t).zip(results);
         for (status, site) in sites.iter_mut().zip(&cfg.sites) {
             status.served = results
                 .by_ref()

@@ -5,65 +5,18 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::pki::{self, Leaf};
 use support::world::{ALIAS, SITE, Server, World, path, text};
+use support::{ECDSA_SUITE, RSA_SUITE};
 
-/// A 2048-bit RSA key (PKCS#8 PEM) from the openssl CLI: ring cannot
-/// generate RSA keys.
-fn rsa_key(dir: &Path, name: &str) -> String {
-    let p = dir.join(format!("{name}.rsa.key"));
-    let out = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&p)
-        .output()
-        .expect("openssl genpkey");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(&p).expect("read key")
-}
-
-/// SHA-256 of the leaf served over TLS 1.2 with only `cipher` (an RSA or
-/// an ECDSA suite), as openssl sees it.
+/// SHA-256 of the leaf of SITE served with only `cipher` (an RSA or an
+/// ECDSA suite), as openssl sees it.
 fn served_with(port: u16, cipher: &str) -> String {
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &format!("127.0.0.1:{port}"),
-            "-servername",
-            SITE,
-            "-tls1_2",
-            "-cipher",
-            cipher,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl s_client");
-    let text = String::from_utf8_lossy(&out.stdout);
-    pki::pem_sha256(&text).unwrap_or_else(|| {
-        panic!(
-            "no certificate with {cipher}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    support::served_sha256_with_cipher(port, SITE, cipher)
+        .unwrap_or_else(|e| panic!("no certificate with {cipher}: {e}"))
 }
-
-const RSA_SUITE: &str = "ECDHE-RSA-AES128-GCM-SHA256";
-const ECDSA_SUITE: &str = "ECDHE-ECDSA-AES128-GCM-SHA256";
 
 struct Dual {
     w: World,
@@ -73,7 +26,7 @@ struct Dual {
 fn dual() -> Dual {
     let w = World::nginx();
     let ssl = w.dir.path().join("ssl");
-    let key = rsa_key(&ssl, "old");
+    let key = pki::rsa_key_pem(&ssl, "old");
     let rsa_old = w
         .issuer()
         .leaf(&[SITE, ALIAS])
@@ -116,20 +69,47 @@ fn dual() -> Dual {
     Dual { w, rsa_old }
 }
 
+/// [`dual`] with the pairs the other way round in certswap's config: the
+/// RSA pair is the site's `cert`/`key`, the ECDSA one its `[[site.pair]]`
+/// (what discovery writes for a vhost whose RSA lines come first).
+fn dual_rsa_first() -> Dual {
+    let d = dual();
+    let ssl = d.w.dir.path().join("ssl");
+    let cfg = std::fs::read_to_string(&d.w.config).expect("config");
+    let rsa = (ssl.join("shop.rsa.pem"), ssl.join("shop.rsa.key"));
+    let ec = (d.w.cert.clone(), d.w.key.clone());
+    let swapped = cfg
+        .replace(&rsa.0.display().to_string(), "@RSA_CERT@")
+        .replace(&rsa.1.display().to_string(), "@RSA_KEY@")
+        .replace(&ec.0.display().to_string(), &rsa.0.display().to_string())
+        .replace(&ec.1.display().to_string(), &rsa.1.display().to_string())
+        .replace("@RSA_CERT@", &ec.0.display().to_string())
+        .replace("@RSA_KEY@", &ec.1.display().to_string());
+    assert_ne!(swapped, cfg);
+    std::fs::write(&d.w.config, swapped).expect("write config");
+    d
+}
+
+/// A renewal of the RSA pair, with a new RSA key, as a bundle in `w`.
+fn rsa_renewal(w: &World) -> (Leaf, std::path::PathBuf, std::path::PathBuf) {
+    let key = pki::rsa_key_pem(&w.dir.path().join("ssl"), "new");
+    let leaf = w
+        .issuer()
+        .leaf(&[SITE, ALIAS])
+        .days(-1, 385)
+        .key(&key)
+        .build();
+    let (cert, key) = w.bundle("rsa-new", &leaf);
+    (leaf, cert, key)
+}
+
 #[test]
 fn each_key_type_is_installed_and_verified_on_its_own() {
     let Dual { w, rsa_old } = dual();
     let port = w.server.port();
 
     // The RSA renewal replaces the RSA pair only.
-    let key = rsa_key(&w.dir.path().join("ssl"), "new");
-    let rsa_new = w
-        .issuer()
-        .leaf(&[SITE, ALIAS])
-        .days(-1, 385)
-        .key(&key)
-        .build();
-    let (cert, key) = w.bundle("rsa-new", &rsa_new);
+    let (rsa_new, cert, key) = rsa_renewal(&w);
     let out = w.install(&cert, &key, &["--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -197,4 +177,72 @@ fn discover_lists_both_pairs() {
     assert!(toml.contains("[[site.pair]]"), "{toml}");
     assert!(toml.contains("shop.rsa.pem"), "{toml}");
     let _ = path;
+}
+
+#[test]
+fn a_crashed_pair_install_is_repaired_and_proven_with_its_own_key_type() {
+    let Dual { w, rsa_old } = dual();
+    let port = w.server.port();
+    let (rsa_new, cert, key) = rsa_renewal(&w);
+    let crashed = w.install_env(
+        &cert,
+        &key,
+        &[],
+        &[(certswap::failpoint::ENV, "after-reload")],
+    );
+    assert_eq!(crashed.status.code(), None, "{}", text(&crashed));
+    // The reload went out before the crash: the new RSA leaf is live.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while served_with(port, RSA_SUITE) != rsa_new.sha256 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the reload before the crash never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The next install (of the ECDSA pair) first repairs the RSA pair's
+    // open change: old files back, one reload, and the proof that the old
+    // RSA leaf is served again, seen with a probe that asks for RSA.
+    let ec_new = w.renewed();
+    let (cert, key) = w.bundle("ec-new", &ec_new);
+    let out = w.install(&cert, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("was rolled back"), "{}", text(&out));
+    assert!(!stderr.contains("after recovery"), "{}", text(&out));
+    assert_eq!(served_with(port, RSA_SUITE), rsa_old.sha256);
+    assert_eq!(served_with(port, ECDSA_SUITE), ec_new.sha256);
+}
+
+#[test]
+fn status_compares_the_primary_pair_with_what_is_served_for_its_key_type() {
+    for Dual { w, rsa_old } in [dual(), dual_rsa_first()] {
+        let out = w.run(&["status", "--probe", "--json"]);
+        // 1: the certificates expire in 20 days.
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let site = &v["sites"][0];
+        assert_eq!(site["drift"], false, "{site}");
+        let primary = std::fs::read_to_string(&w.config).expect("config");
+        let rsa_first = primary.find("shop.rsa.pem") < primary.find("[[site.pair]]");
+        let expected = if rsa_first {
+            &rsa_old.sha256
+        } else {
+            &w.old.sha256
+        };
+        assert_eq!(site["served"][0]["sha256"], expected.as_str(), "{site}");
+    }
+}
+
+#[test]
+fn the_agent_sees_no_drift_on_a_dual_certificate_site() {
+    let Dual { w, .. } = dual_rsa_first();
+    let mut cfg = std::fs::read_to_string(&w.config).expect("config");
+    cfg.push_str("\n[agent]\ninterval = \"1h\"\nfix_drift = true\n");
+    std::fs::write(&w.config, cfg).expect("write config");
+    let out = w.run(&["run", "--once"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!log.contains("drift"), "{}", text(&out));
 }
