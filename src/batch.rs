@@ -134,8 +134,10 @@ pub fn install_items(
     let pairs: Vec<Option<Result<Site, String>>> = items
         .iter()
         .map(|it| {
-            (!it.site.pairs.is_empty())
-                .then(|| install::pair_site(it.site, install::bundle_family(&it.cert)))
+            (!it.site.pairs.is_empty()).then(|| {
+                install::pair_family(it.site, &it.cert)
+                    .and_then(|family| install::pair_site(it.site, family))
+            })
         })
         .collect();
     let mut outs: Vec<Option<Outcome>> = items.iter().map(|_| None).collect();

@@ -239,20 +239,33 @@ pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError
 /// offers only that key type's signature schemes, so the server has to show
 /// that leaf and not its sibling.
 fn install_pair(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError> {
-    with_pair(env, req.site, bundle_family(req.cert), |env, site| {
+    let family = match pair_family(req.site, req.cert) {
+        Ok(f) => f,
+        Err(why) => {
+            let mut out = Outcome::new(&req.site.name);
+            out.reject(why);
+            return Ok(out);
+        }
+    };
+    with_pair(env, req.site, family, |env, site| {
         install(env, &Request { site, ..*req })
     })
 }
 
-/// The key type of the leaf in the certificate file `cert`, which chooses
-/// the pair of a dual-certificate site. Only a peek: a file that does not
-/// parse gives `Any`, which no pair has, so the site is refused by
-/// [`pair_site`].
-pub fn bundle_family(cert: &Path) -> KeyFamily {
-    bundle::read_certs(cert)
-        .ok()
-        .and_then(|c| c.first().map(|leaf| KeyFamily::of(&leaf.key_kind)))
-        .unwrap_or(KeyFamily::Any)
+/// The key type of the pair of dual-certificate `site` that the bundle's
+/// certificate file `cert` replaces: that of its leaf. Why not, naming the
+/// file, when it cannot be read or its key is neither RSA nor ECDSA.
+pub fn pair_family(site: &Site, cert: &Path) -> Result<KeyFamily, String> {
+    let certs = bundle::read_certs(cert).map_err(|e| e.to_string())?;
+    match certs.first().map(|leaf| KeyFamily::of(&leaf.key_kind)) {
+        Some(KeyFamily::Any) | None => Err(format!(
+            "{}: the certificate's key is neither RSA nor ECDSA, and site {} has one \
+             cert/key pair per key type",
+            cert.display(),
+            site.name
+        )),
+        Some(family) => Ok(family),
+    }
 }
 
 /// Run `f` on the pair of `site` with key type `family`, with a prober

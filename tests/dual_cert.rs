@@ -246,3 +246,53 @@ fn the_agent_sees_no_drift_on_a_dual_certificate_site() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!log.contains("drift"), "{}", text(&out));
 }
+
+#[test]
+fn a_bundle_that_fits_no_pair_is_refused_naming_the_file_and_nothing_changes() {
+    let Dual { w, .. } = dual();
+    let inbox = w.dir.path().join("inbox");
+    std::fs::create_dir(&inbox).expect("mkdir inbox");
+
+    // A truncated certificate, and a whole one with an Ed25519 key.
+    let (_, truncated, rsa_key) = rsa_renewal(&w);
+    let bytes = std::fs::read(&truncated).expect("read");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("truncate");
+    let ed_key = w.dir.path().join("ed.key");
+    let made = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ED25519", "-out"])
+        .arg(&ed_key)
+        .output()
+        .expect("openssl genpkey");
+    assert!(made.status.success(), "{made:?}");
+    let ed_pem = std::fs::read_to_string(&ed_key).expect("read key");
+    let ed = w
+        .issuer()
+        .leaf(&[SITE, ALIAS])
+        .days(-1, 385)
+        .key(&ed_pem)
+        .build();
+    let (ed_cert, ed_key) = w.bundle("ed-new", &ed);
+
+    let before = w.snapshot();
+    for (cert, key, why) in [
+        (&truncated, &rsa_key, ""),
+        (&ed_cert, &ed_key, "neither RSA nor ECDSA"),
+    ] {
+        let out = w.install(cert, key, &[]);
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{shown}");
+        assert!(shown.contains(path(cert)) && shown.contains(why), "{shown}");
+
+        // The same bundle in a batch: that site's rejected row.
+        std::fs::copy(cert, inbox.join(format!("{SITE}.pem"))).expect("copy");
+        std::fs::copy(key, inbox.join(format!("{SITE}.key"))).expect("copy");
+        let out = w.run(&["install", "--batch", path(&inbox), "--json"]);
+        let shown = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{shown}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+        assert_eq!(v["result"], "rejected", "{v}");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(error.contains(".pem") && error.contains(why), "{v}");
+        assert_eq!(w.snapshot(), before, "not one byte changed");
+    }
+}
