@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use support::pki::{self, Leaf};
@@ -91,15 +92,20 @@ fn dual_rsa_first() -> Dual {
 }
 
 /// A renewal of the RSA pair, with a new RSA key, as a bundle in `w`.
-fn rsa_renewal(w: &World) -> (Leaf, std::path::PathBuf, std::path::PathBuf) {
+fn rsa_renewal(w: &World) -> (Leaf, PathBuf, PathBuf) {
     let key = pki::rsa_key_pem(&w.dir.path().join("ssl"), "new");
+    renewal_with_key(w, &key, "rsa-new")
+}
+
+/// A renewal of SITE with the private key `key_pem`, as bundle `name`.
+fn renewal_with_key(w: &World, key_pem: &str, name: &str) -> (Leaf, PathBuf, PathBuf) {
     let leaf = w
         .issuer()
         .leaf(&[SITE, ALIAS])
         .days(-1, 385)
-        .key(&key)
+        .key(key_pem)
         .build();
-    let (cert, key) = w.bundle("rsa-new", &leaf);
+    let (cert, key) = w.bundle(name, &leaf);
     (leaf, cert, key)
 }
 
@@ -257,21 +263,8 @@ fn a_bundle_that_fits_no_pair_is_refused_naming_the_file_and_nothing_changes() {
     let (_, truncated, rsa_key) = rsa_renewal(&w);
     let bytes = std::fs::read(&truncated).expect("read");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("truncate");
-    let ed_key = w.dir.path().join("ed.key");
-    let made = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ED25519", "-out"])
-        .arg(&ed_key)
-        .output()
-        .expect("openssl genpkey");
-    assert!(made.status.success(), "{made:?}");
-    let ed_pem = std::fs::read_to_string(&ed_key).expect("read key");
-    let ed = w
-        .issuer()
-        .leaf(&[SITE, ALIAS])
-        .days(-1, 385)
-        .key(&ed_pem)
-        .build();
-    let (ed_cert, ed_key) = w.bundle("ed-new", &ed);
+    let ed_pem = pki::genpkey(&w.dir.path().join("ed.key"), &["-algorithm", "ED25519"]);
+    let (_, ed_cert, ed_key) = renewal_with_key(&w, &ed_pem, "ed-new");
 
     let before = w.snapshot();
     for (cert, key, why) in [

@@ -277,17 +277,19 @@ pub fn write(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
 /// A new 2048-bit RSA key (PKCS#8 PEM) from the openssl CLI (ring cannot
 /// generate RSA keys), kept as `DIR/NAME.rsa.key`.
 pub fn rsa_key_pem(dir: &Path, name: &str) -> String {
-    let p = dir.join(format!("{name}.rsa.key"));
+    genpkey(
+        &dir.join(format!("{name}.rsa.key")),
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    )
+}
+
+/// A new private key (PKCS#8 PEM) from `openssl genpkey ARGS`, kept at `p`.
+pub fn genpkey(p: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&p)
+        .arg("genpkey")
+        .args(args)
+        .arg("-out")
+        .arg(p)
         .output()
         .expect("openssl genpkey");
     assert!(
@@ -295,7 +297,7 @@ pub fn rsa_key_pem(dir: &Path, name: &str) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    fs::read_to_string(&p).expect("read key")
+    fs::read_to_string(p).expect("read key")
 }
 
 /// Write a private key file with mode 0600 (also when it already existed).
