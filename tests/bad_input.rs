@@ -16,9 +16,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use support::pki::{self, Ca, Leaf};
+use support::pki::{self, Ca, Leaf, openssl};
 use support::world::{ALIAS, Kind, Options, SITE, World, path, text};
 
 /// One refused install: its name, the arguments after `install`, the
@@ -70,19 +70,6 @@ fn write(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap_or_else(|e| panic!("write {p:?}: {e}"));
     p
-}
-
-/// Run `openssl ARGS`; panics with its output when it fails.
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A self-signed RSA leaf for the world's names, valid for `days`, made by

@@ -285,19 +285,24 @@ pub fn rsa_key_pem(dir: &Path, name: &str) -> String {
 
 /// A new private key (PKCS#8 PEM) from `openssl genpkey ARGS`, kept at `p`.
 pub fn genpkey(p: &Path, args: &[&str]) -> String {
+    let mut all: Vec<&std::ffi::OsStr> = vec!["genpkey".as_ref()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    all.extend(["-out".as_ref(), p.as_os_str()]);
+    openssl(&all);
+    fs::read_to_string(p).expect("read key")
+}
+
+/// Run `openssl ARGS`; panics with its output when it fails.
+pub fn openssl<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) {
     let out = std::process::Command::new("openssl")
-        .arg("genpkey")
         .args(args)
-        .arg("-out")
-        .arg(p)
         .output()
-        .expect("openssl genpkey");
+        .expect("run openssl");
     assert!(
         out.status.success(),
-        "{}",
+        "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    fs::read_to_string(p).expect("read key")
 }
 
 /// Write a private key file with mode 0600 (also when it already existed).
