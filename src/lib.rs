@@ -9,6 +9,7 @@
 //! - [`bundle`]    PEM/DER files → [`bundle::Bundle`] { leaf, chain, key }.
 //! - [`validate`]  the rules of pipeline step 2, each a named check.
 //! - [`fsio`]      durable file primitives: create-exclusive, fsync, rename.
+//! - [`owner`]     who may have written a path: owner/mode checks before trust.
 //! - [`store`]     stage / swap / backup versions / journal / recovery.
 //! - [`server`]    the web servers behind one trait: config test and reload.
 //! - [`probe`]     TLS handshake probe, served-chain facts, wait-until-served.
@@ -38,6 +39,7 @@ pub mod fsio;
 pub mod hook;
 pub mod install;
 pub mod metrics;
+pub mod owner;
 pub mod probe;
 pub mod report;
 pub mod server;
