@@ -1155,6 +1155,72 @@ mod tests {
     }
 
     #[test]
+    fn names_are_escaped_for_logs() {
+        assert_eq!(
+            shown(Path::new("/in/a\nERROR x\u{1b}[31m.pem")),
+            "/in/a\\nERROR x\\u{1b}[31m.pem"
+        );
+        assert_eq!(escape("www.exämple.com.pem"), "www.exämple.com.pem");
+    }
+
+    #[test]
+    fn cut_short_pem_der_and_zip_are_told_from_whole_ones() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert_eq!(looks_cut_short(pem), None);
+        assert!(looks_cut_short(&pem[..20]).is_some());
+        assert!(looks_cut_short(&pem[..pem.len() - 8]).is_some());
+        // A second block cut short after a whole first one.
+        let two = [&pem[..], &pem[..30]].concat();
+        assert!(looks_cut_short(&two).is_some());
+        // DER: a SEQUENCE of 0x0200 bytes with only 3 present.
+        assert!(looks_cut_short(&[0x30, 0x82, 0x02, 0x00, 1, 2, 3]).is_some());
+        assert_eq!(looks_cut_short(&[0x30, 0x03, 1, 2, 3]), None);
+        // Garbage is not "still being written": validation says what it is.
+        assert_eq!(looks_cut_short(b"hello"), None);
+
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        w.start_file("a.pem", zip::write::SimpleFileOptions::default())
+            .expect("entry");
+        std::io::Write::write_all(&mut w, b"x").expect("write");
+        let zip = w.finish().expect("finish").into_inner();
+        assert!(end_record(&zip).is_some());
+        assert!(end_record(&zip[..zip.len() - 1]).is_none());
+        assert_eq!(central_names(&zip), Some(vec![b"a.pem".to_vec()]));
+    }
+
+    #[test]
+    fn canonical_lenient_resolves_what_exists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = fs::canonicalize(dir.path()).expect("canonical");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        assert_eq!(canonical_lenient(&link.join("x/y")), real.join("x/y"));
+        assert_eq!(canonical_lenient(&link.join("x/../z")), real.join("z"));
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_stamps_and_nothing_else_is_touched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for n in [
+            "20261103T120501Z",
+            "20261103T120501Z-2",
+            "20261103T120501Z-10",
+            "20251103T120501Z",
+        ] {
+            fs::create_dir(dir.path().join(n)).expect("mkdir");
+        }
+        fs::create_dir(dir.path().join("keep-me")).expect("mkdir");
+        prune(dir.path(), 2);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["20261103T120501Z-10", "20261103T120501Z-2", "keep-me"]);
+    }
+
+    #[test]
     fn dangerous_entry_names_are_caught() {
         for bad in [
             "../x.pem",
