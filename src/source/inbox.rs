@@ -432,9 +432,12 @@ pub fn scan(src: &InboxSource, cfg: &Config, work: &WorkDir, now: SystemTime) ->
 
     // 3. the inbox as a whole must be quiet for `debounce`: files dropped
     //    together settle together and are installed as one batch.
+    //    Another user's files do not count: touching one must not hold
+    //    the inbox back.
     let newest = loose
-        .values()
-        .filter_map(|g| g.changed)
+        .iter()
+        .filter(|(stem, _)| !tainted.contains_key(*stem))
+        .filter_map(|(_, g)| g.changed)
         .chain(zips.iter().map(|(_, c)| *c))
         .max();
     if let Some(newest) = newest
@@ -1217,7 +1220,10 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, vec!["20261103T120501Z-10", "20261103T120501Z-2", "keep-me"]);
+        assert_eq!(
+            left,
+            vec!["20261103T120501Z-10", "20261103T120501Z-2", "keep-me"]
+        );
     }
 
     #[test]
