@@ -77,7 +77,7 @@ pub enum InboxError {
     /// The inbox is (or holds) a directory the server reads certificates
     /// from: processing it would move the live files away.
     #[error(
-        "inbox source {source_name}: the inbox {inbox} {relation} {dir}, where {what} lives; an inbox must be a directory of its own, or certswap would move the live files out from under the server (choose another path)"
+        "inbox source {source_name}: the inbox {inbox} {relation} {dir} ({what}); an inbox must be a directory of its own, or certswap would move the live files out from under the server (choose another path)"
     )]
     Overlaps {
         source_name: String,
@@ -142,7 +142,10 @@ fn configured_targets(cfg: &Config) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
     for site in &cfg.sites {
         let mut add = |p: &Path, role: &str| {
-            out.push((p.to_path_buf(), format!("the {role} of site {}", site.name)));
+            out.push((
+                p.to_path_buf(),
+                format!("which holds the {role} of site {}", site.name),
+            ));
         };
         add(&site.cert, "certificate");
         add(&site.key, "key");
@@ -188,7 +191,7 @@ pub fn check_placement(cfg: &Config) -> Result<(), InboxError> {
     for managed in ["live", "archive"] {
         dirs.push((
             canonical_lenient(&cfg.state_dir.join(managed)),
-            format!("the state dir's managed `{managed}/` directory"),
+            format!("the state dir's managed `{managed}/` versions"),
             true,
         ));
     }
@@ -462,21 +465,22 @@ pub fn scan(src: &InboxSource, cfg: &Config, work: &WorkDir, now: SystemTime) ->
 
     // 3–5. loose groups.
     for (stem, g) in &loose {
-        let files = g.files();
-        let secret = files
+        let mut found = Found {
+            label: escape(stem),
+            files: g.files(),
+            secret: Vec::new(),
+        };
+        if let Some(why) = tainted.get(stem) {
+            // Not even opened: another user's file is not read as root.
+            out.left.push((found, why.clone()));
+            continue;
+        }
+        found.secret = found
+            .files
             .iter()
             .filter(|f| g.key.contains(f) || file_holds_key(f))
             .cloned()
             .collect();
-        let found = Found {
-            label: escape(stem),
-            files,
-            secret,
-        };
-        if let Some(why) = tainted.get(stem) {
-            out.left.push((found, why.clone()));
-            continue;
-        }
         let changed = g.changed.unwrap_or(now);
         if g.cert.is_empty() {
             // A key or chain alone: its certificate is still to come.
