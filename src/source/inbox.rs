@@ -1231,6 +1231,42 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_target_is_never_read_or_moved_by_an_inbox_pass() {
+        // check_placement refuses such an inbox at start; this is the
+        // second line, for a config that changed under a running agent.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ssl = dir.path().join("ssl");
+        fs::create_dir(&ssl).expect("mkdir");
+        let cert = ssl.join("a.test.pem");
+        fs::write(&cert, "live bytes").expect("write");
+        let text = format!(
+            "state_dir = {:?}\n[server]\nkind = \"nginx\"\n[[site]]\nname = \"a.test\"\ncert = {:?}\nkey = {:?}\nendpoints = [\"127.0.0.1:443\"]\n[[source]]\nkind = \"inbox\"\npath = {:?}\n",
+            dir.path().join("state"),
+            cert,
+            ssl.join("a.test.key"),
+            ssl
+        );
+        let cfg = Config::parse(&text, Path::new("/x.toml")).expect("config");
+        let e = check_placement(&cfg).expect_err("the inbox is the cert dir");
+        assert!(e.to_string().contains(" is "), "{e}");
+        let crate::config::SourceConfig::Inbox(src) = &cfg.sources[0] else {
+            panic!("inbox source");
+        };
+        let work = WorkDir::create(&dir.path().join("state")).expect("work");
+        let past = SystemTime::now() + Duration::from_secs(3600);
+        let scan = scan(src, &cfg, &work, past).expect("scan");
+        assert!(scan.ready.is_empty() && scan.refused.is_empty());
+        assert_eq!(scan.left.len(), 1, "{:?}", scan.left);
+        let found = Found {
+            label: "a.test".into(),
+            files: vec![cert.clone()],
+            secret: vec![cert.clone()],
+        };
+        finish(src, &cfg, &found, None).expect("finish");
+        assert_eq!(fs::read(&cert).expect("still there"), b"live bytes");
+    }
+
+    #[test]
     fn dangerous_entry_names_are_caught() {
         for bad in [
             "../x.pem",
