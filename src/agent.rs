@@ -64,6 +64,8 @@ pub enum AgentError {
     },
     #[error("a pass of the agent crashed: {0}")]
     Crashed(String),
+    #[error("{0}")]
+    Inbox(#[from] inbox::InboxError),
 }
 
 /// Options of `certswap run` that are not config.
@@ -131,6 +133,9 @@ fn run_inner(config_path: &Path, opts: RunOptions) -> Result<(), AgentError> {
     // One provider for rustls and reqwest, before any client is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = Config::load(config_path)?;
+    // An inbox that is the server's certificate directory would have its
+    // live files moved away: refused before anything runs.
+    inbox::check_placement(&cfg)?;
     Store::open(&cfg.state_dir)?;
     WorkDir::clean_stale(&cfg.state_dir);
     let agent = Agent::new(config_path, cfg);
@@ -213,7 +218,13 @@ impl Agent {
 
     /// SIGHUP: re-read the config; a broken file keeps the old config.
     fn reload(&mut self) {
-        match Config::load(&self.config_path) {
+        let loaded = Config::load(&self.config_path).map_err(|e| e.to_string());
+        let checked = loaded.and_then(|cfg| {
+            inbox::check_placement(&cfg)
+                .map(|()| cfg)
+                .map_err(|e| e.to_string())
+        });
+        match checked {
             Ok(cfg) => {
                 if cfg.agent.metrics_listen != self.cfg.agent.metrics_listen {
                     tracing::warn!(
@@ -352,6 +363,12 @@ impl Agent {
             self.metrics.source_error(&i.name);
             return None;
         }
+        // Only root may be able to put files here (docs/reliability.md).
+        if let Err(e) = inbox::check_dirs(i) {
+            tracing::error!(source = %i.name, "{e}");
+            self.metrics.source_error(&i.name);
+            return None;
+        }
         let scan = match inbox::scan(i, cfg, work, SystemTime::now()) {
             Ok(s) => s,
             Err(e) => {
@@ -364,7 +381,14 @@ impl Agent {
         for (found, why) in scan.refused {
             tracing::warn!(source = %i.name, bundle = %found.label, "refused: {why}");
             self.metrics.source_error(&i.name);
-            quarantine(i, &found, &why);
+            quarantine(i, cfg, &found, &why);
+        }
+        for (found, why) in scan.left {
+            tracing::warn!(source = %i.name, bundle = %found.label, "not installed and left where it is: {why}");
+            self.metrics.source_error(&i.name);
+        }
+        for (found, why) in scan.waiting {
+            tracing::info!(source = %i.name, bundle = %found.label, "waiting: {why} (write to a dot-file and rename it into the inbox)");
         }
         for (found, candidate) in scan.ready {
             tracing::info!(source = %i.name, bundle = %found.label, site = %candidate.site, "bundle ready");
@@ -609,9 +633,18 @@ impl Agent {
             ),
         });
         match &p.origin {
+            Origin::Inbox { found, .. }
+                if out.is_some_and(environment_failure) && failure.is_some() =>
+            {
+                tracing::warn!(
+                    bundle = %found.label,
+                    "left in the inbox to be retried on a later pass: the environment, not the bundle, failed: {}",
+                    failure.as_deref().unwrap_or_default()
+                );
+            }
             Origin::Inbox { source, found } => match &failure {
-                Some(why) => quarantine(source, found, why),
-                None => match inbox::finish(source, found, None) {
+                Some(why) => quarantine(source, &self.cfg, found, why),
+                None => match inbox::finish(source, &self.cfg, found, None) {
                     Ok(dir) => tracing::info!(bundle = %found.label, "moved to {}", dir.display()),
                     Err(e) => {
                         tracing::error!(bundle = %found.label, "cannot move the bundle to done/: {e}")
@@ -841,8 +874,27 @@ fn unsettled(todo: &[Pending]) {
     }
 }
 
-fn quarantine(source: &InboxSource, found: &Found, why: &str) {
-    match inbox::finish(source, found, Some(why)) {
+/// An install that failed because of the host, not the bundle: a config
+/// test or reload that failed, a disk error before the swap, an endpoint
+/// that did not answer, a certificate not valid *yet* (the clock). Such an
+/// inbox bundle stays where it is and is tried again (invariant 10).
+// A private stand-in until the outcome carries its own classification
+// (h2's retryable-vs-verdict on Outcome): replace it with that on merge.
+fn environment_failure(out: &Outcome) -> bool {
+    let why = out.error.as_deref().unwrap_or_default();
+    match out.result {
+        // Rolled back before any handshake with the new files (config
+        // test, swap, reload), or at the commit: the bundle was not judged.
+        ResultKind::RolledBack => out.timings_ms.probe == 0 || why.contains("the commit failed"),
+        ResultKind::Rejected => {
+            why.starts_with("before changing anything:") || why.contains("is not valid yet")
+        }
+        _ => false,
+    }
+}
+
+fn quarantine(source: &InboxSource, cfg: &Config, found: &Found, why: &str) {
+    match inbox::finish(source, cfg, found, Some(why)) {
         Ok(dir) => {
             tracing::warn!(bundle = %found.label, "moved to {} with its reason", dir.display())
         }
@@ -979,18 +1031,61 @@ async fn run_pass(
     }
 }
 
+/// The inbox watches, and which directory each inbox path was when it was
+/// watched: an inbox replaced by `mv inbox old && mkdir inbox` keeps its
+/// path but is another directory, which inotify does not follow.
+struct InboxWatch {
+    _watchers: Vec<notify::RecommendedWatcher>,
+    /// (inbox path, (dev, ino) when watched).
+    dirs: Vec<(PathBuf, Option<(u64, u64)>)>,
+}
+
+fn dir_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+impl InboxWatch {
+    /// After each pass: an inbox path that is now another directory (or
+    /// was gone and is back) is watched again, with a warning, and looked
+    /// at at once for what was dropped into it in the meantime.
+    fn refresh(&mut self, cfg: &Config, wake: &Arc<Notify>) {
+        let replaced: Vec<&PathBuf> = self
+            .dirs
+            .iter()
+            .filter(|(p, id)| dir_identity(p) != *id)
+            .map(|(p, _)| p)
+            .collect();
+        if replaced.is_empty() {
+            return;
+        }
+        for p in replaced {
+            tracing::warn!(
+                "the inbox {} was replaced by another directory (or removed); watching the directory now at that path",
+                inbox::shown(p)
+            );
+        }
+        *self = watch_inboxes(cfg, wake);
+        wake.notify_one();
+    }
+}
+
 /// Watch every inbox; an event wakes `wake`. Failures are logged: the
 /// interval rescan still finds the files.
-fn watch_inboxes(cfg: &Config, wake: &Arc<Notify>) -> Vec<notify::RecommendedWatcher> {
+fn watch_inboxes(cfg: &Config, wake: &Arc<Notify>) -> InboxWatch {
     use notify::Watcher;
     use notify::event::{AccessKind, AccessMode, EventKind};
     let mut out = Vec::new();
+    let mut dirs = Vec::new();
     for s in &cfg.sources {
         let SourceConfig::Inbox(i) = s else { continue };
         if let Err(e) = src::mkdir_private_all(&i.path) {
             tracing::error!(source = %i.name, "cannot create the inbox {}: {e}", i.path.display());
             continue;
         }
+        dirs.push((i.path.clone(), dir_identity(&i.path)));
         let wake = wake.clone();
         let handler = move |res: notify::Result<notify::Event>| {
             let Ok(ev) = res else {
@@ -1029,7 +1124,10 @@ fn watch_inboxes(cfg: &Config, wake: &Arc<Notify>) -> Vec<notify::RecommendedWat
             ),
         }
     }
-    out
+    InboxWatch {
+        _watchers: out,
+        dirs,
+    }
 }
 
 async fn main_loop(agent: Agent, once: bool) -> Result<(), AgentError> {
@@ -1097,6 +1195,7 @@ async fn main_loop(agent: Agent, once: bool) -> Result<(), AgentError> {
         inbox_at = None;
         let (a, report, stopping, reload) = run_pass(agent, kind, &stop, &mut signals).await?;
         agent = a;
+        watchers.refresh(&agent.cfg, &wake);
         if let Some(t) = report.inbox_recheck {
             let t = instant_of(t);
             inbox_at = Some(inbox_at.map_or(t, |i| i.min(t)));

@@ -60,7 +60,8 @@ fn inbox_pair_is_installed_verified_and_moved_to_done() {
 
     let done = w.stamps("done");
     assert_eq!(done.len(), 1, "{done:?}");
-    assert_eq!(names_in(&done[0]), vec!["a.test.key", "a.test.pem"]);
+    // The installed key is not kept in done/ (issue 16): removed.txt says so.
+    assert_eq!(names_in(&done[0]), vec!["a.test.pem", "removed.txt"]);
     assert_eq!(w.inbox_files(), vec![".c.test.pem", "b.test.pem.tmp"]);
     assert!(w.inbox.join(".c.test.pem").exists());
     assert!(w.stamps("failed").is_empty());
