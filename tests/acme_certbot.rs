@@ -7,9 +7,10 @@
 //! One pebble serves the whole file (it starts in about a second, but each
 //! certbot run against it takes seconds too).
 
+mod agent_util;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -89,7 +90,144 @@ fn certbot_certonly_and_forced_renewal_are_installed_by_the_deploy_hook() {
     assert!(w.pair_matches());
 }
 
-#[allow(dead_code)]
-fn unused(_: PathBuf, _: &dyn Fn(&Path) -> String) {
-    let _ = acmesh_from_lineage;
+/// Append a `[[source]]` (and more TOML) to the world's config.
+fn add_to_config(w: &World, toml: &str) {
+    let mut text = std::fs::read_to_string(&w.config).expect("read config");
+    text.push_str(toml);
+    std::fs::write(&w.config, text).expect("write config");
+}
+
+fn source_toml(kind: &str, dir: &Path) -> String {
+    format!(
+        "\n[[source]]\nkind = \"{kind}\"\npath = {}\n",
+        support::toml_path(dir)
+    )
+}
+
+fn status_json(w: &World) -> serde_json::Value {
+    let o = w.run(&["status", "--json"]);
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {}", text(&o)))
+}
+
+#[test]
+fn a_renewal_whose_deploy_hook_failed_shows_as_waiting_and_the_agent_installs_it() {
+    let w = world();
+    let cb = certbot();
+    let env = hook_env(&w);
+    let hook = deploy_hook_command();
+    let o = cb.certonly(&[SITE, ALIAS], &["--deploy-hook", &hook], &env);
+    assert!(o.status.success(), "certonly: {}", out(&o));
+    let first = leaf_of(&cb.live(SITE).join("fullchain.pem"));
+    assert_served(&w, &first);
+
+    // The server's config breaks (someone else's edit) during the renewal:
+    // the hook's install fails, certbot still says all renewals succeeded.
+    let conf = w.server.conf_path();
+    let good = std::fs::read_to_string(&conf).expect("read nginx.conf");
+    w.server
+        .set_config(&format!("{good}\nthis_directive_breaks_the_config;\n"));
+    let o = cb.renew(&[], &env);
+    assert!(o.status.success(), "certbot exits 0 after a failed hook: {}", out(&o));
+    let second = leaf_of(&cb.live(SITE).join("fullchain.pem"));
+    assert_ne!(second, first);
+    assert_eq!(
+        support::served_sha256(w.server.port(), SITE).expect("s_client"),
+        first,
+        "the failed install left the old certificate served"
+    );
+
+    // status knows from the hook's record where the renewal waits, and why.
+    let o = w.run(&["status"]);
+    let shown = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{shown}");
+    assert!(shown.contains("waiting"), "{shown}");
+    assert!(shown.contains(&format!("certbot live/{SITE}")), "{shown}");
+    assert!(shown.contains("the deploy hook failed at"), "{shown}");
+    let j = status_json(&w);
+    let waiting = &j["sites"][0]["waiting"];
+    assert_eq!(waiting["sha256"], second.as_str(), "{j}");
+    let reason = waiting["last_failure"]["reason"].as_str().unwrap_or_default();
+    assert!(!reason.is_empty(), "{j}");
+    assert_eq!(waiting["last_failure"]["sha256"], second.as_str(), "{j}");
+
+    // The agent with the certbot store as a source: while the config is
+    // still broken its install fails too, and the metric says waiting.
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    add_to_config(
+        &w,
+        &format!(
+            "{}\n[agent]\nmetrics_listen = \"{metrics}\"\n",
+            source_toml("certbot", &cb.config_dir())
+        ),
+    );
+    let log = w.dir.path().join("agent.log");
+    let daemon = agent_util::Daemon::spawn(&w.config, &log);
+    let want = format!("certswap_renewal_waiting{{site=\"{SITE}\"}} 1");
+    let mut seen = String::new();
+    for _ in 0..200 {
+        seen = agent_util::scrape(&metrics).unwrap_or_default();
+        if seen.contains(&want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen.contains(&want), "{seen}\nagent log:\n{}", daemon.log());
+    drop(daemon);
+    assert_eq!(
+        support::served_sha256(w.server.port(), SITE).expect("s_client"),
+        first
+    );
+
+    // Config fixed: the next pass installs what certbot renewed.
+    w.server.set_config(&good);
+    let o = w.run(&["run", "--once"]);
+    assert!(o.status.success(), "run --once: {}", text(&o));
+    assert_served(&w, &second);
+    assert_eq!(leaf_of(&w.cert), second);
+    assert!(w.pair_matches());
+    let o = w.run(&["status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(status_json(&w)["sites"][0]["waiting"], serde_json::Value::Null);
+    assert!(
+        !w.dir.path().join("state/hook").join(format!("{SITE}.json")).exists(),
+        "the installed renewal settles the hook's failure record"
+    );
+}
+
+#[test]
+fn an_acme_sh_domain_dir_is_installed_by_the_agent_and_an_installed_one_costs_no_reload() {
+    let w = world();
+    let cb = certbot();
+    // No hook: certbot only issues; the files become an acme.sh domain dir.
+    let o = cb.certonly(&[SITE, ALIAS], &[], &[]);
+    assert!(o.status.success(), "certonly: {}", out(&o));
+    let home = w.dir.path().join("acme.sh");
+    acmesh_from_lineage(&cb.live(SITE), &home, SITE);
+    let issued = leaf_of(&cb.live(SITE).join("fullchain.pem"));
+    assert_eq!(support::served_sha256(w.server.port(), SITE).expect("s_client"), w.old.sha256);
+    add_to_config(&w, &source_toml("acme.sh", &home));
+
+    let o = w.run(&["status"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains(&format!("acme.sh {SITE}")), "{}", text(&o));
+
+    let o = w.run(&["run", "--once"]);
+    assert!(o.status.success(), "run --once: {}", text(&o));
+    assert_served(&w, &issued);
+    assert!(w.pair_matches());
+
+    // Installed already: the next pass reads it and changes nothing.
+    let workers = w.server.worker_pids();
+    let before = w.snapshot();
+    let o = w.run(&["run", "--once"]);
+    assert!(o.status.success(), "run --once: {}", text(&o));
+    assert_eq!(w.server.worker_pids(), workers, "no reload: {}", text(&o));
+    let after = w.snapshot();
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(p, h)| before.get(*p) != Some(h) && !p.starts_with(w.dir.path().join("state/agent")))
+        .collect();
+    assert!(changed.is_empty(), "{changed:?}");
+    let o = w.run(&["status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
