@@ -392,13 +392,7 @@ impl Agent {
     /// Read one certbot/acme.sh store: every site whose lineage holds a
     /// newer certificate than the installed one gets it in `pending` (a
     /// lineage already installed costs no install).
-    fn read_acme(
-        &self,
-        a: &AcmeSource,
-        cfg: &Config,
-        work: &WorkDir,
-        pending: &mut Vec<Pending>,
-    ) {
+    fn read_acme(&self, a: &AcmeSource, cfg: &Config, work: &WorkDir, pending: &mut Vec<Pending>) {
         let list = match acme::scan(a) {
             Ok(l) => l,
             Err(e) => {
@@ -424,7 +418,10 @@ impl Agent {
         }
         for n in acme::newer_for_sites(cfg, &lineages) {
             let sha = n.lineage.leaf.sha256.clone();
-            if self.acme_refused.contains(&(n.site.name.clone(), sha.clone())) {
+            if self
+                .acme_refused
+                .contains(&(n.site.name.clone(), sha.clone()))
+            {
                 continue;
             }
             match acme::candidate(&n, work) {
@@ -917,7 +914,9 @@ enum Origin {
         cert_sha256: String,
     },
     /// A certbot lineage / acme.sh domain dir.
-    Acme { cert_sha256: String },
+    Acme {
+        cert_sha256: String,
+    },
 }
 
 /// One fetch of one manifest in this pass.
@@ -1172,9 +1171,9 @@ fn watch_acme_stores(cfg: &Config, wake: &Arc<Notify>) -> Vec<notify::Recommende
             // acme.sh's home also holds its log and account files.
             let ours = |p: &PathBuf| match client {
                 crate::hook::Client::Certbot => true,
-                crate::hook::Client::AcmeSh => p
-                    .extension()
-                    .is_some_and(|e| e == "cer" || e == "key"),
+                crate::hook::Client::AcmeSh => {
+                    p.extension().is_some_and(|e| e == "cer" || e == "key")
+                }
             };
             if ev.paths.is_empty() || ev.paths.iter().any(ours) {
                 wake.notify_one();

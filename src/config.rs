@@ -894,6 +894,50 @@ endpoints = ["127.0.0.1:443", "alt.example.com@127.0.0.1:8443"]
     }
 
     #[test]
+    fn certbot_and_acme_sh_sources_default_to_the_clients_own_dirs() {
+        let c = parse(&format!(
+            "{MIN}\n[[source]]\nkind = \"certbot\"\n[[source]]\nkind = \"acme.sh\"\n\
+             [[source]]\nkind = \"certbot\"\npath = \"/srv/le\"\nname = \"le2\"\n"
+        ))
+        .expect("valid");
+        let got: Vec<(String, crate::hook::Client, PathBuf)> = c
+            .sources
+            .iter()
+            .map(|s| match s {
+                SourceConfig::Acme(a) => (a.name.clone(), a.client, a.path.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        use crate::hook::Client::{AcmeSh, Certbot};
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "certbot:/etc/letsencrypt".into(),
+                    Certbot,
+                    "/etc/letsencrypt".into()
+                ),
+                (
+                    "acme.sh:/root/.acme.sh".into(),
+                    AcmeSh,
+                    "/root/.acme.sh".into()
+                ),
+                ("le2".into(), Certbot, "/srv/le".into()),
+            ]
+        );
+        let e = parse(&format!(
+            "{MIN}\n[[source]]\nkind = \"acme.sh\"\nurl = \"https://x/m\"\n"
+        ))
+        .expect_err("url on acme.sh");
+        assert!(e.to_string().contains("source[0].url"), "{e}");
+        let e = parse(&format!(
+            "{MIN}\n[[source]]\nkind = \"certbot\"\npath = \"le\"\n"
+        ))
+        .expect_err("relative");
+        assert!(e.to_string().contains("absolute"), "{e}");
+    }
+
+    #[test]
     fn plain_http_source_is_refused_unless_allowed() {
         let src = "\n[[source]]\nkind = \"http\"\nurl = \"http://127.0.0.1:1/m.json\"\n";
         let e = parse(&format!("{MIN}{src}")).expect_err("http");

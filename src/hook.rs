@@ -255,7 +255,12 @@ fn failure_path(state_dir: &std::path::Path, site: &str) -> PathBuf {
 
 /// The recorded failure of `site`, if any (unreadable = none).
 pub fn read_failure(state_dir: &std::path::Path, site: &str) -> Option<HookFailure> {
-    let bytes = crate::owner::read_trusted("hook failure record", &failure_path(state_dir, site), 64 * 1024).ok()?;
+    let bytes = crate::owner::read_trusted(
+        "hook failure record",
+        &failure_path(state_dir, site),
+        64 * 1024,
+    )
+    .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

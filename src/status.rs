@@ -653,7 +653,10 @@ fn problem_lines(s: &SiteStatus, out: &mut String) {
         );
         let _ = match &w.failure {
             Some(f) => writeln!(out, "; the deploy hook failed at {}: {}", f.at, f.reason),
-            None => writeln!(out, "; the agent installs it on its next pass when the store is a [[source]]"),
+            None => writeln!(
+                out,
+                "; the agent installs it on its next pass when the store is a [[source]]"
+            ),
         };
     }
     for e in &s.served {
@@ -795,6 +798,7 @@ mod tests {
             installed,
             served: Vec::new(),
             drift: None,
+            waiting: None,
         }
     }
 

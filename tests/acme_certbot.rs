@@ -127,7 +127,11 @@ fn a_renewal_whose_deploy_hook_failed_shows_as_waiting_and_the_agent_installs_it
     w.server
         .set_config(&format!("{good}\nthis_directive_breaks_the_config;\n"));
     let o = cb.renew(&[], &env);
-    assert!(o.status.success(), "certbot exits 0 after a failed hook: {}", out(&o));
+    assert!(
+        o.status.success(),
+        "certbot exits 0 after a failed hook: {}",
+        out(&o)
+    );
     let second = leaf_of(&cb.live(SITE).join("fullchain.pem"));
     assert_ne!(second, first);
     assert_eq!(
@@ -146,7 +150,9 @@ fn a_renewal_whose_deploy_hook_failed_shows_as_waiting_and_the_agent_installs_it
     let j = status_json(&w);
     let waiting = &j["sites"][0]["waiting"];
     assert_eq!(waiting["sha256"], second.as_str(), "{j}");
-    let reason = waiting["last_failure"]["reason"].as_str().unwrap_or_default();
+    let reason = waiting["last_failure"]["reason"]
+        .as_str()
+        .unwrap_or_default();
     assert!(!reason.is_empty(), "{j}");
     assert_eq!(waiting["last_failure"]["sha256"], second.as_str(), "{j}");
 
@@ -187,9 +193,16 @@ fn a_renewal_whose_deploy_hook_failed_shows_as_waiting_and_the_agent_installs_it
     assert!(w.pair_matches());
     let o = w.run(&["status"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_eq!(status_json(&w)["sites"][0]["waiting"], serde_json::Value::Null);
+    assert_eq!(
+        status_json(&w)["sites"][0]["waiting"],
+        serde_json::Value::Null
+    );
     assert!(
-        !w.dir.path().join("state/hook").join(format!("{SITE}.json")).exists(),
+        !w.dir
+            .path()
+            .join("state/hook")
+            .join(format!("{SITE}.json"))
+            .exists(),
         "the installed renewal settles the hook's failure record"
     );
 }
@@ -204,12 +217,19 @@ fn an_acme_sh_domain_dir_is_installed_by_the_agent_and_an_installed_one_costs_no
     let home = w.dir.path().join("acme.sh");
     acmesh_from_lineage(&cb.live(SITE), &home, SITE);
     let issued = leaf_of(&cb.live(SITE).join("fullchain.pem"));
-    assert_eq!(support::served_sha256(w.server.port(), SITE).expect("s_client"), w.old.sha256);
+    assert_eq!(
+        support::served_sha256(w.server.port(), SITE).expect("s_client"),
+        w.old.sha256
+    );
     add_to_config(&w, &source_toml("acme.sh", &home));
 
     let o = w.run(&["status"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains(&format!("acme.sh {SITE}")), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("acme.sh {SITE}")),
+        "{}",
+        text(&o)
+    );
 
     let o = w.run(&["run", "--once"]);
     assert!(o.status.success(), "run --once: {}", text(&o));
@@ -225,9 +245,92 @@ fn an_acme_sh_domain_dir_is_installed_by_the_agent_and_an_installed_one_costs_no
     let after = w.snapshot();
     let changed: Vec<_> = after
         .iter()
-        .filter(|(p, h)| before.get(*p) != Some(h) && !p.starts_with(w.dir.path().join("state/agent")))
+        .filter(|(p, h)| {
+            before.get(*p) != Some(h) && !p.starts_with(w.dir.path().join("state/agent"))
+        })
         .collect();
     assert!(changed.is_empty(), "{changed:?}");
     let o = w.run(&["status"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+/// Every file under the world's cert and state dirs except the agent's
+/// own scratch space (`state/agent`).
+fn files_outside_agent_dir(w: &World) -> std::collections::BTreeMap<std::path::PathBuf, String> {
+    let scratch = w.dir.path().join("state/agent");
+    let mut all = w.snapshot();
+    all.retain(|p, _| !p.starts_with(&scratch));
+    all
+}
+
+#[test]
+fn a_lineage_with_a_key_others_can_read_or_a_link_out_of_its_archive_is_not_installed() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = world();
+    let cb = certbot();
+    let o = cb.certonly(&[SITE, ALIAS], &[], &[]);
+    assert!(o.status.success(), "certonly: {}", out(&o));
+    add_to_config(&w, &source_toml("certbot", &cb.config_dir()));
+    let live = cb.live(SITE);
+    let key = std::fs::canonicalize(live.join("privkey.pem")).expect("privkey target");
+    let before = files_outside_agent_dir(&w);
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let o = w.run(&["run", "--once"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("readable by everyone"), "{}", text(&o));
+    assert!(text(&o).contains(path(&key)), "{}", text(&o));
+    assert_eq!(files_outside_agent_dir(&w), before, "not one byte changed");
+    assert_eq!(w.served(), w.old.sha256);
+
+    // The key is private again, but fullchain.pem now points outside the
+    // lineage's archive (a copy of the same bytes elsewhere).
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let elsewhere = cb.dir.path().join("elsewhere.pem");
+    std::fs::copy(live.join("fullchain.pem"), &elsewhere).expect("copy");
+    std::fs::remove_file(live.join("fullchain.pem")).expect("rm link");
+    std::os::unix::fs::symlink(&elsewhere, live.join("fullchain.pem")).expect("symlink");
+    let o = w.run(&["run", "--once"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("outside the lineage's archive"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(files_outside_agent_dir(&w), before, "not one byte changed");
+    assert_eq!(w.served(), w.old.sha256);
+}
+
+#[test]
+fn the_agent_watching_a_certbot_store_installs_a_renewal_that_ran_without_any_hook() {
+    let w = world();
+    let cb = certbot();
+    let o = cb.certonly(&[SITE, ALIAS], &[], &[]);
+    assert!(o.status.success(), "certonly: {}", out(&o));
+    let first = leaf_of(&cb.live(SITE).join("fullchain.pem"));
+    // An interval far beyond the test: only the first pass and the watch
+    // can install anything.
+    add_to_config(
+        &w,
+        &format!(
+            "{}\n[agent]\ninterval = \"1h\"\n",
+            source_toml("certbot", &cb.config_dir())
+        ),
+    );
+    let daemon = agent_util::Daemon::spawn(&w.config, &w.dir.path().join("agent.log"));
+    wait_served(w.server.port(), SITE, &first, 3, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", daemon.log()));
+    assert!(
+        daemon.wait_log("watching", Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
+
+    let o = cb.renew(&[], &[]);
+    assert!(o.status.success(), "renew: {}", out(&o));
+    let second = leaf_of(&cb.live(SITE).join("fullchain.pem"));
+    assert_ne!(second, first);
+    wait_served(w.server.port(), SITE, &second, 3, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", daemon.log()));
+    assert_eq!(leaf_of(&w.cert), second);
 }

@@ -57,7 +57,9 @@ pub enum AcmeError {
     Bundle(#[from] BundleError),
     /// Key and certificate of the lineage are of different versions or do
     /// not match: the client is writing them; looked at again next pass.
-    #[error("{lineage}: {why}; the ACME client may be writing it, looked at again on the next pass")]
+    #[error(
+        "{lineage}: {why}; the ACME client may be writing it, looked at again on the next pass"
+    )]
     InProgress { lineage: String, why: String },
     /// The pass's work dir cannot take the copies.
     #[error("cannot copy {lineage} into the work dir: {source}")]
@@ -188,8 +190,7 @@ fn acmesh_domain(home: &Path, dir_name: &str) -> Result<Option<Lineage>, AcmeErr
     let dir = home.join(dir_name);
     let leaf_file = dir.join(format!("{domain}.cer"));
     let full = dir.join("fullchain.cer");
-    if std::fs::symlink_metadata(&leaf_file).is_err() && std::fs::symlink_metadata(&full).is_err()
-    {
+    if std::fs::symlink_metadata(&leaf_file).is_err() && std::fs::symlink_metadata(&full).is_err() {
         return Ok(None);
     }
     owner::trusted_dir("acme.sh domain dir", &dir)?;
@@ -379,4 +380,184 @@ pub fn waiting(cfg: &Config) -> Vec<Waiting> {
             failure: failures.iter().find(|f| f.site == n.site.name).cloned(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    use super::*;
+    use crate::cert::testpki;
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    /// A leaf for `names` and its key, as PEM.
+    fn pair(names: &[&str]) -> (String, String) {
+        let ca = testpki::root("acme source test root");
+        let key = testpki::p256();
+        let leaf = testpki::sign_leaf(&testpki::leaf_params(names), &key, &ca);
+        (leaf.to_pem(), key.serialize_pem())
+    }
+
+    /// certbot's layout: `archive/NAME/{fullchain,privkey}N.pem` and
+    /// `live/NAME/*.pem` relative symlinks into it, keys 0600.
+    fn certbot_dir(name: &str, version: u32) -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = tmp.path().join("letsencrypt");
+        let (archive, live) = (
+            config.join("archive").join(name),
+            config.join("live").join(name),
+        );
+        std::fs::create_dir_all(&archive).expect("mkdir archive");
+        std::fs::create_dir_all(&live).expect("mkdir live");
+        let (cert, key) = pair(&[name]);
+        std::fs::write(archive.join(format!("fullchain{version}.pem")), cert).expect("cert");
+        let k = archive.join(format!("privkey{version}.pem"));
+        std::fs::write(&k, key).expect("key");
+        chmod(&k, 0o600);
+        for f in ["fullchain", "privkey"] {
+            symlink(
+                format!("../../archive/{name}/{f}{version}.pem"),
+                live.join(format!("{f}.pem")),
+            )
+            .expect("symlink");
+        }
+        std::fs::write(config.join("live/README"), "certbot's").expect("README");
+        (tmp, config)
+    }
+
+    fn source(client: Client, path: &Path) -> AcmeSource {
+        AcmeSource {
+            name: "test".into(),
+            client,
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn only(list: Vec<Result<Lineage, AcmeError>>) -> Result<Lineage, AcmeError> {
+        let mut list = list;
+        assert_eq!(list.len(), 1, "{list:?}");
+        list.remove(0)
+    }
+
+    #[test]
+    fn a_certbot_lineage_is_read_through_its_links_into_its_archive() {
+        let (_tmp, config) = certbot_dir("a.test", 3);
+        let l = only(scan(&source(Client::Certbot, &config)).expect("scan")).expect("lineage");
+        assert_eq!(l.label, "live/a.test");
+        assert!(l.cert.ends_with("archive/a.test/fullchain3.pem"), "{l:?}");
+        assert!(l.leaf.covers("a.test"));
+    }
+
+    #[test]
+    fn a_live_link_that_leaves_its_archive_is_refused() {
+        let (tmp, config) = certbot_dir("a.test", 1);
+        let elsewhere = tmp.path().join("elsewhere.pem");
+        std::fs::copy(config.join("archive/a.test/fullchain1.pem"), &elsewhere).expect("copy");
+        let link = config.join("live/a.test/fullchain.pem");
+        std::fs::remove_file(&link).expect("rm");
+        symlink(&elsewhere, &link).expect("symlink");
+        let e = only(scan(&source(Client::Certbot, &config)).expect("scan")).expect_err("outside");
+        assert!(matches!(e, AcmeError::Outside { .. }), "{e}");
+        assert!(
+            e.to_string().contains("outside the lineage's archive"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn links_of_two_versions_are_a_renewal_in_progress() {
+        let (_tmp, config) = certbot_dir("a.test", 1);
+        let archive = config.join("archive/a.test");
+        std::fs::copy(
+            archive.join("fullchain1.pem"),
+            archive.join("fullchain2.pem"),
+        )
+        .expect("cp");
+        let link = config.join("live/a.test/fullchain.pem");
+        std::fs::remove_file(&link).expect("rm");
+        symlink("../../archive/a.test/fullchain2.pem", &link).expect("symlink");
+        let e = only(scan(&source(Client::Certbot, &config)).expect("scan")).expect_err("moving");
+        assert!(matches!(e, AcmeError::InProgress { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_store_others_can_write_is_not_read() {
+        let (_tmp, config) = certbot_dir("a.test", 1);
+        chmod(&config, 0o777);
+        let e = scan(&source(Client::Certbot, &config)).expect_err("world-writable");
+        assert!(e.to_string().contains("chmod go-w"), "{e}");
+    }
+
+    fn one_site(name: &str, state: &Path, ssl: &Path) -> Config {
+        let t = format!(
+            "state_dir = {state:?}\n[server]\nkind = \"nginx\"\n[[site]]\nname = \"{name}\"\n\
+             cert = {c:?}\nkey = {k:?}\nendpoints = [\"127.0.0.1:443\"]\n",
+            c = ssl.join("site.pem"),
+            k = ssl.join("site.key"),
+        );
+        Config::parse(&t, Path::new("/x.toml")).expect("config")
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_not_copied() {
+        let (tmp, config) = certbot_dir("a.test", 1);
+        let key = config.join("archive/a.test/privkey1.pem");
+        chmod(&key, 0o644);
+        let cfg = one_site("a.test", &tmp.path().join("state"), tmp.path());
+        let l = only(scan(&source(Client::Certbot, &config)).expect("scan")).expect("lineage");
+        let newer = newer_for_sites(&cfg, std::slice::from_ref(&l));
+        assert_eq!(
+            newer.len(),
+            1,
+            "nothing installed yet: the lineage is newer"
+        );
+        let work = WorkDir::create(&tmp.path().join("state")).expect("work dir");
+        let e = candidate(&newer[0], &work).expect_err("readable key");
+        assert!(e.to_string().contains("readable by everyone"), "{e}");
+        chmod(&key, 0o600);
+        let c = candidate(&newer[0], &work).expect("0600 key");
+        assert_eq!(c.site, "a.test");
+        assert_eq!(c.leaf_sha256.as_deref(), Some(l.leaf.sha256.as_str()));
+    }
+
+    #[test]
+    fn an_installed_lineage_is_not_newer() {
+        let (tmp, config) = certbot_dir("a.test", 1);
+        let cfg = one_site("a.test", &tmp.path().join("state"), tmp.path());
+        std::fs::copy(
+            config.join("archive/a.test/fullchain1.pem"),
+            tmp.path().join("site.pem"),
+        )
+        .expect("install");
+        let l = only(scan(&source(Client::Certbot, &config)).expect("scan")).expect("lineage");
+        assert!(newer_for_sites(&cfg, &[l]).is_empty());
+    }
+
+    #[test]
+    fn acme_sh_domain_dirs_are_read_and_its_own_dirs_skipped() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = tmp.path().join(".acme.sh");
+        let dom = home.join("b.test_ecc");
+        std::fs::create_dir_all(&dom).expect("mkdir");
+        std::fs::create_dir_all(home.join("ca")).expect("mkdir ca");
+        std::fs::write(home.join("acme.sh.log"), "log").expect("log");
+        let (cert, key) = pair(&["b.test"]);
+        std::fs::write(dom.join("fullchain.cer"), &cert).expect("cert");
+        std::fs::write(dom.join("b.test.cer"), &cert).expect("cert");
+        std::fs::write(dom.join("b.test.key"), key).expect("key");
+        chmod(&dom.join("b.test.key"), 0o600);
+        let l = only(scan(&source(Client::AcmeSh, &home)).expect("scan")).expect("domain");
+        assert_eq!(l.label, "b.test_ecc");
+        assert!(l.cert.ends_with("fullchain.cer"));
+        assert!(l.key.ends_with("b.test.key"));
+
+        // A symlinked certificate file is not followed.
+        std::fs::remove_file(dom.join("fullchain.cer")).expect("rm");
+        symlink(tmp.path().join("x.pem"), dom.join("fullchain.cer")).expect("symlink");
+        let e = only(scan(&source(Client::AcmeSh, &home)).expect("scan")).expect_err("symlink");
+        assert!(e.to_string().contains("symlink"), "{e}");
+    }
 }

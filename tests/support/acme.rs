@@ -112,7 +112,11 @@ impl Pebble {
     fn management_get(&self, path: &str) -> String {
         let mut roots = rustls::RootCertStore::empty();
         let ca = std::fs::read(self.listener_ca()).expect("read listener CA");
-        for der in <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(&ca) {
+        for der in
+            <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+                &ca,
+            )
+        {
             roots.add(der.expect("listener CA PEM")).expect("add root");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
