@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Pebble runs with `PEBBLE_VA_ALWAYS_VALID=1 PEBBLE_VA_NOSLEEP=1`: no
-//! challenge is checked, so certbot's standalone server only has to bind.
+//! challenge is checked, so certbot's standalone server only has to bind;
+//! and `PEBBLE_WFE_NONCEREJECT=0` (no deliberate bad nonces).
 //! Pebble's own HTTPS listener gets a throwaway CA and a `127.0.0.1` leaf
 //! from [`super::pki`]; it is killed (with its process group) in Drop.
 
@@ -66,7 +67,11 @@ impl Pebble {
             cmd.arg("-config")
                 .arg(&config)
                 .env("PEBBLE_VA_ALWAYS_VALID", "1")
-                .env("PEBBLE_VA_NOSLEEP", "1");
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                // pebble rejects 5% of good nonces by default, to test
+                // clients' retries; certbot retries once, so a run failed
+                // now and then. These tests are about certswap.
+                .env("PEBBLE_WFE_NONCEREJECT", "0");
             let log = dir.path().join("pebble.log");
             let mut p = ServerProcess::spawn(cmd, &log, std::slice::from_ref(&log))
                 .map_err(StartError::Failed)?;
