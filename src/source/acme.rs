@@ -105,7 +105,15 @@ fn scan_store(client: Client, dir: &Path) -> Result<Vec<Result<Lineage, AcmeErro
         move |source| AcmeError::Io { path, source }
     };
     let mut names: Vec<String> = Vec::new();
-    for entry in std::fs::read_dir(&list).map_err(io(&list))? {
+    let entries = match std::fs::read_dir(&list) {
+        Ok(e) => e,
+        // certbot before its first certificate has no live/ yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && client == Client::Certbot => {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(io(&list)(e)),
+    };
+    for entry in entries {
         let entry = entry.map_err(io(&list))?;
         // Directories only (certbot's README, acme.sh's script and logs are
         // files); a symlinked directory is not followed.
@@ -246,9 +254,7 @@ pub fn newer_for_sites<'a>(cfg: &'a Config, lineages: &[Lineage]) -> Vec<Newer<'
     let mut out: Vec<Newer<'a>> = Vec::new();
     for l in lineages {
         for site in crate::hook::sites_for(cfg, &l.leaf, &[]) {
-            let installed = bundle::read_certs(&site.cert)
-                .ok()
-                .and_then(|c| c.into_iter().next());
+            let installed = installed_like(site, &l.leaf);
             let newer = match &installed {
                 Some(i) => i.sha256 != l.leaf.sha256 && l.leaf.not_after > i.not_after,
                 None => true,
@@ -269,6 +275,25 @@ pub fn newer_for_sites<'a>(cfg: &'a Config, lineages: &[Lineage]) -> Vec<Newer<'
     let order = |n: &Newer| cfg.sites.iter().position(|s| s.name == n.site.name);
     out.sort_by_key(order);
     out
+}
+
+/// The installed leaf a renewal `like` would replace: on a
+/// dual-certificate site the pair of its key type (each pair is renewed by
+/// its own lineage; the site's `cert` when no pair has that type), else
+/// the site's `cert`.
+fn installed_like(site: &Site, like: &CertInfo) -> Option<CertInfo> {
+    use crate::probe::KeyFamily;
+    let leaf_of = |p: &Path| bundle::read_certs(p).ok().and_then(|c| c.into_iter().next());
+    let first = leaf_of(&site.cert);
+    if site.pairs.is_empty() {
+        return first;
+    }
+    let family = KeyFamily::of(&like.key_kind);
+    std::iter::once(first.clone())
+        .chain(site.pairs.iter().map(|(cert, _)| leaf_of(cert)))
+        .flatten()
+        .find(|c| KeyFamily::of(&c.key_kind) == family)
+        .or(first)
 }
 
 /// Step 5: the key is read and checked, cert and key copied under fixed
