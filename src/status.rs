@@ -527,7 +527,7 @@ fn state_text(s: &SiteStatus) -> String {
     }
 }
 
-/// `"waiting"` of a site in `status --json`: null, or what is waiting
+/// `"waiting"` of a waiting site in `status --json`: what is waiting
 /// where, and the last deploy-hook failure (null when none was recorded).
 fn waiting_json(w: &Option<crate::source::acme::Waiting>) -> serde_json::Value {
     let Some(w) = w else {
@@ -547,6 +547,15 @@ fn waiting_json(w: &Option<crate::source::acme::Waiting>) -> serde_json::Value {
 }
 
 fn site_json(s: &SiteStatus) -> serde_json::Value {
+    let mut v = site_json_base(s);
+    // Only on a waiting site: the object of every other site is unchanged.
+    if let (Some(_), Some(obj)) = (&s.waiting, v.as_object_mut()) {
+        obj.insert("waiting".into(), waiting_json(&s.waiting));
+    }
+    v
+}
+
+fn site_json_base(s: &SiteStatus) -> serde_json::Value {
     let served: Vec<serde_json::Value> = s
         .served
         .iter()
@@ -584,7 +593,6 @@ fn site_json(s: &SiteStatus) -> serde_json::Value {
             },
             "served": served,
             "drift": s.drift,
-            "waiting": waiting_json(&s.waiting),
             "error": null,
         }),
         Err(err) => serde_json::json!({
@@ -597,7 +605,6 @@ fn site_json(s: &SiteStatus) -> serde_json::Value {
             "spec": null,
             "served": served,
             "drift": s.drift,
-            "waiting": waiting_json(&s.waiting),
             "error": format!("{file}: {err}"),
         }),
     }
@@ -987,6 +994,49 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_waiting_site_needs_attention_and_says_why() {
+        let mut r = report(false);
+        r.sites.retain(|s| s.state == State::Ok);
+        assert!(!r.sites.is_empty());
+        assert_eq!(r.exit_code(), 0);
+        r.sites[0].waiting = Some(crate::source::acme::Waiting {
+            site: r.sites[0].name.clone(),
+            source: "certbot live/a.test".into(),
+            sha256: "ab".repeat(32),
+            not_after: NOW + Duration::days(90),
+            failure: Some(crate::hook::HookFailure {
+                site: r.sites[0].name.clone(),
+                at: "2027-01-01T11:00:00Z".into(),
+                client: crate::hook::Client::Certbot,
+                dir: "/etc/letsencrypt/live/a.test".into(),
+                leaf_sha256: "ab".repeat(32),
+                reason: "nginx config test failed".into(),
+            }),
+        });
+        assert_eq!(r.exit_code(), 1);
+        let text = r.to_text();
+        assert!(text.contains(" waiting "), "{text}");
+        assert!(
+            text.contains("certbot live/a.test holds a newer certificate (abababab"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "the deploy hook failed at 2027-01-01T11:00:00Z: nginx config test failed"
+            ),
+            "{text}"
+        );
+        let j = r.to_json();
+        let w = &j["sites"][0]["waiting"];
+        assert_eq!(w["source"], "certbot live/a.test");
+        assert_eq!(w["last_failure"]["client"], "certbot");
+        assert_eq!(w["last_failure"]["reason"], "nginx config test failed");
+        if let Some(other) = j["sites"].as_array().and_then(|a| a.get(1)) {
+            assert!(other.get("waiting").is_none(), "{other}");
+        }
     }
 
     #[test]

@@ -283,7 +283,11 @@ pub fn newer_for_sites<'a>(cfg: &'a Config, lineages: &[Lineage]) -> Vec<Newer<'
 /// the site's `cert`.
 fn installed_like(site: &Site, like: &CertInfo) -> Option<CertInfo> {
     use crate::probe::KeyFamily;
-    let leaf_of = |p: &Path| bundle::read_certs(p).ok().and_then(|c| c.into_iter().next());
+    let leaf_of = |p: &Path| {
+        bundle::read_certs(p)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+    };
     let first = leaf_of(&site.cert);
     if site.pairs.is_empty() {
         return first;
