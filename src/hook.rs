@@ -218,8 +218,10 @@ pub fn deploy(
     }
 }
 
-/// The last failed deploy-hook run for one site, kept in
-/// `state_dir/hook/SITE.json` until a run for it succeeds: `status` shows
+/// The last deploy-hook run for one site that failed on its environment
+/// (config test, reload, probe, lock: rolled back or exit 2 — the failures
+/// that must be retried; a rejected bundle writes nothing), kept in
+/// `state_dir/hook/SITE.json` until an install of the site succeeds: `status` shows
 /// it as the reason a site is waiting, and names the client's store to
 /// look in even when no certbot/acme.sh source is configured.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -288,6 +290,9 @@ fn note_result(
             clear_failure(state_dir, &site.name);
             return;
         }
+        // A rejected bundle changes no byte, the state dir included
+        // (invariant 1); certbot has the reason from the hook's exit 1.
+        Ok(out) if out.result == crate::report::ResultKind::Rejected => return,
         Ok(out) => out
             .error
             .clone()
