@@ -9,10 +9,12 @@
 //! One look at a store:
 //! 1. the store dir (and every dir above it) must be root's and writable
 //!    by nobody else ([`owner::trusted_dir`]);
-//! 2. certbot: each `live/NAME` link must resolve inside
-//!    `archive/NAME` (itself trusted), `fullchain` and `privkey` must be
-//!    the same version N (else certbot is moving the links: looked at
-//!    again on the next pass); acme.sh: real files, no symlinks;
+//! 2. certbot: `live/NAME` and `archive/NAME` are trusted like the store;
+//!    each `live/NAME` link must resolve to a file directly inside
+//!    `archive/NAME`, and `fullchain` and `privkey` must be the same
+//!    version N (else certbot is moving the links: looked at again on the
+//!    next pass); acme.sh: the domain dir is trusted, its files are real
+//!    files (no symlink is followed);
 //! 3. the leaf is read (size-limited, on the open descriptor) and matched
 //!    to sites by the deploy hook's rule ([`crate::hook::sites_for`]);
 //! 4. a site is given the newest lineage whose leaf ends later than the
@@ -170,6 +172,8 @@ fn certbot_lineage(config_dir: &Path, name: &str) -> Result<Lineage, AcmeError> 
     let label = format!("live/{name}");
     let live = config_dir.join("live").join(name);
     let archive_link = config_dir.join("archive").join(name);
+    // Both: whoever could write live/NAME could re-point its links.
+    owner::trusted_dir("certbot live dir", &live)?;
     owner::trusted_dir("certbot archive dir", &archive_link)?;
     let archive = std::fs::canonicalize(&archive_link).map_err(|source| AcmeError::Io {
         path: archive_link.clone(),
@@ -518,6 +522,14 @@ mod tests {
         chmod(&config, 0o777);
         let e = scan(&source(Client::Certbot, &config)).expect_err("world-writable");
         assert!(e.to_string().contains("chmod go-w"), "{e}");
+    }
+
+    #[test]
+    fn a_live_dir_others_can_write_is_not_read() {
+        let (_tmp, config) = certbot_dir("a.test", 1);
+        chmod(&config.join("live/a.test"), 0o777);
+        let e = only(scan(&source(Client::Certbot, &config)).expect("scan")).expect_err("0777");
+        assert!(e.to_string().contains("certbot live dir"), "{e}");
     }
 
     fn one_site(name: &str, state: &Path, ssl: &Path) -> Config {
