@@ -33,12 +33,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::batch::{self, Item};
-use crate::config::{Config, InboxSource, SourceConfig};
+use crate::config::{AcmeSource, Config, InboxSource, SourceConfig};
 use crate::install::{self, Env, InstallError};
 use crate::metrics::{EndpointLabel, Metrics, ResultLabel, SiteLabel};
 use crate::probe::{self, Prober, Target};
 use crate::report::{Outcome, ResultKind};
 use crate::server;
+use crate::source::acme;
 use crate::source::http::{self, FetchError, HttpState};
 use crate::source::inbox::{self, Found};
 use crate::source::{self as src, Candidate, WorkDir};
@@ -159,6 +160,9 @@ struct Agent {
     http: HashMap<String, HttpState>,
     /// Every site was repaired from its journal once.
     recovered: bool,
+    /// (site, leaf SHA-256) from a certbot/acme.sh store that an install
+    /// rejected: not offered again until the client renews.
+    acme_refused: HashSet<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +188,7 @@ impl Agent {
             metrics: Arc::new(Metrics::new()),
             http: HashMap::new(),
             recovered: false,
+            acme_refused: HashSet::new(),
         };
         a.apply(a.cfg.clone());
         a
@@ -244,7 +249,7 @@ impl Agent {
             .iter()
             .filter_map(|s| match s {
                 SourceConfig::Inbox(i) => Some(i.debounce),
-                SourceConfig::Http(_) => None,
+                SourceConfig::Http(_) | SourceConfig::Acme(_) => None,
             })
             .max()
             .unwrap_or(Duration::from_secs(2))
@@ -327,6 +332,9 @@ impl Agent {
                     self.read_http(h, &cfg, &work, stop, &mut pending);
                 }
                 SourceConfig::Http(_) => {}
+                // Cheap when nothing was renewed (one read per lineage):
+                // every pass, as the inbox.
+                SourceConfig::Acme(a) => self.read_acme(a, &cfg, &work, &mut pending),
             }
         }
 
@@ -338,6 +346,8 @@ impl Agent {
             let at = SystemTime::now() + self.inbox_debounce().max(Duration::from_secs(5));
             report.inbox_recheck = Some(report.inbox_recheck.map_or(at, |r| r.min(at)));
         }
+
+        self.renewal_waiting(&cfg);
 
         // 5. expiry (metrics every pass, so an install shows at once; the
         //    log lines on full passes) and drift.
@@ -401,6 +411,83 @@ impl Agent {
             });
         }
         scan.recheck_at
+    }
+
+    /// Read one certbot/acme.sh store: every site whose lineage holds a
+    /// newer certificate than the installed one gets it in `pending` (a
+    /// lineage already installed costs no install).
+    fn read_acme(&self, a: &AcmeSource, cfg: &Config, work: &WorkDir, pending: &mut Vec<Pending>) {
+        let list = match acme::scan(a) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(source = %a.name, "{e}");
+                self.metrics.source_error(&a.name);
+                return;
+            }
+        };
+        let mut ok = true;
+        let mut lineages = Vec::new();
+        for r in list {
+            match r {
+                Ok(l) => lineages.push(l),
+                // certbot moving its links: seen again on the next pass.
+                Err(e @ acme::AcmeError::InProgress { .. }) => {
+                    tracing::info!(source = %a.name, "{e}")
+                }
+                Err(e) => {
+                    tracing::warn!(source = %a.name, "{e}");
+                    ok = false;
+                }
+            }
+        }
+        for n in acme::newer_for_sites(cfg, &lineages) {
+            let sha = n.lineage.leaf.sha256.clone();
+            if self
+                .acme_refused
+                .contains(&(n.site.name.clone(), sha.clone()))
+            {
+                continue;
+            }
+            match acme::candidate(&n, work) {
+                Ok(candidate) => {
+                    tracing::info!(
+                        source = %a.name, lineage = %n.lineage.label, site = %n.site.name,
+                        "the ACME client holds a newer certificate than the installed one"
+                    );
+                    pending.push(Pending {
+                        candidate,
+                        origin: Origin::Acme { cert_sha256: sha },
+                    });
+                }
+                Err(e @ acme::AcmeError::InProgress { .. }) => {
+                    tracing::info!(source = %a.name, "{e}")
+                }
+                Err(e) => {
+                    tracing::warn!(source = %a.name, site = %n.site.name, "{e}");
+                    ok = false;
+                }
+            }
+        }
+        if ok {
+            self.metrics.source_ok(&a.name);
+        } else {
+            self.metrics.source_error(&a.name);
+        }
+    }
+
+    /// `certswap_renewal_waiting{site}`: 1 while the ACME client holds a
+    /// newer certificate than the one installed (what `status` shows).
+    fn renewal_waiting(&self, cfg: &Config) {
+        let waiting = acme::waiting(cfg);
+        for site in &cfg.sites {
+            let w = waiting.iter().any(|w| w.site == site.name);
+            self.metrics
+                .renewal_waiting
+                .get_or_create(&SiteLabel {
+                    site: site.name.clone(),
+                })
+                .set(i64::from(w));
+        }
     }
 
     /// Fetch one manifest (with backoff and the stop flag).
@@ -542,6 +629,10 @@ impl Agent {
         match result {
             Ok(outcomes) => {
                 for (p, out) in todo.iter().zip(outcomes) {
+                    if out.result == ResultKind::Verified {
+                        // A failed deploy hook of this site is settled.
+                        crate::hook::clear_failure(&env.config.state_dir, &out.site);
+                    }
                     self.record(&out, &p.candidate);
                     self.settle(p, Some(&out));
                 }
@@ -651,6 +742,14 @@ impl Agent {
                     }
                 },
             },
+            // Only a verdict on the bundle itself refuses it for good
+            // (invariant 10): a rollback is retried on the next pass.
+            Origin::Acme { cert_sha256 } => {
+                if out.is_some_and(|o| o.result == ResultKind::Rejected) {
+                    self.acme_refused
+                        .insert((p.candidate.site.clone(), cert_sha256.clone()));
+                }
+            }
             Origin::Http { run, cert_sha256 } => {
                 if failure.is_some()
                     && let Some(state) = self.http.get_mut(&run.source.name)
@@ -845,6 +944,10 @@ enum Origin {
     },
     Http {
         run: Arc<HttpRun>,
+        cert_sha256: String,
+    },
+    /// A certbot lineage / acme.sh domain dir.
+    Acme {
         cert_sha256: String,
     },
 }
@@ -1130,6 +1233,69 @@ fn watch_inboxes(cfg: &Config, wake: &Arc<Notify>) -> InboxWatch {
     }
 }
 
+/// The inbox watchers and the ACME stores' watchers.
+fn watch_sources(cfg: &Config, wake: &Arc<Notify>) -> Vec<notify::RecommendedWatcher> {
+    let mut out = watch_inboxes(cfg, wake);
+    out.extend(watch_acme_stores(cfg, wake));
+    out
+}
+
+/// Watch every certbot `live/` dir and acme.sh home (recursively: a
+/// renewal re-points `live/NAME/*` or rewrites `DOMAIN/*.cer`); an event
+/// wakes `wake` for a pass after the debounce, so a renewal whose hook
+/// failed is installed within seconds. Failures are logged: every
+/// interval's pass still reads the store.
+fn watch_acme_stores(cfg: &Config, wake: &Arc<Notify>) -> Vec<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    use notify::event::EventKind;
+    let mut out = Vec::new();
+    for s in &cfg.sources {
+        let SourceConfig::Acme(a) = s else { continue };
+        let (dir, client) = (a.path.clone(), a.client);
+        let watched_dir = match client {
+            crate::hook::Client::Certbot => dir.join("live"),
+            crate::hook::Client::AcmeSh => dir,
+        };
+        let wake = wake.clone();
+        let handler = move |res: notify::Result<notify::Event>| {
+            let Ok(ev) = res else {
+                wake.notify_one();
+                return;
+            };
+            // Our own reads must not wake us again.
+            if matches!(ev.kind, EventKind::Access(_)) {
+                return;
+            }
+            // acme.sh's home also holds its log and account files.
+            let ours = |p: &PathBuf| match client {
+                crate::hook::Client::Certbot => true,
+                crate::hook::Client::AcmeSh => {
+                    p.extension().is_some_and(|e| e == "cer" || e == "key")
+                }
+            };
+            if ev.paths.is_empty() || ev.paths.iter().any(ours) {
+                wake.notify_one();
+            }
+        };
+        let watched = notify::recommended_watcher(handler).and_then(|mut w| {
+            w.watch(&watched_dir, notify::RecursiveMode::Recursive)
+                .map(|()| w)
+        });
+        match watched {
+            Ok(w) => {
+                tracing::info!(source = %a.name, "watching {}", watched_dir.display());
+                out.push(w);
+            }
+            Err(e) => tracing::warn!(
+                source = %a.name,
+                "cannot watch {} ({e}); it is read every interval only",
+                watched_dir.display()
+            ),
+        }
+    }
+    out
+}
+
 async fn main_loop(agent: Agent, once: bool) -> Result<(), AgentError> {
     let mut agent = agent;
     let mut signals = Signals::new()?;
@@ -1155,7 +1321,7 @@ async fn main_loop(agent: Agent, once: bool) -> Result<(), AgentError> {
     }
 
     let wake = Arc::new(Notify::new());
-    let mut watchers = watch_inboxes(&agent.cfg, &wake);
+    let mut watchers = watch_sources(&agent.cfg, &wake);
     let mut next_full = Instant::now();
     let mut inbox_at: Option<Instant> = None;
     loop {
@@ -1182,7 +1348,7 @@ async fn main_loop(agent: Agent, once: bool) -> Result<(), AgentError> {
                     Sig::Reload => {
                         agent.reload();
                         drop(watchers);
-                        watchers = watch_inboxes(&agent.cfg, &wake);
+                        watchers = watch_sources(&agent.cfg, &wake);
                         next_full = Instant::now();
                         continue;
                     }
@@ -1206,7 +1372,7 @@ async fn main_loop(agent: Agent, once: bool) -> Result<(), AgentError> {
         if reload {
             agent.reload();
             drop(watchers);
-            watchers = watch_inboxes(&agent.cfg, &wake);
+            watchers = watch_sources(&agent.cfg, &wake);
             next_full = Instant::now();
         }
     }

@@ -142,6 +142,9 @@ struct RawAgent {
 enum SourceKind {
     Inbox,
     Http,
+    Certbot,
+    #[serde(rename = "acme.sh")]
+    AcmeSh,
 }
 
 /// One `[[source]]` as written; the keys allowed depend on `kind`, checked
@@ -200,6 +203,8 @@ pub struct AgentConfig {
 pub enum SourceConfig {
     Inbox(InboxSource),
     Http(HttpSource),
+    /// `kind = "certbot"` or `kind = "acme.sh"`.
+    Acme(AcmeSource),
 }
 
 impl SourceConfig {
@@ -208,8 +213,20 @@ impl SourceConfig {
         match self {
             SourceConfig::Inbox(s) => &s.name,
             SourceConfig::Http(s) => &s.name,
+            SourceConfig::Acme(s) => &s.name,
         }
     }
+}
+
+/// `kind = "certbot"` (`path` = certbot's config dir, its `live/NAME`
+/// lineages) or `kind = "acme.sh"` (`path` = acme.sh's home, its
+/// `DOMAIN[_ecc]/` dirs): what the ACME client renewed, installed by the
+/// agent even when the deploy hook failed or never ran.
+#[derive(Debug, Clone)]
+pub struct AcmeSource {
+    pub name: String,
+    pub client: crate::hook::Client,
+    pub path: PathBuf,
 }
 
 /// `kind = "inbox"`: a directory watched for bundles and vendor zips.
@@ -613,6 +630,39 @@ fn resolve_sources(
             }
         };
         let source = match s.kind {
+            SourceKind::Certbot | SourceKind::AcmeSh => {
+                let (client, default) = if s.kind == SourceKind::Certbot {
+                    (crate::hook::Client::Certbot, "/etc/letsencrypt")
+                } else {
+                    (crate::hook::Client::AcmeSh, "/root/.acme.sh")
+                };
+                let kind = if s.kind == SourceKind::Certbot {
+                    "certbot"
+                } else {
+                    "acme.sh"
+                };
+                for (k, set) in [
+                    ("debounce", s.debounce.is_some()),
+                    ("url", s.url.is_some()),
+                    ("ca_file", s.ca_file.is_some()),
+                    ("token_file", s.token_file.is_some()),
+                    ("client_cert", s.client_cert.is_some()),
+                    ("client_key", s.client_key.is_some()),
+                    ("allow_insecure_http", s.allow_insecure_http.is_some()),
+                    ("timeout", s.timeout.is_some()),
+                ] {
+                    not_for(k, set, kind)?;
+                }
+                absolute("path", &s.path)?;
+                let path = s.path.unwrap_or_else(|| PathBuf::from(default));
+                SourceConfig::Acme(AcmeSource {
+                    name: s
+                        .name
+                        .unwrap_or_else(|| format!("{kind}:{}", path.display())),
+                    client,
+                    path,
+                })
+            }
             SourceKind::Inbox => {
                 for (k, set) in [
                     ("url", s.url.is_some()),
@@ -841,6 +891,50 @@ endpoints = ["127.0.0.1:443", "alt.example.com@127.0.0.1:8443"]
         let none = parse(MIN).expect("valid");
         assert_eq!(none.agent.interval, Duration::from_secs(900));
         assert!(none.sources.is_empty());
+    }
+
+    #[test]
+    fn certbot_and_acme_sh_sources_default_to_the_clients_own_dirs() {
+        let c = parse(&format!(
+            "{MIN}\n[[source]]\nkind = \"certbot\"\n[[source]]\nkind = \"acme.sh\"\n\
+             [[source]]\nkind = \"certbot\"\npath = \"/srv/le\"\nname = \"le2\"\n"
+        ))
+        .expect("valid");
+        let got: Vec<(String, crate::hook::Client, PathBuf)> = c
+            .sources
+            .iter()
+            .map(|s| match s {
+                SourceConfig::Acme(a) => (a.name.clone(), a.client, a.path.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        use crate::hook::Client::{AcmeSh, Certbot};
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "certbot:/etc/letsencrypt".into(),
+                    Certbot,
+                    "/etc/letsencrypt".into()
+                ),
+                (
+                    "acme.sh:/root/.acme.sh".into(),
+                    AcmeSh,
+                    "/root/.acme.sh".into()
+                ),
+                ("le2".into(), Certbot, "/srv/le".into()),
+            ]
+        );
+        let e = parse(&format!(
+            "{MIN}\n[[source]]\nkind = \"acme.sh\"\nurl = \"https://x/m\"\n"
+        ))
+        .expect_err("url on acme.sh");
+        assert!(e.to_string().contains("source[0].url"), "{e}");
+        let e = parse(&format!(
+            "{MIN}\n[[source]]\nkind = \"certbot\"\npath = \"le\"\n"
+        ))
+        .expect_err("relative");
+        assert!(e.to_string().contains("absolute"), "{e}");
     }
 
     #[test]

@@ -26,9 +26,11 @@ use crate::install::{self, Env, InstallError, Request};
 use crate::report::Outcome;
 
 /// Which ACME client handed over the renewal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Client {
+    #[serde(rename = "certbot")]
     Certbot,
+    #[serde(rename = "acme.sh")]
     AcmeSh,
 }
 
@@ -198,7 +200,9 @@ pub fn deploy(
         };
         // One site's environment error does not keep the others from their
         // renewal; it is reported (exit 2) once all were tried.
-        match install::install(env, &req) {
+        let result = install::install(env, &req);
+        note_result(env, &renewal, &leaf, site, &result);
+        match result {
             Ok(out) => outcomes.push(out),
             Err(e) if failed.is_none() => failed = Some((site.name.clone(), e)),
             Err(e) => tracing::error!(site = %site.name, "deploy-hook: {e}"),
@@ -211,6 +215,109 @@ pub fn deploy(
             source: Box::new(source),
             others: summary(&outcomes),
         }),
+    }
+}
+
+/// The last deploy-hook run for one site that failed on its environment
+/// (config test, reload, probe, lock: rolled back or exit 2 — the failures
+/// that must be retried; a rejected bundle writes nothing), kept in
+/// `state_dir/hook/SITE.json` until an install of the site succeeds: `status` shows
+/// it as the reason a site is waiting, and names the client's store to
+/// look in even when no certbot/acme.sh source is configured.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HookFailure {
+    pub site: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub client: Client,
+    /// `RENEWED_LINEAGE` (certbot) or the domain dir (acme.sh).
+    pub dir: PathBuf,
+    /// SHA-256 of the leaf the hook was given.
+    pub leaf_sha256: String,
+    /// The sentence the hook printed for this site.
+    pub reason: String,
+}
+
+impl HookFailure {
+    /// The client's store the lineage lives in: certbot's config dir
+    /// (`CONFIG/live/NAME` → `CONFIG`), acme.sh's home (`HOME/DOMAIN`).
+    pub fn store(&self) -> Option<(Client, PathBuf)> {
+        let up = match self.client {
+            Client::Certbot => self.dir.parent()?.parent()?,
+            Client::AcmeSh => self.dir.parent()?,
+        };
+        Some((self.client, up.to_path_buf()))
+    }
+}
+
+/// `state_dir/hook/SITE.json` (site names are file-name safe: config.rs).
+fn failure_path(state_dir: &std::path::Path, site: &str) -> PathBuf {
+    state_dir.join("hook").join(format!("{site}.json"))
+}
+
+/// The recorded failure of `site`, if any (unreadable = none).
+pub fn read_failure(state_dir: &std::path::Path, site: &str) -> Option<HookFailure> {
+    let bytes = crate::owner::read_trusted(
+        "hook failure record",
+        &failure_path(state_dir, site),
+        64 * 1024,
+    )
+    .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Forget `site`'s failure (a later install of it succeeded).
+pub fn clear_failure(state_dir: &std::path::Path, site: &str) {
+    let path = failure_path(state_dir, site);
+    if path.exists()
+        && let Err(e) = crate::fsio::durable_remove(&path)
+    {
+        tracing::warn!(site, "cannot remove {}: {e}", path.display());
+    }
+}
+
+/// Record the failure or clear the old one after an install of the hook.
+fn note_result(
+    env: &Env<'_>,
+    renewal: &Renewal,
+    leaf: &CertInfo,
+    site: &Site,
+    result: &Result<Outcome, InstallError>,
+) {
+    let state_dir = &env.config.state_dir;
+    let reason = match result {
+        Ok(out) if out.result.exit_code() == 0 => {
+            clear_failure(state_dir, &site.name);
+            return;
+        }
+        // A rejected bundle changes no byte, the state dir included
+        // (invariant 1); certbot has the reason from the hook's exit 1.
+        Ok(out) if out.result == crate::report::ResultKind::Rejected => return,
+        Ok(out) => out
+            .error
+            .clone()
+            .unwrap_or_else(|| "the certificate was not installed".into()),
+        Err(e) => e.to_string(),
+    };
+    let record = HookFailure {
+        site: site.name.clone(),
+        at: crate::cert::rfc3339(time::OffsetDateTime::now_utc()),
+        client: renewal.client,
+        dir: crate::fsio::parent_of(&renewal.cert),
+        leaf_sha256: leaf.sha256.clone(),
+        reason,
+    };
+    let dir = state_dir.join("hook");
+    let written = crate::source::mkdir_private_all(&dir).and_then(|()| {
+        let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+        crate::fsio::write_atomic(
+            &failure_path(state_dir, &site.name),
+            &bytes,
+            crate::fsio::Perms::own(0o600),
+        )
+    });
+    if let Err(e) = written {
+        tracing::error!(site = %site.name, "cannot record the failed deploy in {}: {e}", dir.display());
     }
 }
 

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub source_last_success: Family<SourceLabel, Gauge>,
     /// `certswap_source_errors_total{source}`.
     pub source_errors: Family<SourceLabel, Counter>,
+    /// `certswap_renewal_waiting{site}`: 1 while a certbot/acme.sh store
+    /// holds a newer certificate for the site than the installed one.
+    pub renewal_waiting: Family<SiteLabel, Gauge>,
     /// `certswap_agent_passes_total`.
     pub passes: Counter,
     /// `certswap_agent_skipped_passes_total`: passes skipped on a busy host lock.
@@ -81,6 +84,7 @@ impl Metrics {
             last_install: Family::default(),
             source_last_success: Family::default(),
             source_errors: Family::default(),
+            renewal_waiting: Family::default(),
             passes: Counter::default(),
             skipped_passes: Counter::default(),
             last_pass: Gauge::default(),
@@ -126,6 +130,11 @@ impl Metrics {
             "certswap_source_errors",
             "Failed reads of a source (network, HTTP status, checksum, bad bundle)",
             m.source_errors.clone(),
+        );
+        registry.register(
+            "certswap_renewal_waiting",
+            "1 while the ACME client holds a newer certificate for the site than the installed one",
+            m.renewal_waiting.clone(),
         );
         registry.register(
             "certswap_agent_passes",

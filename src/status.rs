@@ -16,8 +16,15 @@
 //!    one on disk: renewed but never reloaded, the most common way a
 //!    renewal fails.
 //!
-//! Status only reads: it opens the configured cert files and nothing else
-//! (no key, no state dir), and writes nothing.
+//! 4. **Waiting.** A site is waiting when a certbot/acme.sh store (a
+//!    configured source, or the one a failed deploy hook named) holds a
+//!    newer certificate for it than the installed one — renewed but never
+//!    installed — shown with the last deploy-hook failure's reason
+//!    ([`crate::source::acme::waiting`]).
+//!
+//! Status only reads: the configured cert files, the ACME stores'
+//! certificates (never a key) and the hook failure records in the state
+//! dir; it writes nothing.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -180,12 +187,15 @@ pub struct SiteStatus {
     /// when every answer matched; None without a probe, without a readable
     /// cert file, or when no endpoint answered.
     pub drift: Option<bool>,
+    /// The ACME client holds a newer certificate than the installed one.
+    pub waiting: Option<crate::source::acme::Waiting>,
 }
 
 impl SiteStatus {
     /// Not ok, drifted, or an endpoint that gave no handshake.
     pub fn needs_attention(&self) -> bool {
         self.state != State::Ok
+            || self.waiting.is_some()
             || self.drift == Some(true)
             || self.served.iter().any(|s| s.seen.is_err())
     }
@@ -201,8 +211,8 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// 0 when every site is ok (no drift, every endpoint answered), 1 when
-    /// any needs attention — for cron and monitoring.
+    /// 0 when every site is ok (no drift, nothing waiting, every endpoint
+    /// answered), 1 when any needs attention — for cron and monitoring.
     pub fn exit_code(&self) -> u8 {
         u8::from(self.sites.iter().any(SiteStatus::needs_attention))
     }
@@ -251,11 +261,11 @@ impl StatusReport {
             Ok(i) => row.extend([
                 rfc3339(i.not_after),
                 i.days_left.to_string(),
-                s.state.as_str().to_string(),
+                state_text(s),
                 ellipsize(&i.issuer, ISSUER_COLUMN_MAX),
                 spec_text(i),
             ]),
-            Err(_) => row.extend([dash(), dash(), s.state.as_str().to_string(), dash(), dash()]),
+            Err(_) => row.extend([dash(), dash(), state_text(s), dash(), dash()]),
         }
         if self.probed {
             let answered = s.served.iter().filter(|e| e.seen.is_ok()).count();
@@ -304,6 +314,13 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
             site_from_disk(site, leaf, now)
         })
         .collect();
+
+    // 4. Waiting (before the probe: it reads files only).
+    for w in crate::source::acme::waiting(cfg) {
+        if let Some(status) = sites.iter_mut().find(|s| s.name == w.site) {
+            status.waiting = Some(w);
+        }
+    }
 
     // 2. Probe: every endpoint of every site in one go, results in order,
     //    each site with the key type of its cert on disk.
@@ -354,6 +371,7 @@ fn site_from_disk(
         installed,
         served: Vec::new(),
         drift: None,
+        waiting: None,
     }
 }
 
@@ -500,7 +518,44 @@ fn spec_text(i: &Installed) -> String {
     )
 }
 
+/// The STATE cell: the state, and `waiting` when a renewal is not installed.
+fn state_text(s: &SiteStatus) -> String {
+    match (&s.waiting, s.state) {
+        (None, state) => state.as_str().to_string(),
+        (Some(_), State::Ok) => "waiting".to_string(),
+        (Some(_), state) => format!("{}+waiting", state.as_str()),
+    }
+}
+
+/// `"waiting"` of a waiting site in `status --json`: what is waiting
+/// where, and the last deploy-hook failure (null when none was recorded).
+fn waiting_json(w: &Option<crate::source::acme::Waiting>) -> serde_json::Value {
+    let Some(w) = w else {
+        return serde_json::Value::Null;
+    };
+    serde_json::json!({
+        "source": w.source,
+        "sha256": w.sha256,
+        "not_after": rfc3339(w.not_after),
+        "last_failure": w.failure.as_ref().map(|f| serde_json::json!({
+            "at": f.at,
+            "client": f.client,
+            "sha256": f.leaf_sha256,
+            "reason": f.reason,
+        })),
+    })
+}
+
 fn site_json(s: &SiteStatus) -> serde_json::Value {
+    let mut v = site_json_base(s);
+    // Only on a waiting site: the object of every other site is unchanged.
+    if let (Some(_), Some(obj)) = (&s.waiting, v.as_object_mut()) {
+        obj.insert("waiting".into(), waiting_json(&s.waiting));
+    }
+    v
+}
+
+fn site_json_base(s: &SiteStatus) -> serde_json::Value {
     let served: Vec<serde_json::Value> = s
         .served
         .iter()
@@ -594,6 +649,22 @@ fn problem_lines(s: &SiteStatus, out: &mut String) {
                 }
             }
         }
+    }
+    if let Some(w) = &s.waiting {
+        let _ = write!(
+            out,
+            "{name}: waiting: {} holds a newer certificate ({}…, notAfter {}) than the installed one: renewed but not installed",
+            w.source,
+            short_sha(&w.sha256),
+            rfc3339(w.not_after),
+        );
+        let _ = match &w.failure {
+            Some(f) => writeln!(out, "; the deploy hook failed at {}: {}", f.at, f.reason),
+            None => writeln!(
+                out,
+                "; the agent installs it on its next pass when the store is a [[source]]"
+            ),
+        };
     }
     for e in &s.served {
         match &e.seen {
@@ -734,6 +805,7 @@ mod tests {
             installed,
             served: Vec::new(),
             drift: None,
+            waiting: None,
         }
     }
 
@@ -922,6 +994,49 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_waiting_site_needs_attention_and_says_why() {
+        let mut r = report(false);
+        r.sites.retain(|s| s.state == State::Ok);
+        assert!(!r.sites.is_empty());
+        assert_eq!(r.exit_code(), 0);
+        r.sites[0].waiting = Some(crate::source::acme::Waiting {
+            site: r.sites[0].name.clone(),
+            source: "certbot live/a.test".into(),
+            sha256: "ab".repeat(32),
+            not_after: NOW + Duration::days(90),
+            failure: Some(crate::hook::HookFailure {
+                site: r.sites[0].name.clone(),
+                at: "2027-01-01T11:00:00Z".into(),
+                client: crate::hook::Client::Certbot,
+                dir: "/etc/letsencrypt/live/a.test".into(),
+                leaf_sha256: "ab".repeat(32),
+                reason: "nginx config test failed".into(),
+            }),
+        });
+        assert_eq!(r.exit_code(), 1);
+        let text = r.to_text();
+        assert!(text.contains(" waiting "), "{text}");
+        assert!(
+            text.contains("certbot live/a.test holds a newer certificate (abababab"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "the deploy hook failed at 2027-01-01T11:00:00Z: nginx config test failed"
+            ),
+            "{text}"
+        );
+        let j = r.to_json();
+        let w = &j["sites"][0]["waiting"];
+        assert_eq!(w["source"], "certbot live/a.test");
+        assert_eq!(w["last_failure"]["client"], "certbot");
+        assert_eq!(w["last_failure"]["reason"], "nginx config test failed");
+        if let Some(other) = j["sites"].as_array().and_then(|a| a.get(1)) {
+            assert!(other.get("waiting").is_none(), "{other}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Where the agent's bundles come from: an inbox directory ([`inbox`]) and
-//! an HTTPS manifest ([`http`]). A source turns what it finds into
+//! Where the agent's bundles come from: an inbox directory ([`inbox`]),
+//! an HTTPS manifest ([`http`]), and the stores of the ACME clients
+//! (certbot lineages, acme.sh domain dirs: [`acme`]). A source turns what it finds into
 //! [`Candidate`]s — files in a private work directory under `state_dir`,
 //! matched to one configured site — that the agent installs as one batch.
 //!
@@ -8,6 +9,7 @@
 //! fixed names (`cert.pem`, `key.pem`, `chain.pem`) in the work directory
 //! (invariant 8).
 
+pub mod acme;
 pub mod http;
 pub mod inbox;
 

@@ -7,6 +7,7 @@
 //! of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod acme;
 pub mod apache;
 pub mod nginx;
 pub mod pki;
