@@ -1233,11 +1233,24 @@ fn watch_inboxes(cfg: &Config, wake: &Arc<Notify>) -> InboxWatch {
     }
 }
 
-/// The inbox watchers and the ACME stores' watchers.
-fn watch_sources(cfg: &Config, wake: &Arc<Notify>) -> Vec<notify::RecommendedWatcher> {
-    let mut out = watch_inboxes(cfg, wake);
-    out.extend(watch_acme_stores(cfg, wake));
-    out
+/// Every source's watches: the inboxes (watched again when replaced) and
+/// the ACME stores.
+struct SourceWatch {
+    inboxes: InboxWatch,
+    _acme: Vec<notify::RecommendedWatcher>,
+}
+
+impl SourceWatch {
+    fn refresh(&mut self, cfg: &Config, wake: &Arc<Notify>) {
+        self.inboxes.refresh(cfg, wake);
+    }
+}
+
+fn watch_sources(cfg: &Config, wake: &Arc<Notify>) -> SourceWatch {
+    SourceWatch {
+        inboxes: watch_inboxes(cfg, wake),
+        _acme: watch_acme_stores(cfg, wake),
+    }
 }
 
 /// Watch every certbot `live/` dir and acme.sh home (recursively: a
