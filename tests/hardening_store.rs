@@ -497,3 +497,36 @@ fn a_config_file_another_user_could_change_is_refused() {
         }
     }
 }
+
+#[test]
+fn a_forged_version_record_cannot_make_rollback_write_outside_the_config() {
+    // A committed install saves the old files as versions/000001; its
+    // record is then changed to send the saved cert somewhere else.
+    let w = World::nginx();
+    let new = w.renewed();
+    let (cert, key) = w.bundle("new", &new);
+    let out = w.install(&cert, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let planted = w.dir.path().join("planted.pem");
+    let meta_path = state(&w)
+        .join("sites")
+        .join(SITE)
+        .join("versions/000001/meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(&meta_path).expect("version record")).expect("json");
+    for f in meta["files"].as_array_mut().expect("files") {
+        if f["role"] == "cert" {
+            f["target"] = path(&planted).into();
+        }
+    }
+    fs::write(&meta_path, meta.to_string()).expect("forge the record");
+    let before = snapshot(&w);
+    let workers = settled_workers(&w);
+    let out = w.run(&["rollback", "--site", SITE]);
+    assert_refused(&out, &[path(&meta_path), path(&planted)]);
+    assert!(!planted.exists(), "nothing planted");
+    let after = snapshot(&w);
+    assert_eq!(after, before, "nothing changed");
+    assert_eq!(w.server.worker_pids(), workers, "no signal");
+    assert_eq!(w.served(), new.sha256, "the new certificate stays served");
+}
