@@ -530,3 +530,49 @@ fn a_forged_version_record_cannot_make_rollback_write_outside_the_config() {
     assert_eq!(w.server.worker_pids(), workers, "no signal");
     assert_eq!(w.served(), new.sha256, "the new certificate stays served");
 }
+
+#[test]
+fn a_forged_managed_journal_cannot_point_the_live_link_outside_the_store() {
+    // Managed: recovery flips `live/SITE` back to the journal's old
+    // version and drops the new one. A forged "old version" that climbs
+    // out of the archive would point the server at the attacker's files
+    // and remove the version it serves now.
+    let mut o = support::world::Options::new(support::world::Kind::Nginx);
+    o.managed = true;
+    let w = World::new(o);
+    let new = w.renewed();
+    let (cert, key) = w.bundle("new", &new);
+    let out = w.install(&cert, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let outside = w.dir.path().join("outside");
+    fs::create_dir(&outside).expect("mkdir");
+    let theirs = w.issuer().leaf(&[SITE]).days(-1, 30).build();
+    support::pki::write(&outside, "cert", &theirs);
+    let site_dir = state(&w).join("sites").join(SITE);
+    let current = fs::read_link(state(&w).join("live").join(SITE)).expect("live link");
+    let current = current.file_name().and_then(|n| n.to_str()).expect("id");
+    forge_journal(
+        &site_dir,
+        serde_json::json!({"flip": {"old": "../../../outside", "new": current}}),
+    );
+    let wanted = state(&w)
+        .join("archive")
+        .join(SITE)
+        .join("../../../outside");
+    let before = snapshot(&w);
+    let workers = settled_workers(&w);
+    for cmd in ["install", "rollback"] {
+        let out = match cmd {
+            "install" => w.install(&cert, &key, &["--force"]),
+            _ => w.run(&["rollback", "--site", SITE]),
+        };
+        assert_refused(&out, &[path(&site_dir.join("journal.json")), path(&wanted)]);
+        assert_eq!(snapshot(&w), before, "{cmd}: nothing changed");
+        assert_eq!(w.server.worker_pids(), workers, "{cmd}: no signal");
+        assert_eq!(
+            w.served(),
+            new.sha256,
+            "{cmd}: the installed leaf stays served"
+        );
+    }
+}
