@@ -462,13 +462,23 @@ pub fn recover_host(env: &Env<'_>) -> Result<HashMap<String, Recovery>, InstallE
 /// then prove their restored leaves are served. The caller holds the host lock. Returns
 /// what recovery did, per site, in order.
 pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, InstallError> {
+    let targets_of = |site: &Site| -> Vec<PathBuf> {
+        install::site_targets(site)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    };
+    // Every journal is checked against the config before any site is
+    // repaired: a forged one stops the repair with nothing changed.
+    for site in sites {
+        env.store
+            .site(&site.store_key)
+            .check_journal(&targets_of(site))?;
+    }
     let mut found = Vec::with_capacity(sites.len());
     let mut reload = Vec::new();
     for site in sites {
-        let targets: Vec<PathBuf> = install::site_targets(site)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
+        let targets = targets_of(site);
         let r = env.store.site(&site.store_key).recover(&targets)?;
         match &r {
             Recovery::Clean => {}

@@ -14,6 +14,8 @@ use crate::probe::{KeyFamily, Target};
 /// Where the config is read from when neither `--config` nor
 /// `CERTSWAP_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/certswap/certswap.toml";
+/// A config of thousands of sites is well under this.
+const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Why a config file is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,10 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Another user could have written the config file (see
+    /// [`crate::owner`]).
+    #[error(transparent)]
+    Untrusted(crate::owner::OwnerError),
     #[error("{path}: no site named `{name}` (sites: {known})")]
     UnknownSite {
         path: PathBuf,
@@ -325,11 +331,27 @@ impl Site {
 }
 
 impl Config {
-    /// Read and validate the config at `path`.
+    /// Read and validate the config at `path`. It says what root writes
+    /// where, so it must be a regular file (not a symlink) that only root
+    /// can change, in directories only root can change. Readable by others
+    /// is fine: it holds no secret by design (secrets live in `*_file`s,
+    /// checked where they are read).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = crate::owner::read_trusted("config file", path, MAX_CONFIG_BYTES).map_err(
+            |e| match e {
+                crate::owner::OwnerError::Io { source, .. } => ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                },
+                other => ConfigError::Untrusted(other),
+            },
+        )?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            ),
         })?;
         let mut cfg = Config::parse(&text, path)?;
         cfg.discover_missing_endpoints()?;

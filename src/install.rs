@@ -350,7 +350,7 @@ pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
     recover_site(env, site)?;
 
     let (version, files) = match site.mode {
-        Mode::InPlace => site_store.previous()?,
+        Mode::InPlace => site_store.previous(&site_targets(site))?,
         Mode::Managed => site_store.previous_managed()?,
     };
     let Some(leaf) = files

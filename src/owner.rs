@@ -347,10 +347,103 @@ fn read_capped(
     Ok(buf)
 }
 
+/// A directory *below* one [`trusted_dir`] already accepted (the state
+/// dir's `sites/`, a site's `undo/`): the same rules for the directory
+/// itself — real directory, never a symlink, trusted owner, not writable
+/// by others — without walking the ancestors again. `Ok(false)` when it
+/// does not exist (yet).
+pub fn trusted_subdir(what: &'static str, path: &Path) -> Result<bool, OwnerError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(OwnerError::Io {
+                what,
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if meta.file_type().is_symlink() {
+        return Err(OwnerError::Symlink {
+            what,
+            path: path.to_path_buf(),
+            kind: "directory",
+        });
+    }
+    if !meta.is_dir() {
+        return Err(OwnerError::Kind {
+            what,
+            path: path.to_path_buf(),
+            found: kind_of(&meta),
+            kind: "directory",
+        });
+    }
+    owner_and_mode(what, path, &meta, path)?;
+    Ok(true)
+}
+
+/// Before creating the missing directory `path` (and any missing parents):
+/// the nearest existing directory above it, and every directory above
+/// that, is trusted — so what certswap creates there only root can change.
+/// When the nearest existing entry is not a directory, nothing is said:
+/// creating will fail with its own error.
+pub fn trusted_to_create(what: &'static str, path: &Path) -> Result<(), OwnerError> {
+    let Some(existing) = path
+        .ancestors()
+        .skip(1)
+        .find(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_ok())
+    else {
+        return Ok(());
+    };
+    if !std::fs::metadata(existing).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let real = std::fs::canonicalize(existing).map_err(|source| OwnerError::Io {
+        what,
+        path: existing.to_path_buf(),
+        source,
+    })?;
+    for dir in real.ancestors() {
+        let meta = std::fs::metadata(dir).map_err(|source| OwnerError::Io {
+            what,
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        // `path` differs from `dir`: a sticky /tmp is fine to create in.
+        owner_and_mode(what, path, &meta, dir)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn subdirs_and_places_to_create_in_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("sites");
+        assert!(!trusted_subdir("state dir", &sub).expect("missing is fine"));
+        std::fs::create_dir(&sub).expect("mkdir");
+        assert!(trusted_subdir("state dir", &sub).expect("private"));
+        trusted_to_create("state dir", &sub.join("a/b")).expect("in a private dir");
+        chmod(&sub, 0o777);
+        let e = trusted_subdir("state dir", &sub).expect_err("world-writable");
+        assert!(e.to_string().contains("chmod go-w"), "{e}");
+        let e = trusted_to_create("state dir", &sub.join("a/b")).expect_err("in a 0777 dir");
+        assert!(e.to_string().contains("writable by everyone"), "{e}");
+        chmod(&sub, 0o700);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&sub, &link).expect("symlink");
+        let e = trusted_subdir("state dir", &link).expect_err("symlink");
+        assert!(matches!(e, OwnerError::Symlink { .. }), "{e}");
+        // Through a regular file: left to mkdir's own error.
+        let f = dir.path().join("f");
+        std::fs::write(&f, "x").expect("write");
+        trusted_to_create("state dir", &f.join("state")).expect("not judged");
+    }
 
     fn chmod(p: &Path, mode: u32) {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");

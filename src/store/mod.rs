@@ -48,6 +48,7 @@ mod managed;
 use crate::cert::sha256_hex;
 use crate::failpoint;
 use crate::fsio::{self, Perms};
+use crate::owner;
 
 /// How many earlier versions a site keeps by default.
 pub const KEEP_VERSIONS: usize = 3;
@@ -58,6 +59,10 @@ const RESTORE_SUFFIX: &str = ".certswap-restore";
 const UNDO_DONE: &str = "undo.done";
 /// Cert and key files are small; anything bigger is not ours to copy.
 const MAX_TARGET_BYTES: u64 = 1024 * 1024;
+/// A journal names a few files; anything bigger was not written by us.
+const MAX_JOURNAL_BYTES: u64 = 1024 * 1024;
+/// How the state dir and its directories are named in a refusal.
+const STATE_DIR: &str = "state dir";
 
 /// Why the store could not do its part. Each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,20 @@ pub enum StoreError {
     BadJournal { path: PathBuf, reason: String },
     #[error("site {site} has no earlier version to go back to (none in {path})")]
     NoVersion { site: String, path: PathBuf },
+    /// The state dir, one of its directories or the journal could have
+    /// been written by another user (see [`crate::owner`]).
+    #[error(transparent)]
+    Untrusted(#[from] crate::owner::OwnerError),
+    /// A journal (or the undo or version record beside it) names a path
+    /// that is not one of the site's configured files or its own store.
+    #[error(
+        "{journal} names {wants}, which is neither a configured file of site {site} nor a version in its store, so certswap changed nothing: someone else may have written it; an operator must look at it and remove it once the site's files are right"
+    )]
+    ForeignJournal {
+        journal: PathBuf,
+        wants: PathBuf,
+        site: String,
+    },
 }
 
 fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> StoreError + use<> {
@@ -233,9 +252,22 @@ pub enum Recovery {
 }
 
 impl Store {
-    /// Open (creating if needed, mode 0700) the state directory.
+    /// Open (creating if needed, mode 0700) the state directory. Whoever
+    /// can write it can make recovery write and remove files as root, so
+    /// it, every directory above it and the directories certswap keeps in
+    /// it must be real directories only root can change; one that is not
+    /// is refused before anything is created or read (DESIGN invariant 9).
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        mkdir_private(root)?;
+        if std::fs::symlink_metadata(root).is_err() {
+            // Missing: create it only where no other user could have
+            // prepared or could later rename it.
+            owner::trusted_to_create(STATE_DIR, root)?;
+            mkdir_private(root)?;
+        }
+        owner::trusted_dir(STATE_DIR, root)?;
+        for sub in ["sites", "archive", "live", "agent"] {
+            owner::trusted_subdir(STATE_DIR, &root.join(sub))?;
+        }
         mkdir_private(&root.join("sites"))?;
         Ok(Store {
             root: root.to_path_buf(),
@@ -319,8 +351,12 @@ impl SiteStore {
 
     /// Finish or undo a change a crash interrupted, and remove staged files
     /// left beside `targets`. Idempotent: running it twice does nothing more.
+    ///
+    /// The journal is input like any other: it is first checked against
+    /// `targets` (the site's configured files, [`SiteStore::check_journal`])
+    /// and refused, with nothing changed, when it names anything else.
     pub fn recover(&self, targets: &[PathBuf]) -> Result<Recovery, StoreError> {
-        let journal = self.read_journal()?;
+        let journal = self.checked_journal(targets)?;
         let outcome = match journal {
             None => {
                 // No journal means no target was touched: drop any undo
@@ -391,13 +427,101 @@ impl SiteStore {
         remove_dir_durable(&self.undo_dir())
     }
 
+    /// Check, changing nothing, that recovery of this site would only
+    /// touch `targets` (the site's configured files) and its own store:
+    /// the site's directories are real directories only root can change,
+    /// and the journal (if any) and its undo record name only `targets`,
+    /// each staged beside its target, and version ids of this store. Run
+    /// for every site before any is repaired (`batch::recover_sites`), so a
+    /// forged journal stops the repair before the first file moves.
+    pub fn check_journal(&self, targets: &[PathBuf]) -> Result<(), StoreError> {
+        self.checked_journal(targets).map(|_| ())
+    }
+
+    fn checked_journal(&self, targets: &[PathBuf]) -> Result<Option<Journal>, StoreError> {
+        for dir in [
+            self.dir.clone(),
+            self.undo_dir(),
+            self.dir.join("undo.tmp"),
+            self.dir.join(UNDO_DONE),
+            self.versions_dir(),
+            self.root.join("archive").join(&self.dir_name),
+        ] {
+            owner::trusted_subdir(STATE_DIR, &dir)?;
+        }
+        let Some(j) = self.read_journal()? else {
+            return Ok(None);
+        };
+        let path = self.journal_path();
+        let foreign = |journal: &Path, wants: &Path| StoreError::ForeignJournal {
+            journal: journal.to_path_buf(),
+            wants: wants.to_path_buf(),
+            site: self.name.clone(),
+        };
+        for f in &j.files {
+            if !targets.contains(&f.target) {
+                return Err(foreign(&path, &f.target));
+            }
+            if f.staged != fsio::sibling(&f.target, STAGED_SUFFIX) {
+                return Err(foreign(&path, &f.staged));
+            }
+        }
+        // Version ids become paths that are removed or linked to: six
+        // digits, nothing that could climb out of the store.
+        let versions = match &j.flip {
+            Some(_) => self.root.join("archive").join(&self.dir_name),
+            None => self.versions_dir(),
+        };
+        let mut ids: Vec<&str> = Vec::new();
+        if let Op::Rollback { version } = &j.op {
+            ids.push(version);
+        }
+        if let Some(flip) = &j.flip {
+            ids.extend([flip.old.as_str(), flip.new.as_str()]);
+        }
+        for id in ids {
+            if !is_version_id(id) {
+                return Err(foreign(&path, &versions.join(id)));
+            }
+            owner::trusted_subdir(STATE_DIR, &versions.join(id))?;
+        }
+        // The undo record says where each saved file goes back to.
+        let undo = self.undo_dir();
+        if j.flip.is_none()
+            && undo.is_dir()
+            && let Ok(meta) = read_meta(&undo)
+        {
+            for s in &meta.files {
+                if !targets.contains(&s.target) {
+                    return Err(foreign(&undo.join("meta.json"), &s.target));
+                }
+            }
+        }
+        Ok(Some(j))
+    }
+
     fn read_journal(&self) -> Result<Option<Journal>, StoreError> {
         let path = self.journal_path();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&path, "read the journal")(e)),
+        // Never through a symlink, only a regular file root wrote.
+        let (file, meta) = match owner::open_nofollow("journal", &path) {
+            Ok(opened) => opened,
+            Err(owner::OwnerError::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
         };
+        owner::trusted_file_meta("journal", &path, &meta)?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, MAX_JOURNAL_BYTES + 1), &mut bytes)
+            .map_err(io_err(&path, "read the journal"))?;
+        if bytes.len() as u64 > MAX_JOURNAL_BYTES {
+            return Err(StoreError::BadJournal {
+                path,
+                reason: format!("larger than {MAX_JOURNAL_BYTES} bytes"),
+            });
+        }
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StoreError::BadJournal {
@@ -486,8 +610,13 @@ impl SiteStore {
         Ok(out)
     }
 
-    /// The newest saved version, as files to write back.
-    pub fn previous(&self) -> Result<(Version, Vec<NewFile>), StoreError> {
+    /// The newest saved version, as files to write back. Its record is
+    /// input too: a version that would write anything but `targets` (the
+    /// site's configured files, by role) is refused.
+    pub fn previous(
+        &self,
+        targets: &[(Role, PathBuf)],
+    ) -> Result<(Version, Vec<NewFile>), StoreError> {
         let v = self
             .versions()?
             .pop()
@@ -495,6 +624,17 @@ impl SiteStore {
                 site: self.name.clone(),
                 path: self.versions_dir(),
             })?;
+        if let Some(s) = v
+            .files
+            .iter()
+            .find(|s| !targets.iter().any(|(r, t)| *r == s.role && *t == s.target))
+        {
+            return Err(StoreError::ForeignJournal {
+                journal: v.dir.join("meta.json"),
+                wants: s.target.clone(),
+                site: self.name.clone(),
+            });
+        }
         let files = load_saved(&v.dir, &v.files, Role::file_name)?;
         Ok((v, files))
     }
@@ -729,7 +869,7 @@ impl Txn {
                     let tmp = fsio::sibling(&f.target, RESTORE_SUFFIX);
                     fsio::durable_remove(&tmp)
                         .map_err(io_err(&tmp, "remove an old restore file"))?;
-                    let perms = s.perms.unwrap_or_else(|| s.role.default_perms());
+                    let perms = restore_perms(s.perms, s.role, &f.target);
                     fsio::create_new(&tmp, &bytes, perms)
                         .map_err(io_err(&tmp, "write the restored file"))?;
                     fsio::durable_rename(&tmp, &f.target)
@@ -742,6 +882,40 @@ impl Txn {
         }
         site.close_change()
     }
+}
+
+/// The mode and owner a file put back by [`Txn::abort`] gets. The undo
+/// record is input (it sits in the state dir), so it cannot ask for more
+/// than the file it replaces has now: permission bits only (no setuid,
+/// setgid or sticky), no bit the present file lacks beyond the owner's
+/// read/write (invariant 3 for restores), and an owner only if it is
+/// root, certswap itself, or the present file's owner — else root's. A
+/// genuine record asks for exactly what the staged file was given, so
+/// nothing changes for it.
+fn restore_perms(saved: Option<Perms>, role: Role, target: &Path) -> Perms {
+    let saved = saved.unwrap_or_else(|| role.default_perms());
+    let own = Perms::own(0o600);
+    let now = Perms::of(target).ok();
+    let mut mode = saved.mode & 0o777;
+    if let Some(now) = now {
+        mode &= now.mode | 0o600;
+    }
+    let uid = if saved.uid == 0 || saved.uid == own.uid || now.is_some_and(|n| n.uid == saved.uid) {
+        saved.uid
+    } else {
+        own.uid
+    };
+    let gid = if saved.gid == 0 || saved.gid == own.gid || now.is_some_and(|n| n.gid == saved.gid) {
+        saved.gid
+    } else {
+        own.gid
+    };
+    Perms { mode, uid, gid }
+}
+
+/// A version directory's name: six ASCII digits.
+fn is_version_id(id: &str) -> bool {
+    id.len() == 6 && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Refuse targets certswap must not replace in place (DESIGN invariant 8
@@ -790,7 +964,7 @@ fn version_ids(dir: &Path) -> Result<Vec<String>, StoreError> {
     let mut ids: Vec<String> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|n| is_version_id(n))
         .collect();
     ids.sort();
     Ok(ids)
@@ -980,6 +1154,10 @@ mod tests {
         ]
     }
 
+    fn targets(f: &Fixture) -> Vec<(Role, PathBuf)> {
+        vec![(Role::Cert, f.cert.clone()), (Role::Key, f.key.clone())]
+    }
+
     fn read(p: &Path) -> String {
         String::from_utf8(std::fs::read(p).expect("read")).expect("utf8")
     }
@@ -1037,7 +1215,10 @@ mod tests {
         txn.commit(KEEP_VERSIONS).expect("commit");
         assert_eq!(read(&key), "new key");
         assert_eq!(Perms::of(&key).expect("perms").mode, 0o640, "mode kept");
-        let v = site.previous().expect("a version").1;
+        let v = site
+            .previous(&[(Role::Key, key.clone())])
+            .expect("a version")
+            .1;
         assert_eq!(v[0].bytes, b"old key");
     }
 
@@ -1135,7 +1316,8 @@ mod tests {
                 // it repeats the reload (and finds the files already back).
                 assert!(site.journal_path().exists(), "{step}");
                 assert_eq!(
-                    site.recover(std::slice::from_ref(&f.cert)).expect("again"),
+                    site.recover(&[f.cert.clone(), f.key.clone()])
+                        .expect("again"),
                     Recovery::RolledBack {
                         op: Op::Install,
                         reload: true
@@ -1146,7 +1328,8 @@ mod tests {
                 site.close_reloaded().expect("close");
             }
             assert_eq!(
-                site.recover(std::slice::from_ref(&f.cert)).expect("again"),
+                site.recover(&[f.cert.clone(), f.key.clone()])
+                    .expect("again"),
                 Recovery::Clean,
                 "{step}"
             );
@@ -1174,14 +1357,15 @@ mod tests {
             drop(txn); // a crash: the journal stays
             assert!(site.journal_path().exists());
             let r = site
-                .recover(std::slice::from_ref(&f.cert))
+                .recover(&[f.cert.clone(), f.key.clone()])
                 .expect("recover");
             assert_eq!(r, Recovery::Completed { op: Op::Install }, "{old_style}");
             assert_eq!(read(&f.cert), "new cert");
             assert_eq!(site.versions().expect("versions").len(), 1);
             assert!(!site.journal_path().exists() && !site.undo_dir().exists());
             assert_eq!(
-                site.recover(std::slice::from_ref(&f.cert)).expect("again"),
+                site.recover(&[f.cert.clone(), f.key.clone()])
+                    .expect("again"),
                 Recovery::Clean
             );
         }
@@ -1196,7 +1380,7 @@ mod tests {
             txn.swap().expect("swap");
             txn.commit(KEEP_VERSIONS).expect("commit");
         }
-        let (v, files) = site.previous().expect("previous");
+        let (v, files) = site.previous(&targets(&f)).expect("previous");
         assert_eq!(String::from_utf8_lossy(&files[0].bytes), "v2 cert");
         let mut txn = site
             .begin(Op::Rollback { version: v.id }, files)
@@ -1205,7 +1389,7 @@ mod tests {
         txn.commit(KEEP_VERSIONS).expect("commit");
         assert_eq!(read(&f.cert), "v2 cert");
         assert_eq!(site.versions().expect("versions").len(), 1);
-        let (_, files) = site.previous().expect("previous");
+        let (_, files) = site.previous(&targets(&f)).expect("previous");
         assert_eq!(String::from_utf8_lossy(&files[0].bytes), "old cert");
     }
 

@@ -320,6 +320,14 @@ impl Apache {
         .map_err(StartError::Failed)?;
         match process.wait_ready(self.port, &self.pid_file(), Duration::from_secs(10)) {
             Ok(()) => {
+                // Answering is not yet settled: the parent may still be
+                // forking its children (event MPM: StartServers 3 by
+                // default), and a test that takes `worker_pids()` now as
+                // "not signalled" would see them appear. Wait (bounded).
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while children_of(process.pid()).len() < 3 && Instant::now() < deadline {
+                    sleep(Duration::from_millis(10));
+                }
                 self.process = Some(process);
                 Ok(())
             }

@@ -278,6 +278,14 @@ impl Nginx {
         .map_err(StartError::Failed)?;
         match process.wait_ready(self.port, &self.pid_file(), Duration::from_secs(10)) {
             Ok(()) => {
+                // Answering is not yet settled: the master may still be
+                // forking its second worker, and a test that takes
+                // `worker_pids()` now as "not signalled" would see one
+                // appear. Wait (bounded) for both of `worker_processes 2`.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while children_of(process.pid()).len() < 2 && Instant::now() < deadline {
+                    sleep(Duration::from_millis(10));
+                }
                 self.process = Some(process);
                 Ok(())
             }
