@@ -394,11 +394,6 @@ pub(crate) fn apply(
     new_sha: &str,
     mut out: Outcome,
 ) -> Result<Outcome, InstallError> {
-    // The reload after the swap can reach only the proven server; a pid
-    // file that names something else (or nothing) is found now, before
-    // any file moves, not after the new files are in place.
-    env.server.preflight().map_err(InstallError::Server)?;
-
     // What each endpoint serves before anything changes: the proof target
     // of a rollback, and a server that does not answer now is refused
     // before any file moves.
@@ -407,6 +402,10 @@ pub(crate) fn apply(
         .iter()
         .map(|(t, r)| (t.clone(), r.sha256.clone().unwrap_or_default()))
         .collect();
+    // The reload after the swap can reach only the proven server; a pid
+    // file that names something else (or nothing) is found now, before
+    // any file moves, not after the new files are in place.
+    env.server.preflight().map_err(InstallError::Server)?;
 
     // 3. stage: undo copy, staged files beside the targets, journal.
     let t = Instant::now();

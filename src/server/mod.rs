@@ -35,8 +35,8 @@ pub enum ServerError {
     /// symlink…): what it names is not trusted with a signal.
     #[error("{0}; certswap signals only a server named by a pid file only root can write")]
     UntrustedPidFile(crate::owner::OwnerError),
-    #[error("the server is not running ({path} does not exist)")]
-    NoPidFile { path: PathBuf },
+    #[error("{server} is not running ({path} does not exist)")]
+    NoPidFile { server: &'static str, path: PathBuf },
     /// The pid file names a live process that is not the server's master
     /// (a stale pid file whose number was reused, a worker).
     #[error(
@@ -47,6 +47,17 @@ pub enum ServerError {
         path: PathBuf,
         found: String,
         binary: PathBuf,
+    },
+    /// The pid file names a child of the server (an nginx worker).
+    #[error(
+        "pid {pid} from {path} is a child of {server} pid {parent}, not its {leader}; certswap signals only the {leader} (fix pid_file)"
+    )]
+    NotTheLeader {
+        server: &'static str,
+        pid: i32,
+        path: PathBuf,
+        parent: i32,
+        leader: &'static str,
     },
     #[error("{server} is not running (pid {pid} from {path} is {state})")]
     NotRunning {

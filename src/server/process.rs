@@ -47,10 +47,15 @@ pub(crate) struct Expect<'a> {
 /// Parse the pid in `path`, read as a trusted file (see the module
 /// comment). A missing file is [`ServerError::NoPidFile`].
 pub fn read_pid(path: &Path) -> Result<i32, ServerError> {
+    read_pid_of("the server", path)
+}
+
+fn read_pid_of(server: &'static str, path: &Path) -> Result<i32, ServerError> {
     let bytes = match owner::read_trusted("pid file", path, MAX_PID_FILE_BYTES) {
         Ok(b) => b,
         Err(OwnerError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Err(ServerError::NoPidFile {
+                server,
                 path: path.to_path_buf(),
             });
         }
@@ -153,14 +158,16 @@ fn prove(want: &Expect<'_>, pid: i32) -> Result<(), ServerError> {
     if let Some(ppid) = parent_of(pid)
         && exe_of(ppid).is_some_and(|e| e == binary)
     {
-        let role = match want.leader {
-            Leader::NginxMaster => "master process",
-            Leader::ApacheParent => "parent process",
-        };
-        return Err(not_it(format!(
-            "a child of {} pid {ppid}, not its {role}",
-            want.server
-        )));
+        return Err(ServerError::NotTheLeader {
+            server: want.server,
+            pid,
+            path: want.pid_file.to_path_buf(),
+            parent: ppid,
+            leader: match want.leader {
+                Leader::NginxMaster => "master process",
+                Leader::ApacheParent => "parent process",
+            },
+        });
     }
     Ok(())
 }
@@ -168,7 +175,7 @@ fn prove(want: &Expect<'_>, pid: i32) -> Result<(), ServerError> {
 /// The pid from the pid file, proven to be the live server (see the module
 /// comment); NoPidFile, NotRunning, NotTheServer or UntrustedPidFile else.
 pub(crate) fn proven_pid(want: &Expect<'_>) -> Result<i32, ServerError> {
-    let pid = read_pid(want.pid_file)?;
+    let pid = read_pid_of(want.server, want.pid_file)?;
     prove(want, pid)?;
     Ok(pid)
 }
@@ -219,7 +226,7 @@ impl PidFd {
 /// before the signal (the process may have been replaced since the check
 /// before the change).
 pub(crate) fn signal(want: &Expect<'_>, sig: nix::sys::signal::Signal) -> Result<i32, ServerError> {
-    let pid = read_pid(want.pid_file)?;
+    let pid = read_pid_of(want.server, want.pid_file)?;
     let failed = |source| ServerError::Signal {
         server: want.server,
         pid,
