@@ -419,12 +419,12 @@ fn out_of_inodes(managed: bool) {
 
 #[test]
 fn a_state_dir_out_of_inodes_fails_the_install_before_the_swap_not_after_it() {
+    // In place: the first commit of a site made versions/ (an inode) after
+    // the swap. Managed mode is not swept here: there the flip frees the
+    // old link's inode before the commit needs one, so it did not fail on
+    // the code before this test; its staged link and commit record are
+    // covered by a_managed_commit_that_fails_after_the_probe_….
     out_of_inodes(false);
-}
-
-#[test]
-fn a_managed_state_dir_out_of_inodes_fails_the_install_before_the_flip_not_after_it() {
-    out_of_inodes(true);
 }
 
 fn failed_commit(managed: bool) {
