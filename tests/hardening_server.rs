@@ -179,6 +179,51 @@ fn a_pid_file_naming_an_nginx_worker_is_refused_the_master_is_the_one_to_signal(
     assert_eq!(leaders(&w, binary), vec![master]);
 }
 
+#[test]
+fn recovery_after_a_crash_signals_no_process_a_stale_pid_file_names() {
+    let w = World::nginx();
+    let (pid_file, binary, master) = server_facts(&w);
+    let new = w.renewed();
+    let (cert, key) = w.bundle("new", &new);
+    // A crash right after the swap: the journal is open, the new files are
+    // in place, and the next command's recovery would reload.
+    let out = w.install_env(&cert, &key, &[], &[("CERTSWAP_FAILPOINT", "after-swap")]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let journal = w
+        .dir
+        .path()
+        .join("state/sites")
+        .join(SITE)
+        .join("journal.json");
+    assert!(journal.exists(), "the crash left the change open");
+    let mut bystander = Bystander::start();
+    write_pid_file(&pid_file, bystander.pid());
+    let before = w.snapshot();
+    let workers = w.server.worker_pids();
+
+    let out = w.install(&cert, &key, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("recovering an interrupted change")
+            && err.contains(&format!("pid {} from", bystander.pid()))
+            && err.contains("is /usr/bin/sleep"),
+        "{}",
+        text(&out)
+    );
+    assert!(bystander.alive(), "the other process got no signal");
+    assert_eq!(leaders(&w, binary), vec![master], "no second nginx");
+    assert_eq!(w.snapshot(), before, "recovery changed nothing yet");
+    assert_eq!(w.server.worker_pids(), workers, "nginx got no signal");
+
+    // The pid file fixed: the next command repairs, then installs.
+    write_pid_file(&pid_file, master);
+    let out = w.install(&cert, &key, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(w.served(), new.sha256);
+    assert!(!journal.exists());
+}
+
 /// A certswap child that blocks opening a FIFO sits in the kernel's
 /// `wait_for_partner` (no writer comes): seen in any of its threads'
 /// wchan, that is the hang, found without a clock.

@@ -317,6 +317,36 @@ mod tests {
     }
 
     #[test]
+    fn a_server_whose_binary_was_replaced_on_disk_is_still_the_server() {
+        // A package upgrade renames a new binary over the running one's:
+        // /proc/PID/exe then reads "PATH (deleted)".
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("server");
+        std::fs::copy("/usr/bin/sleep", &bin).expect("copy sleep");
+        let mut child = std::process::Command::new(&bin)
+            .arg("30")
+            .spawn()
+            .expect("spawn");
+        std::fs::remove_file(&bin).expect("replace the binary");
+        std::fs::write(&bin, b"#!/bin/sh\n").expect("a new file at the path");
+        let p = dir.path().join("server.pid");
+        std::fs::write(&p, format!("{}\n", child.id())).expect("write");
+        let want = Expect {
+            server: "nginx",
+            binary: &bin,
+            pid_file: &p,
+            leader: Leader::NginxMaster,
+        };
+        let proven = proven_pid(&want);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(
+            proven.expect("the replaced binary's process"),
+            child.id() as i32
+        );
+    }
+
+    #[test]
     fn zombie_is_dead() {
         let child = std::process::Command::new("true")
             .spawn()
