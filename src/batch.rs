@@ -434,7 +434,7 @@ fn install_batch(
                 open: Some(txn),
             }) => unverified.push((
                 open,
-                txn,
+                *txn,
                 format!(
                     "the new certificate was served, but the change could not be committed ({error}), so it is rolled back"
                 ),

@@ -490,7 +490,7 @@ fn commit_failed(
         }
         Some(txn) => undo(
             env,
-            txn,
+            *txn,
             before,
             true,
             format!(

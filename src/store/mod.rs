@@ -658,7 +658,7 @@ impl Txn {
             if !self.committed_on_disk() {
                 return Err(CommitFailed {
                     error,
-                    open: Some(self),
+                    open: Some(Box::new(self)),
                 });
             }
             // The rename happened and a later fsync failed: the change
@@ -834,7 +834,8 @@ pub struct CommitFailed {
     pub error: StoreError,
     /// The change, still open, when the commit point was not reached: the
     /// new files are in place and the journal would undo them.
-    pub open: Option<Txn>,
+    /// (Boxed: a Txn carries its whole journal.)
+    pub open: Option<Box<Txn>>,
 }
 
 /// Drop a managed change's unused commit record once the change is closed
