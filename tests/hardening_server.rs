@@ -85,6 +85,22 @@ fn leaders(w: &World, binary: &str) -> Vec<i32> {
     out
 }
 
+/// The server's workers once it has forked them all: nginx starts its two
+/// workers one after the other, and may still be forking the second when
+/// it first answers (a snapshot taken then would see a "new" worker later
+/// without any signal). Waits for the count, not for a time.
+fn settled_workers(w: &World) -> Vec<i32> {
+    let mut pids = w.server.worker_pids();
+    for _ in 0..1000 {
+        if pids.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        pids = w.server.worker_pids();
+    }
+    pids
+}
+
 /// Replace the pid file with `pid` (root-owned, 0644, like the server's).
 fn write_pid_file(p: &Path, pid: i32) {
     let tmp = p.with_extension("tmp");
@@ -128,7 +144,7 @@ fn stale_pid_file_naming_another_process(kind: Kind) {
     let (pid_file, binary, master) = server_facts(&w);
     let mut bystander = Bystander::start();
     let before = w.snapshot();
-    let workers = (kind == Kind::Nginx).then(|| w.server.worker_pids());
+    let workers = (kind == Kind::Nginx).then(|| settled_workers(&w));
     let leaders_before = leaders(&w, binary);
     assert_eq!(leaders_before, vec![master], "one server to start with");
     let (cert, key) = w.bundle("new", &w.renewed());
@@ -166,7 +182,7 @@ fn a_pid_file_naming_an_nginx_worker_is_refused_the_master_is_the_one_to_signal(
     let w = World::nginx();
     let (pid_file, binary, master) = server_facts(&w);
     let before = w.snapshot();
-    let workers = w.server.worker_pids();
+    let workers = settled_workers(&w);
     let worker = *workers.first().expect("an nginx worker");
     let (cert, key) = w.bundle("new", &w.renewed());
     write_pid_file(&pid_file, worker);
@@ -199,7 +215,7 @@ fn recovery_after_a_crash_signals_no_process_a_stale_pid_file_names() {
     let mut bystander = Bystander::start();
     write_pid_file(&pid_file, bystander.pid());
     let before = w.snapshot();
-    let workers = w.server.worker_pids();
+    let workers = settled_workers(&w);
 
     let out = w.install(&cert, &key, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -242,7 +258,7 @@ fn a_pid_file_that_is_a_fifo_is_refused_at_once_without_hanging_the_host_lock() 
     let (pid_file, _, master) = server_facts(&w);
     let (cert, key) = w.bundle("new", &w.renewed());
     let before = w.snapshot();
-    let workers = w.server.worker_pids();
+    let workers = settled_workers(&w);
     fs::remove_file(&pid_file).expect("rm pid file");
     nix::unistd::mkfifo(&pid_file, nix::sys::stat::Mode::from_bits_truncate(0o644))
         .expect("mkfifo");
@@ -294,7 +310,7 @@ fn a_pid_file_another_user_could_write_is_refused_before_any_change() {
     let (pid_file, _, master) = server_facts(&w);
     let (cert, key) = w.bundle("new", &w.renewed());
     let before = w.snapshot();
-    let workers = w.server.worker_pids();
+    let workers = settled_workers(&w);
     // (owner uid, group gid, mode) -> what the refusal says
     let cases: [((u32, u32, u32), &str); 3] = [
         ((65534, 0, 0o644), "is owned by uid 65534"),
@@ -332,7 +348,7 @@ fn a_reload_command_does_not_make_a_pid_file_naming_another_process_trusted() {
     let mut bystander = Bystander::start();
     let (cert, key) = w.bundle("new", &w.renewed());
     let before = w.snapshot();
-    let workers = w.server.worker_pids();
+    let workers = settled_workers(&w);
     write_pid_file(&pid_file, bystander.pid());
     let out = w.install(&cert, &key, &[]);
     assert_refused_untouched(

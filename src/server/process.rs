@@ -97,16 +97,62 @@ fn parent_of(pid: i32) -> Option<i32> {
     stat_fields(&stat).get(1)?.parse().ok()
 }
 
+/// The kernel's name of the program `pid` runs (`comm`: the executable's
+/// file name, at most 15 bytes).
+fn comm_of(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    stat.get(open + 1..close).map(str::to_string)
+}
+
+/// The real and effective uid of `pid`.
+fn uids_of(pid: i32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    let mut ids = line
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse::<u32>().ok());
+    Some((ids.next()??, ids.next()??))
+}
+
+/// Whether `pid` runs `binary` (canonical); what it runs instead if not.
+fn runs_binary(pid: i32, binary: &Path) -> Result<(), String> {
+    match exe_of(pid) {
+        Ok(exe) if exe == binary => Ok(()),
+        Ok(exe) => Err(exe.display().to_string()),
+        // Without CAP_SYS_PTRACE (the systemd unit does not grant it) the
+        // kernel hides the executable of a process holding capabilities
+        // certswap lacks, which the root master does. Then: owned by root
+        // (no other user can put a root process at a reused pid) and named
+        // by the kernel after the binary's file.
+        Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EACCES | nix::libc::EPERM)) => {
+            let comm = comm_of(pid).unwrap_or_default();
+            let uids = uids_of(pid);
+            let want: String = binary
+                .file_name()
+                .map(|n| n.to_string_lossy().chars().take(15).collect())
+                .unwrap_or_default();
+            match uids {
+                Some((0, 0)) if comm == want => Ok(()),
+                Some((uid, _)) => Err(format!("`{comm}` run by uid {uid}")),
+                None => Err(format!("`{comm}`")),
+            }
+        }
+        Err(_) => Err("a process whose executable cannot be read".into()),
+    }
+}
+
 /// The executable `pid` runs, as a path. A binary replaced on disk while
 /// the process runs (a package upgrade renames the new file over the old
 /// one) reads as "PATH (deleted)": that is still the program installed at
 /// PATH, so the suffix is dropped and PATH is what gets compared. Only
 /// root can put a file at the configured binary's path, so accepting the
 /// replaced inode under its old name gives another user nothing.
-fn exe_of(pid: i32) -> Option<PathBuf> {
-    let link = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+fn exe_of(pid: i32) -> std::io::Result<PathBuf> {
+    let link = std::fs::read_link(format!("/proc/{pid}/exe"))?;
     let text = link.to_string_lossy();
-    Some(match text.strip_suffix(" (deleted)") {
+    Ok(match text.strip_suffix(" (deleted)") {
         Some(p) => PathBuf::from(p),
         None => link,
     })
@@ -144,19 +190,14 @@ fn prove(want: &Expect<'_>, pid: i32) -> Result<(), ServerError> {
         found,
         binary: want.binary.to_path_buf(),
     };
-    match exe_of(pid) {
-        Some(exe) if exe == binary => {}
-        Some(exe) => return Err(not_it(exe.display().to_string())),
-        // Gone since the stat above, or a kernel thread (no exe).
-        None => return Err(not_it("a process whose executable cannot be read".into())),
-    }
+    runs_binary(pid, &binary).map_err(not_it)?;
     // The master's title says so (nginx); otherwise a process whose parent
     // runs the same binary is a child (a worker), never the one to signal.
     if want.leader == Leader::NginxMaster && cmdline_of(pid).starts_with("nginx: master process") {
         return Ok(());
     }
     if let Some(ppid) = parent_of(pid)
-        && exe_of(ppid).is_some_and(|e| e == binary)
+        && runs_binary(ppid, &binary).is_ok()
     {
         return Err(ServerError::NotTheLeader {
             server: want.server,
@@ -307,6 +348,7 @@ mod tests {
         );
         // The same process, proven against its own binary, is accepted.
         let sleep = exe_of(child.id() as i32).expect("exe");
+        assert!(runs_binary(child.id() as i32, &sleep).is_ok());
         let ok = Expect {
             binary: &sleep,
             ..want
