@@ -6,7 +6,10 @@
 //! /proc), run the configured binary, and be the server's master (nginx)
 //! or parent (apache), not one of its children. The proof is repeated
 //! right before every signal, which goes through a pidfd opened before the
-//! proof, so a pid reused in between cannot receive it.
+//! proof, so a pid reused in between cannot receive it. Where certswap
+//! may not read a root process's executable (no CAP_SYS_PTRACE, as under
+//! the systemd unit), "runs the binary" falls back to "owned by root and
+//! named after it" ([`runs_binary`]). docs/reliability.md has the model.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
