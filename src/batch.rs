@@ -44,7 +44,6 @@ use crate::failpoint;
 use crate::install::{self, Env, InstallError, Waited};
 use crate::probe::{self, Target};
 use crate::report::{Outcome, ResultKind, ServedRow};
-use crate::server::ServerError;
 use crate::store::{self, NewFile, Op, Recovery, SiteStore, StoreError, Txn};
 use crate::trust::TrustStore;
 
@@ -215,6 +214,11 @@ fn install_batch(
         .filter(|&i| bundles[i].is_some())
         .collect();
     clock.done("repair", accepted.len());
+    // The one reload must reach the proven server: checked before any
+    // site is staged (as in `install::apply`).
+    if !accepted.is_empty() {
+        env.server.preflight().map_err(InstallError::Server)?;
+    }
 
     // 3. stage every site (I/O threads).
     let mut staging = Vec::new();
@@ -408,13 +412,33 @@ fn install_batch(
         }
     }
     let committed = par_map(verified, IO_THREADS, |(open, txn)| {
-        let r = txn.commit(store::KEEP_VERSIONS);
+        let r = txn.try_commit(store::KEEP_VERSIONS);
         (open, r)
     });
+    // A failed commit (the commit point allocates nothing, so not for want
+    // of space): past the commit point the site stands; before it, its new
+    // files join the restore and its old leaf is proven like any other
+    // unverified site (exit 3), never left for a later command to undo.
     for (open, r) in committed {
+        let out = &mut batch.outs[open.idx];
         match r {
-            Ok(()) => batch.outs[open.idx].result = ResultKind::Verified,
-            Err(e) => batch.commit_failed(open, e),
+            Ok(()) => out.result = ResultKind::Verified,
+            Err(store::CommitFailed { error, open: None }) => {
+                out.result = ResultKind::Verified;
+                out.warnings.push(format!(
+                    "the new certificate is served and the change is committed, but finishing it failed ({error}); the next certswap command finishes it"
+                ));
+            }
+            Err(store::CommitFailed {
+                error,
+                open: Some(txn),
+            }) => unverified.push((
+                open,
+                *txn,
+                format!(
+                    "the new certificate was served, but the change could not be committed ({error}), so it is rolled back"
+                ),
+            )),
         }
     }
     clock.done("commit", batch.outs.len());
@@ -475,6 +499,21 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
             .site(&site.store_key)
             .check_journal(&targets_of(site))?;
     }
+    // A repair may end in a reload (or a start): before it restores a
+    // file, the pid file must not name another process. A server that is
+    // not running is fine here: it may have died on the interrupted
+    // change's reload, and is started once the old files are back.
+    if let Some(open) = sites
+        .iter()
+        .find(|s| env.store.site(&s.store_key).has_open_change())
+        && let Err(e) = env.server.preflight()
+        && !crate::server::is_not_running(&e)
+    {
+        return Err(InstallError::Recover {
+            site: open.name.clone(),
+            source: e,
+        });
+    }
     let mut found = Vec::with_capacity(sites.len());
     let mut reload = Vec::new();
     for site in sites {
@@ -510,7 +549,9 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
     env.server.configtest().map_err(map)?;
     match env.server.check_alive() {
         Ok(()) => env.server.reload().map_err(map)?,
-        Err(_) => env.server.start().map_err(map)?,
+        // Died on the interrupted change's reload: start it on the old files.
+        Err(e) if crate::server::is_not_running(&e) => env.server.start().map_err(map)?,
+        Err(e) => return Err(map(e)),
     }
     for site in &reload {
         if let Some(p) = install::close_reloaded(&env.store.site(&site.store_key)) {
@@ -663,49 +704,6 @@ impl Batch<'_, '_> {
         }
     }
 
-    /// The commit of a verified site failed: let the journal decide, as the
-    /// next start would. Past the commit point the install stands; before
-    /// it the old files come back and join the second reload.
-    fn commit_failed(&mut self, o: Open<'_>, e: StoreError) {
-        let targets: Vec<PathBuf> = install::site_targets(o.site)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
-        let out = &mut self.outs[o.idx];
-        match o.store.recover(&targets) {
-            Ok(Recovery::Completed { .. }) | Ok(Recovery::Clean) => {
-                out.result = ResultKind::Verified;
-                out.warnings.push(format!(
-                    "the commit failed ({e}) but had reached its commit point; a repair finished it"
-                ));
-            }
-            Ok(Recovery::RolledBack { .. }) => {
-                out.result = ResultKind::RolledBack;
-                add_problem(
-                    out,
-                    format!("the commit failed: {e}; the old files were restored from the journal"),
-                );
-                self.restored.push(Restored {
-                    idx: o.idx,
-                    before: o.before,
-                    after_reload: true,
-                    store: o.store,
-                    prober: self.probers.of(o.site.key_family).clone(),
-                });
-            }
-            Err(e2) => {
-                out.result = ResultKind::RolledBack;
-                add_problem(
-                    out,
-                    format!(
-                        "the commit failed: {e}; repairing from the journal failed too: {e2}; \
-                         the next certswap command repairs it"
-                    ),
-                );
-            }
-        }
-    }
-
     /// Second reload (if a restored site needs it), then prove in one wait
     /// that every restored site serves its old leaves again (invariant 6).
     fn finish(mut self) -> Vec<Outcome> {
@@ -769,10 +767,10 @@ fn reload_again(env: &Env<'_>) -> Option<String> {
     }
     let again = match env.server.check_alive() {
         Ok(()) => env.server.reload(),
-        // apache's parent exits on a pair it cannot load.
-        Err(ServerError::DiedOnReload { .. }) | Err(ServerError::NotRunning { .. }) => {
-            env.server.start()
-        }
+        // apache's parent exits on a pair it cannot load (it was proven
+        // running before the change); a pid file naming another process
+        // starts nothing.
+        Err(e) if crate::server::is_not_running(&e) => env.server.start(),
         Err(e) => Err(e),
     };
     again

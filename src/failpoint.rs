@@ -35,6 +35,18 @@ pub fn hit(name: &str) {
     }
 }
 
+/// An I/O error instead of an abort: `CERTSWAP_FAILPOINT=fail-NAME` makes
+/// the step `NAME` fail as a broken disk would (e.g. `fail-commit`: the
+/// commit point of a change, after the probe verified it).
+pub fn fail(name: &str) -> std::io::Result<()> {
+    match std::env::var(ENV) {
+        Ok(v) if v.strip_prefix("fail-") == Some(name) => {
+            Err(std::io::Error::other(format!("failpoint fail-{name}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Tests only: with `CERTSWAP_TEST_SKIP_VALIDATION=1` a *debug* build skips
 /// the rules of step 2, so a test can hand a server a pair it will choke on
 /// (apache's parent exits on a mismatched pair that `apache2 -t` passes).

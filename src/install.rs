@@ -44,6 +44,10 @@ pub enum InstallError {
     Probe(crate::probe::ProbeError),
     #[error("recovering an interrupted change of {site}: {source}")]
     Recover { site: String, source: ServerError },
+    /// The server cannot be reloaded safely (its pid file does not name the
+    /// proven server): refused before any file moved.
+    #[error("before changing anything: {0}; nothing was changed")]
+    Server(ServerError),
 }
 
 /// What the pipeline needs from the host: config, server, prober, store.
@@ -398,6 +402,10 @@ pub(crate) fn apply(
         .iter()
         .map(|(t, r)| (t.clone(), r.sha256.clone().unwrap_or_default()))
         .collect();
+    // The reload after the swap can reach only the proven server; a pid
+    // file that names something else (or nothing) is found now, before
+    // any file moves, not after the new files are in place.
+    env.server.preflight().map_err(InstallError::Server)?;
 
     // 3. stage: undo copy, staged files beside the targets, journal.
     let t = Instant::now();
@@ -447,10 +455,51 @@ pub(crate) fn apply(
         return undo(env, txn, &before, true, why, out);
     }
 
-    // 8. commit: the change stands; keep the last versions.
-    txn.commit(store::KEEP_VERSIONS)?;
-    out.result = ResultKind::Verified;
-    Ok(out)
+    // 8. commit: the change stands; keep the last versions. The commit
+    //    point allocates nothing (src/store/mod.rs), so a full state dir
+    //    failed the stage instead; if it fails anyway, the result must say
+    //    what is served, and no open journal may undo it unseen later.
+    match txn.try_commit(store::KEEP_VERSIONS) {
+        Ok(()) => {
+            out.result = ResultKind::Verified;
+            Ok(out)
+        }
+        Err(failed) => commit_failed(env, failed, &before, out),
+    }
+}
+
+/// The probe verified the change but its commit failed. Past the commit
+/// point the install stands (what is left the next command finishes);
+/// before it the new files are undone now, reloaded and the old leaf
+/// proven (exit 3), instead of exit 2 with the new certificate served and
+/// a journal that the next command would roll back without a word.
+fn commit_failed(
+    env: &Env<'_>,
+    failed: store::CommitFailed,
+    before: &[(Target, String)],
+    mut out: Outcome,
+) -> Result<Outcome, InstallError> {
+    match failed.open {
+        None => {
+            out.result = ResultKind::Verified;
+            out.warnings.push(format!(
+                "the new certificate is served and the change is committed, but finishing it failed ({}); the next certswap command finishes it",
+                failed.error
+            ));
+            Ok(out)
+        }
+        Some(txn) => undo(
+            env,
+            *txn,
+            before,
+            true,
+            format!(
+                "the new certificate was served, but the change could not be committed ({}), so it is rolled back rather than left for the next command to undo",
+                failed.error
+            ),
+            out,
+        ),
+    }
 }
 
 /// Close a change kept open for the reload with the old files, once that
@@ -498,8 +547,11 @@ pub(crate) fn undo(
                 let again = match env.server.check_alive() {
                     Ok(()) => env.server.reload(),
                     // apache's parent exits on a pair it cannot load: start
-                    // it again now that the old files are back.
-                    Err(ServerError::DiedOnReload { .. }) | Err(ServerError::NotRunning { .. }) => env.server.start(),
+                    // it again now that the old files are back. It was
+                    // proven running before the change (preflight), so
+                    // this start follows its death on our reload; a pid
+                    // file that names another process starts nothing.
+                    Err(e) if crate::server::is_not_running(&e) => env.server.start(),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = again {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::{
-    ProcessState, ServerError, WebServer, process, run_captured, run_reload_command, summarize,
+    ProcessState, ServerError, WebServer, preflight_of, process, run_captured, run_reload_command,
+    summarize,
 };
 use crate::config::ServerConfig;
 
@@ -25,6 +26,16 @@ pub struct Apache {
 impl Apache {
     pub fn new(cfg: ServerConfig) -> Apache {
         Apache { cfg }
+    }
+
+    /// The parent the pid file must name.
+    fn expect(&self) -> process::Expect<'_> {
+        process::Expect {
+            server: "apache",
+            binary: &self.cfg.binary,
+            pid_file: &self.cfg.pid_file,
+            leader: process::Leader::ApacheParent,
+        }
     }
 
     fn base_args(&self) -> Vec<OsString> {
@@ -89,24 +100,29 @@ impl WebServer for Apache {
         }
     }
 
+    fn preflight(&self) -> Result<(), ServerError> {
+        preflight_of(&self.cfg, &self.expect())
+    }
+
     fn reload(&self) -> Result<(), ServerError> {
         match &self.cfg.reload_command {
             Some(cmd) => run_reload_command(cmd),
-            None => process::signal("apache", &self.cfg.pid_file, Signal::SIGUSR1).map(|_| ()),
+            None => process::signal(&self.expect(), Signal::SIGUSR1).map(|_| ()),
         }
     }
 
     fn check_alive(&self) -> Result<(), ServerError> {
         // The parent dies only after it has re-read the certificates, a
         // moment after the signal: install checks this between probe slices.
-        let pid = process::read_pid(&self.cfg.pid_file)?;
-        match process::process_state(pid) {
-            ProcessState::Running => Ok(()),
-            ProcessState::Dead(_) => Err(ServerError::DiedOnReload {
+        // A pid file that names another live process is not a death: it
+        // is reported as it is, and nothing is started.
+        match preflight_of(&self.cfg, &self.expect()) {
+            Err(ServerError::NotRunning { pid, .. }) => Err(ServerError::DiedOnReload {
                 server: "apache",
                 pid,
                 log: self.error_log_tail(),
             }),
+            other => other,
         }
     }
 
@@ -136,7 +152,7 @@ impl WebServer for Apache {
         // pid file names a live process.
         let until = Instant::now() + START_WAIT;
         loop {
-            if process::live_pid("apache", &self.cfg.pid_file).is_ok() {
+            if process::proven_pid(&self.expect()).is_ok() {
                 return Ok(());
             }
             if Instant::now() >= until {

@@ -1,5 +1,7 @@
 //! The web servers certswap drives, behind one small trait: test the config
-//! (DESIGN.md step 5) and reload gracefully (step 6). One file per server.
+//! (DESIGN.md step 5) and reload gracefully (step 6). One file per server;
+//! the proof that a pid names the server before it is signalled is in
+//! `process.rs`.
 
 mod apache;
 mod nginx;
@@ -29,6 +31,34 @@ pub enum ServerError {
     },
     #[error("{path}: cannot read the server's pid: {reason}")]
     PidFile { path: PathBuf, reason: String },
+    /// The pid file is not one only root can write (or is a FIFO, a
+    /// symlink…): what it names is not trusted with a signal.
+    #[error("{0}; certswap signals only a server named by a pid file only root can write")]
+    UntrustedPidFile(crate::owner::OwnerError),
+    #[error("{server} is not running ({path} does not exist)")]
+    NoPidFile { server: &'static str, path: PathBuf },
+    /// The pid file names a live process that is not the server's master
+    /// (a stale pid file whose number was reused, a worker).
+    #[error(
+        "pid {pid} from {path} is {found}, not {binary}; certswap signals only the server (fix pid_file, or remove the stale pid file)"
+    )]
+    NotTheServer {
+        pid: i32,
+        path: PathBuf,
+        found: String,
+        binary: PathBuf,
+    },
+    /// The pid file names a child of the server (an nginx worker).
+    #[error(
+        "pid {pid} from {path} is a child of {server} pid {parent}, not its {leader}; certswap signals only the {leader} (fix pid_file)"
+    )]
+    NotTheLeader {
+        server: &'static str,
+        pid: i32,
+        path: PathBuf,
+        parent: i32,
+        leader: &'static str,
+    },
     #[error("{server} is not running (pid {pid} from {path} is {state})")]
     NotRunning {
         server: &'static str,
@@ -67,13 +97,41 @@ pub trait WebServer {
     fn name(&self) -> &'static str;
     /// Run the server's own config test; Err carries its output.
     fn configtest(&self) -> Result<(), ServerError>;
-    /// Ask the running server to reload gracefully.
+    /// Before anything changes: the pid file names the proven server
+    /// (`process.rs`), so the reload after the swap can reach it. With a
+    /// `reload_command` no signal is sent, but a pid file that exists is
+    /// still proven: [`WebServer::check_alive`] reads it to tell a server
+    /// that died on the reload.
+    fn preflight(&self) -> Result<(), ServerError>;
+    /// Ask the running server to reload gracefully (the pid proven again
+    /// right before the signal).
     fn reload(&self) -> Result<(), ServerError>;
     /// After a reload: the server is still running (apache's parent exits
     /// on a bad cert/key instead of keeping the old one).
     fn check_alive(&self) -> Result<(), ServerError>;
     /// Start a server that is not running (after it died on a reload).
     fn start(&self) -> Result<(), ServerError>;
+}
+
+/// Whether `e` says the server is not running at all (no pid file, or a
+/// dead pid): what may be started after it died on a reload, as opposed
+/// to a pid file that names something else.
+pub fn is_not_running(e: &ServerError) -> bool {
+    matches!(
+        e,
+        ServerError::NotRunning { .. }
+            | ServerError::NoPidFile { .. }
+            | ServerError::DiedOnReload { .. }
+    )
+}
+
+/// [`WebServer::preflight`] for a server configured with `cfg`.
+fn preflight_of(cfg: &ServerConfig, want: &process::Expect<'_>) -> Result<(), ServerError> {
+    match process::proven_pid(want) {
+        // Someone else reloads (systemd); the probe decides.
+        Err(ServerError::NoPidFile { .. }) if cfg.reload_command.is_some() => Ok(()),
+        other => other.map(|_| ()),
+    }
 }
 
 /// The server the config describes.

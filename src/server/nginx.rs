@@ -7,7 +7,9 @@ use std::ffi::OsString;
 
 use nix::sys::signal::Signal;
 
-use super::{ServerError, WebServer, process, run_captured, run_reload_command, summarize};
+use super::{
+    ServerError, WebServer, preflight_of, process, run_captured, run_reload_command, summarize,
+};
 use crate::config::ServerConfig;
 
 pub struct Nginx {
@@ -17,6 +19,16 @@ pub struct Nginx {
 impl Nginx {
     pub fn new(cfg: ServerConfig) -> Nginx {
         Nginx { cfg }
+    }
+
+    /// The master the pid file must name.
+    fn expect(&self) -> process::Expect<'_> {
+        process::Expect {
+            server: "nginx",
+            binary: &self.cfg.binary,
+            pid_file: &self.cfg.pid_file,
+            leader: process::Leader::NginxMaster,
+        }
     }
 
     fn base_args(&self) -> Vec<OsString> {
@@ -48,20 +60,21 @@ impl WebServer for Nginx {
         }
     }
 
+    fn preflight(&self) -> Result<(), ServerError> {
+        preflight_of(&self.cfg, &self.expect())
+    }
+
     fn reload(&self) -> Result<(), ServerError> {
         // The signal, not `nginx -s reload`: that re-parses the whole config
         // first (~1.8 s at 1000 vhosts) right after our own `-t` did.
         match &self.cfg.reload_command {
             Some(cmd) => run_reload_command(cmd),
-            None => process::signal("nginx", &self.cfg.pid_file, Signal::SIGHUP).map(|_| ()),
+            None => process::signal(&self.expect(), Signal::SIGHUP).map(|_| ()),
         }
     }
 
     fn check_alive(&self) -> Result<(), ServerError> {
-        if self.cfg.reload_command.is_some() && !self.cfg.pid_file.exists() {
-            return Ok(()); // managed by someone else; the probe decides
-        }
-        process::live_pid("nginx", &self.cfg.pid_file).map(|_| ())
+        preflight_of(&self.cfg, &self.expect())
     }
 
     fn start(&self) -> Result<(), ServerError> {

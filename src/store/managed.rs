@@ -158,6 +158,10 @@ impl SiteStore {
             }
         };
 
+        // The flip's new link, made now: the flip then frees and retakes
+        // its inode, so a state dir out of inodes fails here, not at it.
+        self.stage_live_link(&new)?;
+
         // 3. the journal, before the flip.
         let txn = Txn::start(self, op, Vec::new(), Some(Flip { old: current, new }))?;
         failpoint::hit("after-stage");
@@ -256,15 +260,22 @@ impl SiteStore {
 
     /// Flip `live/SITE` to version `id` with one rename.
     pub(super) fn point_live_at(&self, id: &str) -> Result<(), StoreError> {
+        let tmp = self.stage_live_link(id)?;
         let link = self.live_link();
-        let tmp = fsio::sibling(&link, LINK_SUFFIX);
+        fsio::durable_rename(&tmp, &link).map_err(io_err(&link, "flip the live link"))
+    }
+
+    /// `live/.SITE.certswap-new` pointing at version `id`, ready to be
+    /// renamed over `live/SITE`.
+    fn stage_live_link(&self, id: &str) -> Result<PathBuf, StoreError> {
+        let tmp = fsio::sibling(&self.live_link(), LINK_SUFFIX);
         fsio::durable_remove(&tmp).map_err(io_err(&tmp, "remove an old staged link"))?;
         let target = Path::new("..")
             .join("archive")
             .join(&self.dir_name)
             .join(id);
         std::os::unix::fs::symlink(&target, &tmp).map_err(io_err(&tmp, "create the live link"))?;
-        fsio::durable_rename(&tmp, &link).map_err(io_err(&link, "flip the live link"))
+        Ok(tmp)
     }
 
     pub(super) fn abort_managed(&self, op: &Op, flip: &Flip) -> Result<(), StoreError> {
@@ -274,7 +285,9 @@ impl SiteStore {
         if *op == Op::Install && flip.new != flip.old {
             remove_dir_durable(&self.archive_dir().join(&flip.new))?;
         }
-        Ok(())
+        // The flip's link staged in step 2, when the flip never came.
+        let tmp = fsio::sibling(&self.live_link(), LINK_SUFFIX);
+        fsio::durable_remove(&tmp).map_err(io_err(&tmp, "remove a staged link"))
     }
 
     pub(super) fn finish_managed_commit(

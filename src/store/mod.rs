@@ -35,6 +35,15 @@
 //!      `committed`). Then old versions are pruned and the journal goes,
 //!      with no fsync: either coming back only makes recovery finish again.
 //!      An abort removes the journal before `undo/`, for the same reason.
+//!
+//! The commit point allocates nothing: what it needs exists before the
+//! first rename of step 4 — `versions/` is created in step 1, and a
+//! managed change's `committed` journal is written in step 3 beside the
+//! journal (`.journal.json.commit`) and renamed over it at the commit. So
+//! a state dir out of inodes or blocks fails a change before any target
+//! moved, not after the server serves the new files. A commit that fails
+//! anyway (an I/O error) hands the still-open change back
+//! ([`CommitFailed`]) for the caller to undo and prove.
 
 use std::fs::File;
 use std::io;
@@ -57,6 +66,9 @@ pub const STAGED_SUFFIX: &str = ".certswap-new";
 const RESTORE_SUFFIX: &str = ".certswap-restore";
 /// Where a committed change's undo copy goes when it is not kept.
 const UNDO_DONE: &str = "undo.done";
+/// Suffix of the managed journal's `committed` record, written before the
+/// flip and renamed over the journal at the commit point.
+const COMMIT_SUFFIX: &str = ".commit";
 /// Cert and key files are small; anything bigger is not ours to copy.
 const MAX_TARGET_BYTES: u64 = 1024 * 1024;
 /// A journal names a few files; anything bigger was not written by us.
@@ -348,6 +360,15 @@ impl SiteStore {
     fn versions_dir(&self) -> PathBuf {
         self.dir.join("versions")
     }
+    fn commit_record_path(&self) -> PathBuf {
+        fsio::sibling(&self.journal_path(), COMMIT_SUFFIX)
+    }
+
+    /// Whether a change of this site is open (its journal exists): the
+    /// next command's recovery will finish or undo it.
+    pub fn has_open_change(&self) -> bool {
+        std::fs::symlink_metadata(self.journal_path()).is_ok()
+    }
 
     /// Finish or undo a change a crash interrupted, and remove staged files
     /// left beside `targets`. Idempotent: running it twice does nothing more.
@@ -424,6 +445,7 @@ impl SiteStore {
     fn close_change(&self) -> Result<(), StoreError> {
         let j = self.journal_path();
         fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"))?;
+        remove_commit_record(self);
         remove_dir_durable(&self.undo_dir())
     }
 
@@ -560,10 +582,12 @@ impl SiteStore {
     /// Steps 1–3 of [`SiteStore::begin`].
     fn prepare(&self, op: Op, files: &[NewFile]) -> Result<Txn, StoreError> {
         // 1. The undo copy. It needs no temporary name: until the journal
-        //    exists, recovery removes whatever is in undo/.
+        //    exists, recovery removes whatever is in undo/. And versions/,
+        //    where the commit renames it: the commit allocates nothing.
         let undo = self.undo_dir();
         remove_dir_durable(&self.dir.join("undo.tmp"))?;
         remove_dir_durable(&undo)?;
+        mkdir_private(&self.versions_dir())?;
         mkdir_private(&undo)?;
         let mut saved = Vec::new();
         for f in files {
@@ -662,6 +686,23 @@ impl Txn {
             },
         };
         txn.write_journal()?;
+        if txn.journal.flip.is_some() {
+            // The managed commit point is this record renamed over the
+            // journal: written now, it needs no inode or block later.
+            let mut committed = txn.journal.clone();
+            committed.phase = Phase::Committed;
+            let path = site.commit_record_path();
+            let bytes =
+                serde_json::to_vec_pretty(&committed).map_err(|e| StoreError::BadJournal {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            fsio::durable_remove(&path).map_err(io_err(&path, "remove an old commit record"))?;
+            fsio::create_new(&path, &bytes, Perms::own(0o600))
+                .map_err(io_err(&path, "write the commit record"))?;
+            let dir = &site.dir;
+            fsio::fsync_dir(dir).map_err(io_err(dir, "fsync"))?;
+        }
         Ok(txn)
     }
 
@@ -744,17 +785,57 @@ impl Txn {
     }
 
     /// Step 8: the change stands. Keep `keep` versions.
-    pub fn commit(mut self, keep: usize) -> Result<(), StoreError> {
-        if self.journal.flip.is_some() {
-            self.journal.phase = Phase::Committed;
-            self.write_journal()?;
-        } else {
-            // In place, the commit point is one rename: the undo copy
-            // leaves undo/, and a journal without undo/ is committed.
-            self.retire_undo()?;
+    pub fn commit(self, keep: usize) -> Result<(), StoreError> {
+        self.try_commit(keep).map_err(|f| f.error)
+    }
+
+    /// [`Txn::commit`], handing the change back when the commit point was
+    /// not reached: the new files are in place and the journal would make
+    /// the next command undo them, so the caller undoes them now and
+    /// proves the old leaf served (or says what is served).
+    pub fn try_commit(mut self, keep: usize) -> Result<(), CommitFailed> {
+        if let Err(error) = self.commit_point() {
+            if !self.committed_on_disk() {
+                return Err(CommitFailed {
+                    error,
+                    open: Some(Box::new(self)),
+                });
+            }
+            // The rename happened and a later fsync failed: the change
+            // stands as far as recovery can tell, so it is finished.
+            tracing::warn!("the commit point was reached despite: {error}");
         }
         failpoint::hit("after-commit");
         self.finish_commit(keep)
+            .map_err(|error| CommitFailed { error, open: None })
+    }
+
+    /// The commit point: one rename, of nothing newly allocated.
+    fn commit_point(&mut self) -> Result<(), StoreError> {
+        let j = self.site.journal_path();
+        failpoint::fail("commit").map_err(io_err(&j, "commit the change"))?;
+        if self.journal.flip.is_some() {
+            // Managed: the `committed` record written in step 3 replaces
+            // the journal.
+            let rec = self.site.commit_record_path();
+            fsio::durable_rename(&rec, &j).map_err(io_err(&j, "commit the journal"))?;
+            self.journal.phase = Phase::Committed;
+            Ok(())
+        } else {
+            // In place, the commit point is one rename: the undo copy
+            // leaves undo/, and a journal without undo/ is committed.
+            self.retire_undo()
+        }
+    }
+
+    /// Whether recovery would find this change committed, as it reads the
+    /// disk now (an unreadable journal: not committed).
+    fn committed_on_disk(&self) -> bool {
+        if self.journal.flip.is_some() {
+            matches!(self.site.read_journal(), Ok(Some(j)) if j.phase == Phase::Committed)
+        } else {
+            !self.site.undo_dir().exists()
+        }
     }
 
     /// The in-place commit point: move undo/ to the next `versions/N` (or,
@@ -789,6 +870,7 @@ impl Txn {
         if let Some(flip) = &self.journal.flip {
             self.site
                 .finish_managed_commit(&self.journal.op, flip, keep)?;
+            remove_commit_record(&self.site);
             let j = self.site.journal_path();
             return fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"));
         }
@@ -840,7 +922,9 @@ impl Txn {
                 return Ok(());
             }
             let j = self.site.journal_path();
-            return fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"));
+            fsio::durable_remove(&j).map_err(io_err(&j, "remove the journal"))?;
+            remove_commit_record(&self.site);
+            return Ok(());
         }
         let site = &self.site;
         let undo = site.undo_dir();
@@ -916,6 +1000,22 @@ fn restore_perms(saved: Option<Perms>, role: Role, target: &Path) -> Perms {
 /// A version directory's name: six ASCII digits.
 fn is_version_id(id: &str) -> bool {
     id.len() == 6 && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A commit that failed ([`Txn::try_commit`]).
+#[derive(Debug)]
+pub struct CommitFailed {
+    pub error: StoreError,
+    /// The change, still open, when the commit point was not reached: the
+    /// new files are in place and the journal would undo them.
+    /// (Boxed: a Txn carries its whole journal.)
+    pub open: Option<Box<Txn>>,
+}
+
+/// Drop a managed change's unused commit record once the change is closed
+/// (a leftover is harmless: the next change writes its own first).
+fn remove_commit_record(site: &SiteStore) {
+    let _ = std::fs::remove_file(site.commit_record_path());
 }
 
 /// Refuse targets certswap must not replace in place (DESIGN invariant 8
