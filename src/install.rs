@@ -47,19 +47,13 @@ pub enum InstallError {
     /// Preflight truth: what an endpoint serves is not the certificate the
     /// site's file holds, so changing the file would prove nothing.
     #[error(
-        "before changing anything: {endpoint} serves {served_subject} (sha256 {served_sha256}), \
-         but {file} holds {file_subject} (sha256 {file_sha256}): the server does not read that \
-         file, or has not loaded it since it changed; nothing was changed (check the site's \
-         cert path, or use --force to install and reload anyway)"
+        "before changing anything: {} serves {} (sha256 {}), but {} holds {} (sha256 {}): the \
+         server does not read that file, or has not loaded it since it changed; nothing was \
+         changed (check the site's cert path, or use --force to install and reload anyway)",
+        .0.endpoint, .0.served_subject, .0.served_sha256, .0.file.display(), .0.file_subject,
+        .0.file_sha256
     )]
-    ServedIsNotOnDisk {
-        endpoint: String,
-        served_subject: String,
-        served_sha256: String,
-        file: PathBuf,
-        file_subject: String,
-        file_sha256: String,
-    },
+    ServedIsNotOnDisk(Box<Mismatch>),
     /// The bundle is the installed certificate, and every endpoint showed
     /// it once, but not on enough handshakes in a row.
     #[error(
@@ -80,6 +74,18 @@ pub enum InstallError {
         path: PathBuf,
         points_to: String,
     },
+}
+
+/// An endpoint's served leaf and the leaf of the site's certificate file,
+/// when they differ.
+#[derive(Debug)]
+pub struct Mismatch {
+    pub endpoint: String,
+    pub served_subject: String,
+    pub served_sha256: String,
+    pub file: PathBuf,
+    pub file_subject: String,
+    pub file_sha256: String,
 }
 
 /// What the pipeline needs from the host: config, server, prober, store.
@@ -495,13 +501,15 @@ pub(crate) fn served_is_not_on_disk(
     let disk = on_disk?;
     rows.iter().find_map(|r| {
         let served = r.sha256.as_deref()?;
-        (served != disk.sha256).then(|| InstallError::ServedIsNotOnDisk {
-            endpoint: format!("{}@{}", r.sni, r.endpoint),
-            served_subject: r.subject.clone().unwrap_or_default(),
-            served_sha256: served.to_string(),
-            file: disk.file.clone(),
-            file_subject: disk.subject.clone(),
-            file_sha256: disk.sha256.clone(),
+        (served != disk.sha256).then(|| {
+            InstallError::ServedIsNotOnDisk(Box::new(Mismatch {
+                endpoint: format!("{}@{}", r.sni, r.endpoint),
+                served_subject: r.subject.clone().unwrap_or_default(),
+                served_sha256: served.to_string(),
+                file: disk.file.clone(),
+                file_subject: disk.subject.clone(),
+                file_sha256: disk.sha256.clone(),
+            }))
         })
     })
 }

@@ -295,7 +295,7 @@ mod tests {
         assert!(v.chain_complete, "{v:?}");
 
         // The chain stops below that root: both possibilities are named.
-        let v = store.judge(&leaf, &[inter.cert.clone()], "a.test");
+        let v = store.judge(&leaf, std::slice::from_ref(&inter.cert), "a.test");
         let why = v.error.clone().expect("not trusted");
         assert!(why.contains("intermediate for"), "{why}");
         assert!(
