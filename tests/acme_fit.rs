@@ -191,3 +191,73 @@ fn log_lines_carry_no_colour_codes_off_a_terminal_or_with_no_color() {
         );
     }
 }
+
+mod agent_util;
+
+/// Hash of every file under `dir`, recursively.
+fn hashes(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("ls").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push((p.clone(), support::pki::sha256_file(&p)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_agent_settles_an_installed_bundle_and_reports_a_site_whose_file_is_not_served() {
+    let w = agent_util::World::nginx(&["a.test", "b.test"], "");
+    w.set_extra(&w.inbox_source());
+    let a = w.renewed("a.test");
+    w.drop_file("a.test.pem", a.fullchain_pem().as_bytes());
+    w.drop_file("a.test.key", a.key_pem.as_bytes());
+    let out = w.run_once();
+    assert!(out.status.success(), "{}", agent_util::text(&out.stderr));
+    assert_eq!(w.served("a.test"), a.sha256);
+
+    // The same bundle again (dropped twice by a retrying script): settled,
+    // not refused; and b.test's file holds a certificate its endpoint does
+    // not serve (copied in without a reload).
+    w.drop_file("a.test.pem", a.fullchain_pem().as_bytes());
+    w.drop_file("a.test.key", a.key_pem.as_bytes());
+    let b_disk = w.ca.leaf(&["b.test"]).days(-1, 100).build();
+    support::pki::write(&w.ssl_dir(), "b.test", &b_disk);
+    let b = w.ca.leaf(&["b.test"]).days(-1, 385).build();
+    w.drop_file("b.test.pem", b.fullchain_pem().as_bytes());
+    w.drop_file("b.test.key", b.key_pem.as_bytes());
+    let ssl_before = hashes(&w.ssl_dir());
+
+    let out = w.run_once();
+    let log = agent_util::text(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    // (The agent settles a bundle that is the installed certificate before
+    // its batch; drift checks watch what is served.)
+    assert!(
+        log.contains("installed already") || log.contains("already installed"),
+        "{log}"
+    );
+    // b.test: one line naming what is served and what the file holds.
+    let line = log
+        .lines()
+        .find(|l| l.contains("b.test") && l.contains("not installed"))
+        .unwrap_or_else(|| panic!("b.test's refusal is reported:\n{log}"));
+    assert!(line.contains(&w.site("b.test").old.sha256), "{line}");
+    assert!(line.contains(&b_disk.sha256), "{line}");
+    assert_eq!(hashes(&w.ssl_dir()), ssl_before, "nothing changed");
+    assert_eq!(w.served("a.test"), a.sha256);
+    assert_eq!(w.served("b.test"), w.site("b.test").old.sha256);
+    // a.test's second bundle is done, not failed.
+    let failed = w.stamps("failed");
+    assert!(
+        failed.iter().all(|d| !d.join("a.test.pem").exists()),
+        "{failed:?}\n{log}"
+    );
+}
