@@ -227,8 +227,19 @@ fn install_batch(
     // it (nothing staged, no reload); otherwise refused, unless --force
     // installs it again.
     let again: Vec<usize> = accepted.iter().copied().filter(|&i| same[i]).collect();
+    let only_again = again.len() == accepted.len();
     if !again.is_empty() {
-        let found = already_installed(env, &probers, items, &again, &bundles, &on_disk);
+        let mut found = already_installed(env, &probers, items, &again, &bundles, &on_disk);
+        // As below: when no endpoint of any site answers, the server is
+        // down, and that is an error of the batch, not of its sites.
+        if only_again
+            && found
+                .iter()
+                .all(|r| matches!(r, Err(InstallError::NotServing { .. })))
+            && let Some(Err(e)) = found.pop()
+        {
+            return Err(e);
+        }
         for (i, r) in again.into_iter().zip(found) {
             match r {
                 Ok(rows) => {

@@ -16,6 +16,10 @@
 //! rejected by the rules of `install`, with the reason, instead of being
 //! skipped in silence). No site → an error naming the domains, exit 2,
 //! nothing changed.
+//!
+//! Re-runs are safe: a site that already has the renewed certificate and
+//! serves it ends "already installed and served" (exit 0, nothing written,
+//! no reload), so the hook can be retried after a partial failure.
 
 use std::path::PathBuf;
 
