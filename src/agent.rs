@@ -115,14 +115,16 @@ fn log_dispatch(format: LogFormat) -> tracing::Dispatch {
         LogFormat::Human => tracing::Dispatch::new(
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
-                // Colours for a terminal only, not for journald or a file.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                // Colours for a terminal only (not journald or a file), and
+                // never with NO_COLOR.
+                .with_ansi(crate::report::colour_stderr())
                 .with_env_filter(filter())
                 .finish(),
         ),
         LogFormat::Json => tracing::Dispatch::new(
             tracing_subscriber::fmt()
                 .json()
+                .with_ansi(false)
                 .with_writer(std::io::stderr)
                 .with_env_filter(filter())
                 .finish(),
@@ -669,6 +671,7 @@ impl Agent {
             ResultKind::Rejected => "rejected",
             ResultKind::DryRun => "dry_run",
             ResultKind::Valid => "valid",
+            ResultKind::AlreadyInstalled => "already_installed",
         };
         self.metrics
             .installs
@@ -704,6 +707,11 @@ impl Agent {
                     .unwrap_or("?");
                 tracing::info!(site = %out.site, not_after = %na, "installed and verified: the new certificate is served");
             }
+            // Settled: the bundle is what the site has and serves.
+            ResultKind::AlreadyInstalled => tracing::info!(
+                site = %out.site,
+                "already installed and served; nothing was changed"
+            ),
             _ => tracing::warn!(
                 site = %out.site,
                 result,
@@ -717,7 +725,10 @@ impl Agent {
     /// bundle so it is not fetched again. `out` None = nothing to install.
     fn settle(&mut self, p: &Pending, out: Option<&Outcome>) {
         let failure = out.and_then(|o| match o.result {
-            ResultKind::Verified | ResultKind::DryRun | ResultKind::Valid => None,
+            ResultKind::Verified
+            | ResultKind::DryRun
+            | ResultKind::Valid
+            | ResultKind::AlreadyInstalled => None,
             ResultKind::Rejected | ResultKind::RolledBack => Some(
                 p.candidate
                     .describe(o.error.as_deref().unwrap_or("the bundle was not installed")),

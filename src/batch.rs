@@ -180,12 +180,23 @@ fn install_batch(
     let trust = env.prober.trust();
     // 1–2. bundle and validate, before the lock: a batch that is rejected
     //      as a whole writes nothing, not even a lock file (invariant 1).
-    let (mut outs, mut bundles): (Vec<Outcome>, Vec<Option<Bundle>>) =
+    let (mut outs, checks): (Vec<Outcome>, Vec<install::Checked>) =
         par_map(items.iter().collect(), cpu_threads(), |it| {
             check_item(it, force, trust)
         })
         .into_iter()
         .unzip();
+    let mut bundles = Vec::with_capacity(checks.len());
+    // Per item: its bundle is the installed certificate; what the site's
+    // file holds now (the preflight truth check compares it with what is
+    // served).
+    let mut same = Vec::with_capacity(checks.len());
+    let mut on_disk = Vec::with_capacity(checks.len());
+    for c in checks {
+        bundles.push(c.bundle);
+        same.push(c.same);
+        on_disk.push(c.on_disk);
+    }
     let accepted: Vec<bool> = bundles.iter().map(Option::is_some).collect();
     for (i, why) in conflicts(items, &accepted) {
         bundles[i] = None;
@@ -206,7 +217,43 @@ fn install_batch(
     for &i in &accepted {
         let r = repaired.get(&items[i].site.store_key);
         if r.is_some_and(|r| *r != Recovery::Clean) {
-            (outs[i], bundles[i]) = check_item(&items[i], force, trust);
+            let c;
+            (outs[i], c) = check_item(&items[i], force, trust);
+            (bundles[i], same[i], on_disk[i]) = (c.bundle, c.same, c.on_disk);
+        }
+    }
+    // The installed certificate again: settled when every endpoint serves
+    // it (nothing staged, no reload); otherwise refused, unless --force
+    // installs it again.
+    let again: Vec<usize> = accepted.iter().copied().filter(|&i| same[i]).collect();
+    let only_again = again.len() == accepted.len();
+    if !again.is_empty() {
+        let mut found = already_installed(env, &probers, items, &again, &bundles, &on_disk);
+        // As below: when no endpoint of any site answers, the server is
+        // down, and that is an error of the batch, not of its sites.
+        if only_again
+            && found
+                .iter()
+                .all(|r| matches!(r, Err(InstallError::NotServing { .. })))
+            && let Some(Err(e)) = found.pop()
+        {
+            return Err(e);
+        }
+        for (i, r) in again.into_iter().zip(found) {
+            match r {
+                Ok(rows) => {
+                    outs[i].served = rows;
+                    outs[i].result = ResultKind::AlreadyInstalled;
+                    bundles[i] = None;
+                }
+                Err(e) if force && !matches!(e, InstallError::NotServing { .. }) => outs[i]
+                    .warnings
+                    .push(format!("{e} — installing anyway because of --force")),
+                Err(e) => {
+                    outs[i].reject(e.to_string());
+                    bundles[i] = None;
+                }
+            }
         }
     }
     let accepted: Vec<usize> = accepted
@@ -312,14 +359,34 @@ fn install_batch(
     // A site whose endpoint does not answer gets its old files back before
     // the server ever loads the new ones: refused, nothing changed. When
     // no site answers at all the server is down: an error.
+    // A site whose endpoint serves a leaf its file does not hold is refused
+    // the same way (preflight truth), unless --force.
     let mut refused = Vec::new();
     let mut first_refusal = None;
+    let mut answered = false;
     for (mut open, txn) in std::mem::take(&mut batch.open) {
         let mine = probed.remove(&open.idx).unwrap_or_default();
         match before_of(open.site, &mut mine.into_iter()) {
             Ok(before) => {
-                open.before = before;
-                batch.open.push((open, txn));
+                answered = true;
+                let rows: Vec<ServedRow> = before.iter().map(|(_, r)| r.clone()).collect();
+                let untrue = match same[open.idx] {
+                    // Already found not served, and forced through.
+                    true => None,
+                    false => install::served_is_not_on_disk(on_disk[open.idx].as_ref(), &rows),
+                };
+                match untrue {
+                    Some(e) if !force => refused.push((open, txn, e.to_string())),
+                    untrue => {
+                        if let Some(e) = untrue {
+                            batch.outs[open.idx]
+                                .warnings
+                                .push(format!("{e} — installing anyway because of --force"));
+                        }
+                        open.before = before;
+                        batch.open.push((open, txn));
+                    }
+                }
             }
             Err(e) => {
                 refused.push((open, txn, e.to_string()));
@@ -346,8 +413,13 @@ fn install_batch(
     }
     if let Some(e) = first_refusal
         && batch.open.is_empty()
+        && !answered
     {
         return Err(e);
+    }
+    if batch.open.is_empty() {
+        // Every site was refused and has its old files back: no reload.
+        return Ok(batch.finish());
     }
     if let Err(e) = tested {
         batch.restore_open(&e.to_string(), false);
@@ -779,9 +851,9 @@ fn reload_again(env: &Env<'_>) -> Option<String> {
 }
 
 /// Steps 1–2 for one item, with the trust rule of `certswap install`.
-fn check_item(it: &Item<'_>, force: bool, trust: &TrustStore) -> (Outcome, Option<Bundle>) {
+fn check_item(it: &Item<'_>, force: bool, trust: &TrustStore) -> (Outcome, install::Checked) {
     let mut out = Outcome::new(&it.site.name);
-    let bundle = install::check_with(
+    let checked = install::check_full(
         Some(it.site),
         &it.cert,
         it.chain.as_deref(),
@@ -790,7 +862,85 @@ fn check_item(it: &Item<'_>, force: bool, trust: &TrustStore) -> (Outcome, Optio
         Some(trust),
         &mut out,
     );
-    (out, bundle)
+    (out, checked)
+}
+
+/// For the items `idx` whose bundle is their site's installed certificate:
+/// is it served? As in [`install::served_as_installed`] — one handshake per
+/// endpoint (all at once), then `consecutive` in a row (one concurrent
+/// wait) — with the rows of the last handshakes, or why not.
+fn already_installed(
+    env: &Env<'_>,
+    probers: &probe::Probers,
+    items: &[Item<'_>],
+    idx: &[usize],
+    bundles: &[Option<Bundle>],
+    on_disk: &[Option<install::OnDisk>],
+) -> Vec<Result<Vec<ServedRow>, InstallError>> {
+    let jobs: Vec<(probe::Prober, Target)> = idx
+        .iter()
+        .flat_map(|&i| {
+            let site = items[i].site;
+            let prober = probers.of(site.key_family);
+            site.endpoints.iter().map(|t| (prober.clone(), t.clone()))
+        })
+        .collect();
+    let mut first = probe::block_on(probe::probe_each(&jobs, PROBE_CONCURRENCY)).into_iter();
+    let mut found: Vec<Option<Result<Vec<ServedRow>, InstallError>>> = Vec::new();
+    let mut waits = Vec::new();
+    let mut waiting = Vec::new();
+    for &i in idx {
+        let site = items[i].site;
+        let looked: Vec<_> = site.endpoints.iter().zip(first.by_ref()).collect();
+        let silent = looked.iter().find_map(|(t, r)| {
+            r.as_ref().err().map(|e| InstallError::NotServing {
+                target: t.to_string(),
+                reason: e.to_string(),
+            })
+        });
+        let rows: Vec<ServedRow> = looked.iter().map(|(t, r)| ServedRow::of(t, r)).collect();
+        match (silent, bundles[i].as_ref()) {
+            (Some(e), _) => found.push(Some(Err(e))),
+            (None, None) => found.push(Some(Err(not_proven(site, "no bundle".into())))),
+            (None, Some(b)) => match install::served_is_not_on_disk(on_disk[i].as_ref(), &rows) {
+                Some(e) => found.push(Some(Err(e))),
+                None => {
+                    waiting.push(found.len());
+                    found.push(None);
+                    waits.push(Wait {
+                        targets: site.endpoints.clone(),
+                        sha: b.leaf.sha256.clone(),
+                        prober: probers.of(site.key_family).clone(),
+                    });
+                }
+            },
+        }
+    }
+    for (k, w) in waiting.into_iter().zip(wait_all(env, &waits, false)) {
+        let i = idx[k];
+        found[k] = Some(match w.waited.failure {
+            None => Ok(w.waited.rows),
+            Some(reason) => Err(install::served_is_not_on_disk(
+                on_disk[i].as_ref(),
+                &w.waited.rows,
+            )
+            .unwrap_or_else(|| not_proven(items[i].site, reason))),
+        });
+    }
+    found
+        .into_iter()
+        .zip(idx)
+        .map(|(r, &i)| {
+            r.unwrap_or_else(|| Err(not_proven(items[i].site, "the wait was cancelled".into())))
+        })
+        .collect()
+}
+
+fn not_proven(site: &Site, reason: String) -> InstallError {
+    InstallError::NotProvenServed {
+        site: site.name.clone(),
+        reason,
+    }
 }
 
 /// What a batch cannot do safely, as (item, why) refusals: two bundles

@@ -123,7 +123,8 @@ pub struct InstallArgs {
     pub batch: Option<PathBuf>,
     #[command(flatten)]
     pub bundle: BundleArgs,
-    /// Install even if the cert does not extend the installed one or drops names.
+    /// Install even if the cert does not extend the installed one, drops
+    /// names, or the server serves a certificate its file does not hold.
     #[arg(long)]
     pub force: bool,
     /// Validate and report what would happen; change nothing.
@@ -190,6 +191,10 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct DeployHookArgs {
+    /// As `install --force`: install even if the cert does not extend the
+    /// installed one, drops names, or is not what the server serves now.
+    #[arg(long)]
+    pub force: bool,
     /// Print one JSON object per installed site.
     #[arg(long)]
     pub json: bool,

@@ -312,7 +312,8 @@ fn deploy_hook_cmd(config: &Path, a: &DeployHookArgs) -> CmdResult {
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
     let parts = EnvParts::build(&cfg)?;
     let vars = |k: &str| std::env::var(k).ok();
-    let outcomes = crate::hook::deploy(&parts.env(&cfg), &vars).map_err(|e| e.to_string())?;
+    let outcomes =
+        crate::hook::deploy_with(&parts.env(&cfg), &vars, a.force).map_err(|e| e.to_string())?;
     emit_many(&outcomes, a.json)
 }
 

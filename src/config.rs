@@ -272,9 +272,13 @@ pub struct ServerConfig {
     pub reload_command: Option<Vec<String>>,
 }
 
+/// `probe.timeout` when the config gives none and the deadline is longer.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
-    /// Bound on one connect + handshake.
+    /// Bound on one connect + handshake (default: 5 s, or the deadline
+    /// when that is shorter).
     pub timeout: Duration,
     /// Bound on the whole wait-until-served after a reload.
     pub deadline: Duration,
@@ -427,13 +431,20 @@ impl Config {
             Some(s) => humantime::parse_duration(&s)
                 .map_err(|e| invalid(key, format!("is not a duration like \"5s\": {e}"))),
         };
+        let deadline = duration(
+            "probe.deadline",
+            raw.probe.deadline,
+            Duration::from_secs(30),
+        )?;
+        // A handshake may not outlast the whole wait: without an explicit
+        // timeout, a short deadline (`deadline = "4s"`) shortens it too.
         let probe = ProbeConfig {
-            timeout: duration("probe.timeout", raw.probe.timeout, Duration::from_secs(5))?,
-            deadline: duration(
-                "probe.deadline",
-                raw.probe.deadline,
-                Duration::from_secs(30),
+            timeout: duration(
+                "probe.timeout",
+                raw.probe.timeout,
+                DEFAULT_PROBE_TIMEOUT.min(deadline),
             )?,
+            deadline,
             consecutive: raw.probe.consecutive.unwrap_or(3),
             ca_file: raw.probe.ca_file,
         };
@@ -871,6 +882,21 @@ endpoints = ["127.0.0.1:443", "alt.example.com@127.0.0.1:8443"]
         let msg = e.to_string();
         assert!(msg.contains("/etc/certswap/test.toml"), "{msg}");
         assert!(msg.contains("binnary"), "{msg}");
+    }
+
+    #[test]
+    fn a_short_deadline_alone_shortens_the_default_handshake_timeout() {
+        let c = parse(&format!("{MIN}\n[probe]\ndeadline = \"4s\"\n")).expect("deadline alone");
+        assert_eq!(c.probe.deadline, Duration::from_secs(4));
+        assert_eq!(c.probe.timeout, Duration::from_secs(4));
+        let c = parse(MIN).expect("defaults");
+        assert_eq!(c.probe.timeout, Duration::from_secs(5));
+        // An explicit timeout longer than the deadline is still a mistake.
+        let e = parse(&format!(
+            "{MIN}\n[probe]\ndeadline = \"4s\"\ntimeout = \"6s\"\n"
+        ))
+        .expect_err("timeout over deadline");
+        assert!(e.to_string().contains("probe.deadline"), "{e}");
     }
 
     #[test]

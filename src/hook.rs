@@ -16,6 +16,10 @@
 //! rejected by the rules of `install`, with the reason, instead of being
 //! skipped in silence). No site → an error naming the domains, exit 2,
 //! nothing changed.
+//!
+//! Re-runs are safe: a site that already has the renewed certificate and
+//! serves it ends "already installed and served" (exit 0, nothing written,
+//! no reload), so the hook can be retried after a partial failure.
 
 use std::path::PathBuf;
 
@@ -155,11 +159,24 @@ impl Renewal {
 
 /// Install the renewal described by the environment `vars` on every site
 /// it belongs to. One outcome per site, in config order; the caller prints
-/// them and exits non-zero unless all are verified (so the ACME client
-/// reports the failure).
+/// them and exits non-zero unless all are verified or already installed
+/// and served (so the ACME client reports the failure).
 pub fn deploy(
     env: &Env<'_>,
     vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Outcome>, HookError> {
+    deploy_with(env, vars, false)
+}
+
+/// [`deploy`] with `force` passed to every install, as `install --force`
+/// (`certswap deploy-hook --force`). Running the hook again with the
+/// lineage that is installed and served is a success without --force:
+/// each site ends "already installed and served", nothing written, no
+/// reload.
+pub fn deploy_with(
+    env: &Env<'_>,
+    vars: &dyn Fn(&str) -> Option<String>,
+    force: bool,
 ) -> Result<Vec<Outcome>, HookError> {
     let renewal = Renewal::from_env(vars)?;
     let cert_err = |source| HookError::Cert {
@@ -195,7 +212,7 @@ pub fn deploy(
             cert: &renewal.cert,
             key: Some(&renewal.key),
             chain: renewal.chain.as_deref(),
-            force: false,
+            force,
             dry_run: false,
         };
         // One site's environment error does not keep the others from their

@@ -48,6 +48,48 @@ pub enum InstallError {
     /// proven server): refused before any file moved.
     #[error("before changing anything: {0}; nothing was changed")]
     Server(ServerError),
+    /// Preflight truth: what an endpoint serves is not the certificate the
+    /// site's file holds, so changing the file would prove nothing.
+    #[error(
+        "before changing anything: {} serves {} (sha256 {}), but {} holds {} (sha256 {}): the \
+         server does not read that file, or has not loaded it since it changed; nothing was \
+         changed (check the site's cert path, or use --force to install and reload anyway)",
+        .0.endpoint, .0.served_subject, .0.served_sha256, .0.file.display(), .0.file_subject,
+        .0.file_sha256
+    )]
+    ServedIsNotOnDisk(Box<Mismatch>),
+    /// The bundle is the installed certificate, and every endpoint showed
+    /// it once, but not on enough handshakes in a row.
+    #[error(
+        "before changing anything: site {site} has this certificate installed, but it is not \
+         proven served: {reason}; nothing was changed (use --force to install it again and reload)"
+    )]
+    NotProvenServed { site: String, reason: String },
+    /// In-place mode cannot swap a link (certbot's `live/` files are links
+    /// into `archive/`, moved by certbot itself on every renewal).
+    #[error(
+        "{path} is a symlink to {points_to}, and site {site} replaces its files in place, which \
+         works on regular files only; nothing was changed. Give the site its own copies \
+         (`certswap adopt --site {site}`, or copy the files and point the server config at the \
+         copies), or set mode = \"managed\" for the site"
+    )]
+    SymlinkTarget {
+        site: String,
+        path: PathBuf,
+        points_to: String,
+    },
+}
+
+/// An endpoint's served leaf and the leaf of the site's certificate file,
+/// when they differ.
+#[derive(Debug)]
+pub struct Mismatch {
+    pub endpoint: String,
+    pub served_subject: String,
+    pub served_sha256: String,
+    pub file: PathBuf,
+    pub file_subject: String,
+    pub file_sha256: String,
 }
 
 /// What the pipeline needs from the host: config, server, prober, store.
@@ -85,7 +127,10 @@ pub fn check(
 
 /// [`check`], plus the trust rule when `trust` is given: a site whose
 /// installed chain clients trust must get a chain they trust too, judged on
-/// the chain the bundle carries (no AIA fetching).
+/// the chain the bundle carries (no AIA fetching). A bundle that is the
+/// installed certificate is refused here ("is the one installed already");
+/// install and batches ask [`check_full`] instead, and look at what is
+/// served.
 pub fn check_with(
     site: Option<&Site>,
     cert: &Path,
@@ -95,14 +140,73 @@ pub fn check_with(
     trust: Option<&TrustStore>,
     out: &mut Outcome,
 ) -> Option<Bundle> {
+    let checked = check_full(site, cert, chain, key, force, trust, out);
+    match (&checked.bundle, checked.same, force) {
+        (Some(b), true, false) => {
+            out.reject(
+                validate::ValidationError::SameAsInstalled {
+                    subject: b.leaf.subject.clone(),
+                    sha256: b.leaf.sha256.clone(),
+                }
+                .to_string(),
+            );
+            None
+        }
+        _ => checked.bundle,
+    }
+}
+
+/// What steps 1–2 found, for the callers that go on to install.
+pub(crate) struct Checked {
+    /// The bundle, when it may go on (also when it is the installed one:
+    /// then `same`).
+    pub(crate) bundle: Option<Bundle>,
+    /// The bundle is what the site has now: the same leaf, chain and key.
+    /// Without --force, the rules after "must extend" were not applied.
+    pub(crate) same: bool,
+    /// The site's certificate file and the leaf it holds now.
+    pub(crate) on_disk: Option<OnDisk>,
+}
+
+/// The leaf a site's certificate file holds: what its endpoints should be
+/// serving before anything changes.
+#[derive(Debug, Clone)]
+pub(crate) struct OnDisk {
+    pub(crate) file: PathBuf,
+    pub(crate) sha256: String,
+    pub(crate) subject: String,
+}
+
+/// Steps 1–2: a site whose file in-place mode cannot replace is refused
+/// first (with the real reason, before any rule about the bundle), then
+/// the bundle is parsed and every rule applied. The installed certificate
+/// offered again is not refused here but marked `same`.
+pub(crate) fn check_full(
+    site: Option<&Site>,
+    cert: &Path,
+    chain: Option<&Path>,
+    key: Option<&Path>,
+    force: bool,
+    trust: Option<&TrustStore>,
+    out: &mut Outcome,
+) -> Checked {
     let started = Instant::now();
+    let mut checked = Checked {
+        bundle: None,
+        same: false,
+        on_disk: None,
+    };
+    if let Some(e) = site.and_then(symlinked_target) {
+        out.reject(e.to_string());
+        return checked;
+    }
 
     // 1. bundle: parse the files.
     let mut bundle = match bundle::load(cert, chain, key) {
         Ok(b) => b,
         Err(e) => {
             out.reject(e.to_string());
-            return None;
+            return checked;
         }
     };
 
@@ -117,6 +221,11 @@ pub fn check_with(
     };
     out.old = installed.leaf.as_ref().map(Leaf::of);
     out.new = Some(Leaf::of(&bundle.leaf));
+    checked.on_disk = site.zip(installed.leaf.as_ref()).map(|(s, l)| OnDisk {
+        file: s.cert.clone(),
+        sha256: l.sha256.clone(),
+        subject: l.subject.clone(),
+    });
     let ctx = validate::Context {
         site_names: &names,
         installed: &installed,
@@ -145,16 +254,77 @@ pub fn check_with(
                 )
             {
                 out.reject(why);
-                return None;
+                return checked;
             }
             out.result = ResultKind::DryRun;
-            Some(bundle)
+            checked.same =
+                site.is_some_and(|s| is_installed(s, &installed, &installed_chain, &bundle));
+            checked.bundle = Some(bundle);
         }
-        Err(e) => {
-            out.reject(e.to_string());
-            None
+        // Every rule before "must extend" passed; whether it is also what
+        // the site serves is for the caller to find out.
+        Err(e @ validate::ValidationError::SameAsInstalled { .. }) => {
+            match site.is_some_and(|s| is_installed(s, &installed, &installed_chain, &bundle)) {
+                true => {
+                    out.result = ResultKind::DryRun;
+                    checked.same = true;
+                    checked.bundle = Some(bundle);
+                }
+                // The same leaf with another chain or key: a repair that
+                // --force allows, not a re-run.
+                false => out.reject(e.to_string()),
+            }
         }
+        Err(e) => out.reject(e.to_string()),
     }
+    checked
+}
+
+/// Installing `bundle` on `site` would write what the site has now: the
+/// same leaf, the same chain (or a separate chain file left as it is), and
+/// an installed key that belongs to the leaf.
+fn is_installed(
+    site: &Site,
+    installed: &Installed,
+    installed_chain: &[CertInfo],
+    bundle: &Bundle,
+) -> bool {
+    let leaf_same = installed
+        .leaf
+        .as_ref()
+        .is_some_and(|l| l.sha256 == bundle.leaf.sha256);
+    let key_same = installed
+        .key
+        .as_ref()
+        .is_some_and(|k| k.spki_der == bundle.leaf.spki_der);
+    let shas = |c: &[CertInfo]| c.iter().map(|c| c.sha256.clone()).collect::<Vec<_>>();
+    let chain_same = (site.chain.is_some() && bundle.chain.is_empty())
+        || shas(installed_chain) == shas(&bundle.chain);
+    leaf_same && key_same && chain_same
+}
+
+/// A target of an in-place site that is a symlink: in-place mode swaps
+/// regular files only, whatever the bundle, so this is said before any
+/// rule about the bundle (certbot's `live/` links are the usual case, and
+/// "not later than the installed one" would hide it).
+pub fn symlinked_target(site: &Site) -> Option<InstallError> {
+    if site.mode != Mode::InPlace {
+        return None;
+    }
+    site_targets(site).into_iter().find_map(|(_, path)| {
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        if !meta.file_type().is_symlink() {
+            return None;
+        }
+        let points_to = std::fs::read_link(&path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|e| format!("an unreadable target ({e})"));
+        Some(InstallError::SymlinkTarget {
+            site: site.name.clone(),
+            path,
+            points_to,
+        })
+    })
 }
 
 /// The trust rule (step 2, after the per-certificate rules): never make
@@ -216,9 +386,15 @@ pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError
         }
     };
 
+    // The real reason first: in-place mode cannot swap a link, whatever
+    // the bundle is (an environment problem, exit 2, as at staging).
+    if let Some(e) = symlinked_target(site) {
+        return Err(e);
+    }
+
     // 1–2. bundle and validate; a rejection changes nothing and sends no
     //      signal (invariant 1).
-    let Some(bundle) = check_with(
+    let checked = check_full(
         Some(site),
         req.cert,
         req.chain,
@@ -226,16 +402,120 @@ pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError
         req.force,
         Some(env.prober.trust()),
         &mut out,
-    ) else {
+    );
+    let Some(bundle) = checked.bundle else {
         return Ok(out);
     };
+
+    // The installed certificate again (a deploy hook run twice, a retry):
+    // success when every endpoint serves it, by the rule of "verified".
+    // A dry run only says so: it does not probe.
     if req.dry_run {
+        if checked.same {
+            out.warnings.push(
+                "this is the certificate installed already; an install would only prove it is served"
+                    .into(),
+            );
+        }
         return Ok(out);
+    }
+    if checked.same {
+        match served_as_installed(env, site, checked.on_disk.as_ref(), &bundle.leaf.sha256) {
+            Ok(rows) => {
+                out.served = rows;
+                out.result = ResultKind::AlreadyInstalled;
+                return Ok(out);
+            }
+            Err(e @ InstallError::NotServing { .. }) => return Err(e),
+            Err(e) if !req.force => return Err(e),
+            // --force: install it again and reload, the repair.
+            Err(e) => out
+                .warnings
+                .push(format!("{e} — installing anyway because of --force")),
+        }
+    }
+
+    // Preflight truth: what is served must be what the file holds, or a
+    // change of the file proves nothing (and a rollback would "prove" a
+    // certificate that was never served from it).
+    let before = serving_now(env.prober, &site.endpoints)?;
+    let rows: Vec<ServedRow> = before.iter().map(|(_, r)| r.clone()).collect();
+    if !checked.same
+        && let Some(e) = served_is_not_on_disk(checked.on_disk.as_ref(), &rows)
+    {
+        if !req.force {
+            return Err(e);
+        }
+        out.warnings
+            .push(format!("{e} — installing anyway because of --force"));
     }
 
     let files = new_files(site, &bundle);
     let new_sha = bundle.leaf.sha256.clone();
-    apply(env, site, &site_store, Op::Install, files, &new_sha, out)
+    apply(
+        env,
+        site,
+        &site_store,
+        Op::Install,
+        files,
+        &new_sha,
+        Some(before),
+        out,
+    )
+}
+
+/// The bundle is the site's installed certificate: prove that every
+/// endpoint serves it, on `probe.consecutive` fresh handshakes in a row
+/// within the deadline — the rule of "verified" (invariant 5), because
+/// exit 0 means the same to the ACME client, and old workers of a recent
+/// reload may still answer with another leaf. The rows of the last
+/// handshakes; or why not: an endpoint that does not answer, one that
+/// serves another certificate, or no run of consecutive matches.
+pub(crate) fn served_as_installed(
+    env: &Env<'_>,
+    site: &Site,
+    on_disk: Option<&OnDisk>,
+    sha: &str,
+) -> Result<Vec<ServedRow>, InstallError> {
+    let first: Vec<ServedRow> = serving_now(env.prober, &site.endpoints)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    if let Some(e) = served_is_not_on_disk(on_disk, &first) {
+        return Err(e);
+    }
+    let waited = wait_served(env, &site.endpoints, sha, false);
+    match waited.failure {
+        None => Ok(waited.rows),
+        Some(reason) => Err(served_is_not_on_disk(on_disk, &waited.rows).unwrap_or(
+            InstallError::NotProvenServed {
+                site: site.name.clone(),
+                reason,
+            },
+        )),
+    }
+}
+
+/// The first endpoint in `rows` that serves a leaf other than the one the
+/// site's certificate file holds, as the refusal naming both.
+pub(crate) fn served_is_not_on_disk(
+    on_disk: Option<&OnDisk>,
+    rows: &[ServedRow],
+) -> Option<InstallError> {
+    let disk = on_disk?;
+    rows.iter().find_map(|r| {
+        let served = r.sha256.as_deref()?;
+        (served != disk.sha256).then(|| {
+            InstallError::ServedIsNotOnDisk(Box::new(Mismatch {
+                endpoint: format!("{}@{}", r.sni, r.endpoint),
+                served_subject: r.subject.clone().unwrap_or_default(),
+                served_sha256: served.to_string(),
+                file: disk.file.clone(),
+                file_subject: disk.subject.clone(),
+                file_sha256: disk.sha256.clone(),
+            }))
+        })
+    })
 }
 
 /// A dual-certificate site (`[[site.pair]]`): replace the pair whose key
@@ -380,11 +660,16 @@ pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
         },
         files,
         &leaf.sha256,
+        None,
         out,
     )
 }
 
 /// Steps 3–8: stage, swap, config test, reload, probe, commit — or undo.
+/// `before`: what each endpoint served before the change, when the caller
+/// probed already (install, for its preflight check).
+// The steps' inputs, each used once; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn apply(
     env: &Env<'_>,
     site: &Site,
@@ -392,12 +677,16 @@ pub(crate) fn apply(
     op: Op,
     files: Vec<NewFile>,
     new_sha: &str,
+    before: Option<Vec<(Target, ServedRow)>>,
     mut out: Outcome,
 ) -> Result<Outcome, InstallError> {
     // What each endpoint serves before anything changes: the proof target
     // of a rollback, and a server that does not answer now is refused
     // before any file moves.
-    let before_rows = serving_now(env.prober, &site.endpoints)?;
+    let before_rows = match before {
+        Some(rows) => rows,
+        None => serving_now(env.prober, &site.endpoints)?,
+    };
     let before: Vec<(Target, String)> = before_rows
         .iter()
         .map(|(t, r)| (t.clone(), r.sha256.clone().unwrap_or_default()))

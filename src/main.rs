@@ -23,6 +23,9 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour for a terminal only, never with NO_COLOR: a deploy hook's
+        // stderr lands in certbot's log and in cron mail.
+        .with_ansi(certswap::report::colour_stderr())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CERTSWAP_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),

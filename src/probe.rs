@@ -1086,7 +1086,10 @@ mod tests {
         assert_eq!(served.protocol, "TLSv1.3");
         assert!(!served.trusted);
         let why = served.trust_error.expect("a reason");
-        assert!(why.contains("unknown issuer"), "{why}");
+        assert!(
+            why.contains("is self-signed and not in the trust store"),
+            "{why}"
+        );
     }
 
     #[tokio::test]

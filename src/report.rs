@@ -17,13 +17,21 @@ pub enum ResultKind {
     DryRun,
     /// `certswap check`: the bundle passes every rule.
     Valid,
+    /// The bundle's leaf is the installed one and every endpoint serves it
+    /// (on `probe.consecutive` fresh handshakes in a row, the rule of
+    /// "verified"): nothing was written and no reload sent. A re-run of a
+    /// deploy hook, or of an install that already succeeded, is a success.
+    AlreadyInstalled,
 }
 
 impl ResultKind {
     /// DESIGN.md exit codes: 0 ok, 1 validation failed, 3 rolled back.
     pub fn exit_code(self) -> u8 {
         match self {
-            ResultKind::Verified | ResultKind::DryRun | ResultKind::Valid => 0,
+            ResultKind::Verified
+            | ResultKind::DryRun
+            | ResultKind::Valid
+            | ResultKind::AlreadyInstalled => 0,
             ResultKind::Rejected => 1,
             ResultKind::RolledBack => 3,
         }
@@ -52,6 +60,9 @@ pub struct ServedRow {
     pub endpoint: String,
     pub sni: String,
     pub sha256: Option<String>,
+    /// The served leaf's subject (what a person compares with the file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub not_after: Option<String>,
     pub trusted: Option<bool>,
     /// The served chain reaches a root on its own.
@@ -80,6 +91,7 @@ impl ServedRow {
                 endpoint: t.addr.clone(),
                 sni: t.sni.clone(),
                 sha256: Some(s.leaf.sha256.clone()),
+                subject: Some(s.leaf.subject.clone()),
                 not_after: Some(cert::rfc3339(s.leaf.not_after)),
                 trusted: Some(s.trusted),
                 chain_complete: Some(s.chain_complete),
@@ -91,6 +103,7 @@ impl ServedRow {
                 endpoint: t.addr.clone(),
                 sni: t.sni.clone(),
                 sha256: None,
+                subject: None,
                 not_after: None,
                 trusted: None,
                 chain_complete: None,
@@ -173,6 +186,10 @@ impl Outcome {
                 "rolled back: {} is back on its previous certificate",
                 self.site
             ),
+            ResultKind::AlreadyInstalled => format!(
+                "already installed and served: {} serves this certificate; nothing was changed",
+                self.site
+            ),
         };
         s.push_str(&headline);
         s.push('\n');
@@ -225,6 +242,22 @@ impl Outcome {
     }
 }
 
+/// Whether log lines on stderr may carry colour escape codes: only when
+/// stderr is a terminal and `NO_COLOR` (https://no-color.org) is unset or
+/// empty. A deploy hook's stderr lands in certbot's log and in cron mail,
+/// where escape codes are noise.
+pub fn colour_stderr() -> bool {
+    colour_allowed(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+/// [`colour_stderr`] on given facts (for its unit test).
+fn colour_allowed(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// `certswap probe` in text: the fields people compare with
 /// `openssl x509 -noout -dates` lines as openssl prints them.
 pub fn served_text(s: &Served) -> String {
@@ -247,4 +280,32 @@ pub fn served_text(s: &Served) -> String {
         None => out.push_str("trusted:      no\n"),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour_allowed(true, None));
+        assert!(colour_allowed(true, Some(OsStr::new(""))));
+        assert!(!colour_allowed(true, Some(OsStr::new("1"))));
+        assert!(!colour_allowed(false, None));
+        assert!(!colour_allowed(false, Some(OsStr::new("1"))));
+    }
+
+    #[test]
+    fn already_installed_is_exit_0_and_says_so() {
+        let mut out = Outcome::new("a.test");
+        out.result = ResultKind::AlreadyInstalled;
+        assert_eq!(out.result.exit_code(), 0);
+        assert!(
+            out.to_text()
+                .starts_with("already installed and served: a.test")
+        );
+        let v = serde_json::to_value(&out).expect("json");
+        assert_eq!(v["result"], "already_installed");
+    }
 }

@@ -141,33 +141,59 @@ impl TrustStore {
                 missing_issuer: None,
             },
             Err(e) => {
-                // No path, and the chain ends at a certificate that is not
-                // self-issued: what is missing is the next link up.
                 let unknown = matches!(
                     e,
                     rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
                 );
-                let last = parsed.last();
-                let incomplete = unknown && last.is_some_and(|c| !c.self_issued);
-                let missing_issuer = if incomplete {
-                    last.map(|c| c.issuer.clone())
-                } else {
-                    None
-                };
-                let error = match &missing_issuer {
-                    Some(issuer) => format!(
-                        "the chain does not reach a trusted root: intermediate for {issuer} missing"
-                    ),
-                    None => reason(&e),
+                let (error, missing_issuer) = match parsed.last() {
+                    Some(last) if unknown => self.no_path(last, parsed.len()),
+                    _ => (reason(&e), None),
                 };
                 Verdict {
                     trusted: false,
                     error: Some(error),
-                    chain_complete: !incomplete,
+                    chain_complete: missing_issuer.is_none(),
                     missing_issuer,
                 }
             }
         }
+    }
+
+    /// Why there is no path to a trusted root, from the certificate the
+    /// chain ends at (`last`, of `len` certificates): the sentence, and the
+    /// issuer that is missing from the chain (None when the chain carries
+    /// its own root).
+    fn no_path(&self, last: &CertInfo, len: usize) -> (String, Option<String>) {
+        let store = &self.describe;
+        if last.self_issued {
+            // The chain is complete: it ends in a root, just not one that
+            // clients here trust (a private CA, a test CA, a self-signed
+            // certificate). Name it, so nobody hunts for an intermediate.
+            let why = if len == 1 {
+                format!(
+                    "the certificate {} is self-signed and not in the trust store ({store})",
+                    last.subject
+                )
+            } else {
+                format!(
+                    "the chain ends in the self-signed root {}, which is not in the trust store ({store})",
+                    last.subject
+                )
+            };
+            return (why, None);
+        }
+        // The chain stops at a certificate whose issuer it does not carry.
+        // That issuer is either an intermediate the bundle lacks or a root
+        // clients here do not trust (pebble's, a private CA's): the chain
+        // alone cannot tell which, so say both.
+        let issuer = &last.issuer;
+        (
+            format!(
+                "the chain does not reach a trusted root: intermediate for {issuer} missing, \
+                 or {issuer} is a root that is not in the trust store ({store})"
+            ),
+            Some(issuer.clone()),
+        )
     }
 }
 
@@ -230,5 +256,69 @@ fn reason(err: &rustls::Error) -> String {
             "certificate not allowed for server authentication (extended key usage)".into()
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cert::testpki;
+
+    fn pem_file(dir: &Path, certs: &[&CertInfo]) -> PathBuf {
+        let path = dir.join("roots.pem");
+        let text: String = certs.iter().map(|c| c.to_pem()).collect();
+        std::fs::write(&path, text).expect("write roots");
+        path
+    }
+
+    #[test]
+    fn an_untrusted_self_signed_root_is_named_not_called_a_missing_intermediate() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let trusted = testpki::root("the trusted root");
+        let store = TrustStore::only(&pem_file(tmp.path(), &[&trusted.cert])).expect("store");
+
+        let other = testpki::root("Pebble Root CA 5c3e5a");
+        let inter = testpki::intermediate("Pebble Intermediate CA", &other);
+        let leaf = testpki::sign_leaf(&testpki::leaf_params(&["a.test"]), &testpki::p256(), &inter);
+
+        // The chain carries its untrusted root.
+        let v = store.judge(&leaf, &[inter.cert.clone(), other.cert.clone()], "a.test");
+        let why = v.error.clone().expect("not trusted");
+        assert!(!v.trusted);
+        assert!(
+            why.contains("self-signed root") && why.contains("Pebble Root CA 5c3e5a"),
+            "{why}"
+        );
+        assert!(why.contains("not in the trust store"), "{why}");
+        assert!(!why.contains("missing"), "{why}");
+        assert!(v.chain_complete, "{v:?}");
+
+        // The chain stops below that root: both possibilities are named.
+        let v = store.judge(&leaf, std::slice::from_ref(&inter.cert), "a.test");
+        let why = v.error.clone().expect("not trusted");
+        assert!(why.contains("intermediate for"), "{why}");
+        assert!(
+            why.contains("or CN=Pebble Root CA 5c3e5a")
+                || why.contains("Pebble Root CA 5c3e5a, O="),
+            "{why}"
+        );
+        assert!(
+            why.contains("is a root that is not in the trust store"),
+            "{why}"
+        );
+        assert!(!v.chain_complete);
+
+        // A self-signed leaf.
+        let key = testpki::p256();
+        let params = testpki::leaf_params(&["self.test"]);
+        let cert = params.self_signed(&key).expect("self-sign");
+        let selfie = CertInfo::from_der(cert.der()).expect("parse");
+        let v = store.judge(&selfie, &[], "self.test");
+        let why = v.error.expect("not trusted");
+        assert!(
+            why.contains("is self-signed and not in the trust store"),
+            "{why}"
+        );
     }
 }

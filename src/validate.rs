@@ -51,6 +51,10 @@ pub enum ValidationError {
         old_not_after: String,
     },
     #[error(
+        "the certificate {subject} (sha256 {sha256}) is the one installed already, so it is no renewal (use --force to install it again)"
+    )]
+    SameAsInstalled { subject: String, sha256: String },
+    #[error(
         "the new certificate does not cover {missing} which the installed certificate or the site has (use --force to drop names)"
     )]
     NamesDropped { missing: String },
@@ -354,6 +358,22 @@ fn extends_installed(
     let Some(old) = &ctx.installed.leaf else {
         return Ok(None);
     };
+    // The installed leaf again (a deploy hook or an install run twice): not
+    // "ends too early" but its own case, which install turns into "already
+    // installed and served" once the endpoints show it.
+    if leaf.sha256 == old.sha256 {
+        if !ctx.force {
+            return Err(ValidationError::SameAsInstalled {
+                subject: leaf.subject.clone(),
+                sha256: leaf.sha256.clone(),
+            });
+        }
+        warnings.push(
+            "the new certificate is the installed one; installing it again because of --force"
+                .to_string(),
+        );
+        return Ok(Some(0));
+    }
     let days = (leaf.not_after - old.not_after).whole_days();
     if leaf.not_after <= old.not_after {
         let new_not_after = cert::rfc3339(leaf.not_after);
@@ -798,6 +818,35 @@ mod tests {
         assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
         assert!(report.warnings[0].contains("--force"));
         assert!(report.days_added.is_some_and(|d| d < 0));
+    }
+
+    #[test]
+    fn the_installed_leaf_again_is_not_called_too_short() {
+        let (leaf, chain, key) = issued(&["www.example.com"], |_| {});
+        let installed = Installed {
+            leaf: Some(leaf.clone()),
+            chain_len: chain.len(),
+            key: None,
+        };
+        let mut b = bundle(leaf, chain, Some(&key));
+        let e = validate(&mut b, &ctx(&[], &installed, false)).expect_err("same leaf");
+        assert!(
+            matches!(e, ValidationError::SameAsInstalled { .. }),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("is the one installed already"),
+            "{e}"
+        );
+        let report = validate(&mut b, &ctx(&[], &installed, true)).expect("forced");
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("installing it again")),
+            "{:?}",
+            report.warnings
+        );
     }
 
     #[test]

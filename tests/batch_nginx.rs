@@ -116,13 +116,18 @@ impl World {
         self.dir.path().join("ssl").join(format!("{name}.pem"))
     }
 
-    /// Start a second nginx serving another cert for `name` (a load
-    /// balancer in front, say; certswap's reloads do not touch it) and
-    /// point `name`'s endpoint at it.
+    /// Start a second nginx serving a copy of `name`'s installed cert (a
+    /// load balancer in front, say; certswap's reloads do not touch it) and
+    /// point `name`'s endpoint at it. (A copy: an endpoint serving a cert
+    /// the site's file does not hold is refused before anything changes.)
     fn behind_a_second_nginx(&self, name: &str) -> (Nginx, Leaf) {
+        self.behind_a_second_nginx_serving(name, self.old[name].clone())
+    }
+
+    /// [`World::behind_a_second_nginx`], the second nginx serving `lb_leaf`.
+    fn behind_a_second_nginx_serving(&self, name: &str, lb_leaf: Leaf) -> (Nginx, Leaf) {
         let lb_dir = self.dir.path().join("lb");
         std::fs::create_dir(&lb_dir).expect("mkdir");
-        let lb_leaf = self.ca.leaf(&[name]).days(-1, 90).build();
         let (lb_cert, lb_key) = pki::write(&lb_dir, "lb", &lb_leaf);
         let lb = Nginx::start(&[SiteSpec::new(name, &lb_cert, &lb_key)]);
         self.point_endpoint(name, lb.port());
@@ -269,16 +274,140 @@ fn five_sites_are_verified_with_one_config_test_and_one_reload() {
         "{workers:?} → {now:?}"
     );
 
-    // The batch is done: running it again on the same inbox refuses every
-    // bundle (it does not extend the installed cert) and sends no signal.
+    // The batch is done: running it again on the same inbox settles every
+    // bundle as already installed and served (exit 0), sends no signal.
     let again = w.batch(&["--json"]);
-    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     assert!(
         json_lines(&again)
             .values()
-            .all(|v| v["result"] == "rejected")
+            .all(|v| v["result"] == "already_installed"),
+        "{}",
+        text(&again)
     );
     assert_eq!(w.reloads() - reloads, 1);
+}
+
+#[test]
+fn a_batch_with_already_installed_items_writes_nothing_for_them_and_reloads_once() {
+    let w = World::new("10s");
+    w.renew_all(&SITES);
+    let out = w.batch(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // b.test gets a second renewal; the other four bundles stay the ones
+    // installed (an inbox a cron job runs again, a retried agent pass).
+    let newer = w.ca.leaf(&["b.test"]).days(-1, 400).build();
+    pki::write(&w.inbox, "b.test", &newer);
+    let files = |name: &str| {
+        let ssl = w.dir.path().join("ssl");
+        [
+            ssl.join(format!("{name}.pem")),
+            ssl.join(format!("{name}.key")),
+        ]
+        .iter()
+        .map(|p| {
+            (
+                p.clone(),
+                pki::sha256_file(p),
+                std::fs::metadata(p).expect("stat"),
+            )
+        })
+        .map(|(p, sha, m)| {
+            use std::os::unix::fs::MetadataExt;
+            (p, sha, m.ino(), m.mtime_nsec())
+        })
+        .collect::<Vec<_>>()
+    };
+    let before: Vec<_> = ["a.test", "c.test", "d.test", "e.test"]
+        .iter()
+        .map(|n| files(n))
+        .collect();
+    let reloads = w.reloads();
+
+    let out = w.batch(&["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows = json_lines(&out);
+    assert_eq!(rows["b.test"]["result"], "verified", "{}", text(&out));
+    assert_eq!(w.served("b.test"), newer.sha256);
+    for name in ["a.test", "c.test", "d.test", "e.test"] {
+        let v = &rows[name];
+        assert_eq!(v["result"], "already_installed", "{v}");
+        assert!(v["error"].is_null(), "{v}");
+        assert_eq!(v["served"][0]["sha256"], v["new"]["sha256"], "{v}");
+    }
+    // Not rewritten (same bytes, same inodes, same mtimes), and the only
+    // reload is b.test's.
+    let after: Vec<_> = ["a.test", "c.test", "d.test", "e.test"]
+        .iter()
+        .map(|n| files(n))
+        .collect();
+    assert_eq!(after, before);
+    assert_eq!(w.reloads() - reloads, 1, "{}", w.nginx.error_log());
+}
+
+#[test]
+fn a_site_whose_endpoint_serves_a_cert_its_file_does_not_hold_is_refused_before_the_reload() {
+    let w = World::new("2s");
+    // e.test's endpoint serves a certificate that is not in e.test's file
+    // (the server reads another file, or sits behind something else).
+    let stranger = w.ca.leaf(&["e.test"]).days(-1, 90).build();
+    let (_lb, _) = w.behind_a_second_nginx_serving("e.test", stranger.clone());
+    let new = w.renew_all(&SITES);
+    let e_file = w.cert_file("e.test");
+    let e_before = pki::sha256_file(&e_file);
+    let reloads = w.reloads();
+
+    let out = w.batch(&["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let rows = json_lines(&out);
+    let e = &rows["e.test"];
+    assert_eq!(e["result"], "rejected", "{e}");
+    let why = e["error"].as_str().unwrap_or_default();
+    for part in [
+        stranger.sha256.as_str(),
+        w.old["e.test"].sha256.as_str(),
+        path(&e_file),
+        "nothing was changed",
+        "--force",
+    ] {
+        assert!(why.contains(part), "{part} in {why}");
+    }
+    for name in ["a.test", "b.test", "c.test", "d.test"] {
+        assert_eq!(rows[name]["result"], "verified", "{}", rows[name]);
+        assert_eq!(w.served(name), new[name].sha256, "{name}");
+    }
+    assert_eq!(pki::sha256_file(&e_file), e_before);
+    assert_eq!(
+        w.served("e.test"),
+        w.old["e.test"].sha256,
+        "the real server"
+    );
+    assert_eq!(
+        w.reloads() - reloads,
+        1,
+        "no second reload for e.test:\n{}",
+        w.nginx.error_log()
+    );
+
+    // --force goes on with it: installed, and (the endpoint never shows
+    // it) rolled back.
+    let newer = w.ca.leaf(&["e.test"]).days(-1, 400).build();
+    pki::write(&w.inbox, "e.test", &newer);
+    for name in ["a.test", "b.test", "c.test", "d.test"] {
+        for ext in ["pem", "key"] {
+            std::fs::remove_file(w.inbox.join(format!("{name}.{ext}"))).expect("rm");
+        }
+    }
+    let out = w.batch(&["--json", "--force"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let rows = json_lines(&out);
+    assert_eq!(
+        rows["e.test"]["result"], "rolled_back",
+        "{}",
+        rows["e.test"]
+    );
+    let warnings = rows["e.test"]["warnings"].to_string();
+    assert!(warnings.contains("because of --force"), "{warnings}");
 }
 
 #[test]

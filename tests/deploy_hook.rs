@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use support::nginx::Nginx;
 use support::pki::{self, Leaf};
-use support::world::{ALIAS, SITE, World, path, text};
+use support::world::{ALIAS, SITE, Server, World, path, text};
 
 /// Every variable either client sets: removed from the inherited
 /// environment so only the ones a test gives are seen.
@@ -37,10 +38,16 @@ fn hook(w: &World, env: &[(&str, &Path)], cwd: Option<&Path>) -> Output {
 }
 
 fn hook_str(w: &World, env: &[(&str, &str)], cwd: Option<&Path>) -> Output {
+    hook_args(w, &["--json"], env, cwd)
+}
+
+/// `certswap deploy-hook ARGS` with exactly `env` from the client.
+fn hook_args(w: &World, args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> Output {
     let mut cmd = support::certswap();
     cmd.arg("--config")
         .arg(&w.config)
-        .args(["deploy-hook", "--json"]);
+        .arg("deploy-hook")
+        .args(args);
     for k in HOOK_VARS {
         cmd.env_remove(k);
     }
@@ -263,5 +270,149 @@ fn renewal_that_drops_a_name_is_rejected_so_certbot_reports_it() {
         v[0]
     );
     assert_eq!(w.snapshot(), before);
+    assert_eq!(w.served(), w.old.sha256);
+}
+
+/// The world's nginx, logging every reload from now on.
+fn counting_reloads(w: &World) -> &Nginx {
+    let Server::Nginx(n) = &w.server else {
+        panic!("an nginx world")
+    };
+    n.log_reloads();
+    n
+}
+
+#[test]
+fn the_hook_run_twice_with_the_same_renewal_is_already_installed_with_no_reload() {
+    let w = World::nginx();
+    let nginx = counting_reloads(&w);
+    let new = w.renewed();
+    let lineage = certbot_lineage(&w, SITE, 2, &new);
+    let domains = format!("{SITE} {ALIAS}");
+    let env = [
+        ("RENEWED_LINEAGE", path(&lineage)),
+        ("RENEWED_DOMAINS", domains.as_str()),
+    ];
+    let reloads = nginx.reloads();
+    let first = hook_str(&w, &env, None);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert_eq!(outcomes(&first)[0]["result"], "verified");
+    assert_eq!(nginx.reloads(), reloads + 1, "{}", nginx.error_log());
+
+    // certbot (or a person after a partial failure) runs the hook again.
+    let before = w.snapshot();
+    let workers = settled_workers(&w);
+    let second = hook_str(&w, &env, None);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let v = outcomes(&second);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0]["result"], "already_installed", "{}", v[0]);
+    assert!(v[0]["error"].is_null(), "{}", v[0]);
+    assert_eq!(v[0]["served"][0]["sha256"], new.sha256.as_str());
+    // In words, as certbot's log shows it.
+    let third = hook_args(&w, &[], &env, None);
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    let said = String::from_utf8_lossy(&third.stdout);
+    assert!(said.contains("already installed and served"), "{said}");
+
+    assert_eq!(w.snapshot(), before, "nothing written");
+    assert_eq!(
+        nginx.reloads(),
+        reloads + 1,
+        "no reload: {}",
+        nginx.error_log()
+    );
+    assert_eq!(w.server.worker_pids(), workers, "no signal");
+    assert_eq!(w.served(), new.sha256);
+}
+
+#[test]
+fn deploy_hook_force_repairs_a_renewal_that_is_on_disk_but_not_served() {
+    let w = World::nginx();
+    let nginx = counting_reloads(&w);
+    // A renewal that reached the site's files but not the server (someone
+    // copied it by hand and forgot the reload): the hook's lineage is what
+    // the file holds, but the old certificate is served.
+    let new = w.renewed();
+    pki::write(w.cert.parent().expect("ssl dir"), SITE, &new);
+    let lineage = certbot_lineage(&w, SITE, 2, &new);
+    let env = [
+        ("RENEWED_LINEAGE", path(&lineage)),
+        ("RENEWED_DOMAINS", SITE),
+    ];
+    let before = w.snapshot();
+    let reloads = nginx.reloads();
+
+    // Not "already installed": refused, naming what is served and the file.
+    let out = hook_str(&w, &env, None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        w.old.sha256.as_str(),
+        new.sha256.as_str(),
+        path(&w.cert),
+        "nothing was changed",
+        "--force",
+    ] {
+        assert!(err.contains(part), "{part} in {err}");
+    }
+    assert_eq!(w.snapshot(), before);
+    assert_eq!(nginx.reloads(), reloads, "{}", nginx.error_log());
+    assert_eq!(w.served(), w.old.sha256);
+
+    // --force passes through to the install: the same files again, a
+    // config test and a reload, verified.
+    let out = hook_args(&w, &["--force", "--json"], &env, None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(outcomes(&out)[0]["result"], "verified", "{}", text(&out));
+    assert_eq!(w.served(), new.sha256);
+    assert_eq!(nginx.reloads(), reloads + 1, "{}", nginx.error_log());
+}
+
+#[test]
+fn a_site_reading_certbots_live_links_is_refused_as_a_symlink_before_must_extend() {
+    let w = World::nginx();
+    // The site's cert and key are certbot's live/ links (what certbot's
+    // docs suggest), holding the installed certificate.
+    let lineage = certbot_lineage(&w, SITE, 1, &w.old);
+    for (target, file) in [(&w.cert, "fullchain.pem"), (&w.key, "privkey.pem")] {
+        std::fs::remove_file(target).expect("rm");
+        symlink(lineage.join(file), target).expect("link into live/");
+    }
+    // certbot renews: it moves the links itself, then runs the hook.
+    let new = w.renewed();
+    certbot_lineage(&w, SITE, 2, &new);
+    let before = w.snapshot();
+    let workers = settled_workers(&w);
+
+    for args in [&["--json"][..], &["--json", "--force"][..]] {
+        let out = hook_args(
+            &w,
+            args,
+            &[
+                ("RENEWED_LINEAGE", path(&lineage)),
+                ("RENEWED_DOMAINS", SITE),
+            ],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{} is a symlink", path(&w.cert))),
+            "{err}"
+        );
+        assert!(err.contains("live"), "names where it points: {err}");
+        assert!(
+            err.contains(&format!("certswap adopt --site {SITE}")),
+            "{err}"
+        );
+        assert!(err.contains("mode = \"managed\""), "{err}");
+        assert!(
+            !err.contains("not later than"),
+            "the real reason first: {err}"
+        );
+    }
+    assert_eq!(w.snapshot(), before, "nothing changed");
+    assert_eq!(w.server.worker_pids(), workers, "no signal");
     assert_eq!(w.served(), w.old.sha256);
 }

@@ -318,12 +318,14 @@ fn own_csr_renewal_without_key_matches_the_installed_key() {
 }
 
 /// Point the site's endpoint at a second nginx (think: a load balancer in
-/// front) serving another cert for the site, which certswap's reloads do
-/// not touch.
+/// front) serving a copy of the site's installed cert, which certswap's
+/// reloads do not touch. (A copy: an endpoint serving a cert the site's
+/// file does not hold is refused before anything changes, tested in
+/// acme_fit.rs.)
 fn endpoint_behind_a_second_nginx(w: &World) -> (Nginx, pki::Leaf) {
     let lb_dir = w.dir.path().join("lb");
     std::fs::create_dir(&lb_dir).expect("mkdir");
-    let lb_leaf = w.ca.leaf(&[SITE]).days(-1, 90).build();
+    let lb_leaf = w.old.clone();
     let (lb_cert, lb_key) = pki::write(&lb_dir, "lb", &lb_leaf);
     let lb = Nginx::start(&[SiteSpec::new(SITE, &lb_cert, &lb_key)]);
     let conf = std::fs::read_to_string(&w.config).expect("config");

@@ -222,6 +222,26 @@ impl Nginx {
         }
     }
 
+    /// Log every reload from now on (RECIPES.md, "Counting nginx reloads
+    /// from outside"): the current config with `error_log FILE notice;`,
+    /// loaded by one reload that this waits for. Count with
+    /// [`Nginx::reloads`].
+    pub fn log_reloads(&self) {
+        let text = fs::read_to_string(self.conf_path()).expect("read nginx.conf");
+        let log = format!("error_log {};", conf_path(&self.error_log_path()));
+        assert!(text.contains(&log), "nginx.conf has no {log}");
+        let notice = format!("error_log {} notice;", conf_path(&self.error_log_path()));
+        self.set_config(&text.replace(&log, &notice));
+        self.reload_and_wait(Duration::from_secs(10))
+            .expect("reload with notice logging");
+    }
+
+    /// SIGHUPs the master logged since [`Nginx::log_reloads`]: each writes
+    /// `signal 1 (SIGHUP) received from PID, reconfiguring`.
+    pub fn reloads(&self) -> usize {
+        self.error_log().matches("(SIGHUP) received").count()
+    }
+
     /// Stop nginx (QUIT, ≤ 5 s, then KILL) and start it again on the same
     /// port with the current nginx.conf. Panics if it does not come up.
     pub fn restart(&mut self) {
