@@ -164,6 +164,20 @@ impl SiteStore {
         Ok(txn)
     }
 
+    /// Make the site managed now, without a change: what `targets` hold
+    /// becomes the live version and each becomes a symlink into
+    /// `live/SITE/` (`certswap adopt --managed`). The server reads the same
+    /// bytes before and after, so no journal is needed (see [`Self::adopt`]).
+    pub fn adopt_managed(&self, targets: &[(Role, PathBuf)]) -> Result<String, StoreError> {
+        for (_, target) in targets {
+            check_target_dir(target)?;
+        }
+        mkdir_private(&self.dir)?;
+        mkdir_private(&self.archive_dir())?;
+        mkdir_private(&self.root.join("live"))?;
+        self.adopt(targets)
+    }
+
     /// Make the site managed if it is not (or no longer) so: returns the
     /// version `live/SITE` points at afterwards.
     fn adopt(&self, targets: &[(Role, PathBuf)]) -> Result<String, StoreError> {
