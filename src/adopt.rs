@@ -69,7 +69,9 @@ pub enum AdoptError {
     )]
     NotInLineage { site: String, paths: String },
     /// Dual-certificate sites are not handled.
-    #[error("site {site} has several cert/key pairs; adopt handles one pair (change the lines by hand)")]
+    #[error(
+        "site {site} has several cert/key pairs; adopt handles one pair (change the lines by hand)"
+    )]
     Pairs { site: String },
     /// The server's config does not read the path.
     #[error("no directive in the {server} config ({config}) reads {path}; nothing there to change")]
@@ -131,7 +133,9 @@ pub enum AdoptError {
     )]
     Changed { path: PathBuf, lines: String },
     /// A copy exists already with other bytes.
-    #[error("{path} exists already; adopt never overwrites a file (remove it or pick another site name)")]
+    #[error(
+        "{path} exists already; adopt never overwrites a file (remove it or pick another site name)"
+    )]
     Exists { path: PathBuf },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -377,7 +381,8 @@ pub fn plan(cfg: &Config, site: &Site, managed: bool) -> Result<Plan, AdoptError
         let real = std::fs::canonicalize(path).map_err(io_err(path, "resolve"))?;
         let bytes = owner::read_trusted("certificate file", &real, MAX_CERT_BYTES)?;
         if *role == Role::Cert {
-            let leaf = install::leaf_of_pem(&bytes).ok_or(AdoptError::NoCert { path: path.clone() })?;
+            let leaf =
+                install::leaf_of_pem(&bytes).ok_or(AdoptError::NoCert { path: path.clone() })?;
             leaf_sha256 = Some(leaf.sha256);
         }
         let name = path.file_name().unwrap_or(path.as_os_str());
@@ -470,7 +475,7 @@ fn server_changes(refs: &[(ConfigRef, PathBuf)]) -> Result<Vec<FileChange>, Adop
         let mut mine: Vec<&(ConfigRef, PathBuf)> =
             refs.iter().filter(|(r, _)| r.file == file).collect();
         // Right to left, so earlier columns on one line stay valid.
-        mine.sort_by(|a, b| (b.0.line, b.0.col).cmp(&(a.0.line, a.0.col)));
+        mine.sort_by_key(|(r, _)| std::cmp::Reverse((r.line, r.col)));
         let mut changed: Vec<(usize, String)> = Vec::new();
         for (r, new_path) in mine {
             let Some(l) = lines.get_mut(r.line.wrapping_sub(1)) else {
@@ -621,6 +626,9 @@ fn certswap_change(
     })
 }
 
+/// (1-based line, old line, new line) of certswap.toml.
+type TomlLineChange = (usize, String, String);
+
 /// In TOML `text`, the `[[site]]` table whose `name` is `site` gets each
 /// `key = "value"` of `set`: its line replaced (indentation kept), or
 /// added after the table's `key`/`cert` line. Returns the new text and
@@ -630,7 +638,7 @@ fn edit_site_lines(
     text: &str,
     site: &str,
     set: &[(&str, String)],
-) -> Result<(String, Vec<(usize, String, String)>), String> {
+) -> Result<(String, Vec<TomlLineChange>), String> {
     let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_string).collect();
     // The [[site]] tables: (first line index, end index).
     let mut tables: Vec<(usize, usize)> = Vec::new();
@@ -999,6 +1007,7 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
     if let Err(e) = env.server.reload() {
         return fail(rec, true, e.to_string(), report);
     }
+    crate::failpoint::hit("adopt-after-reload");
 
     // 8. The same leaf, on consecutive fresh handshakes.
     let waited = install::wait_served(env, &site.endpoints, &plan.leaf_sha256, false);
@@ -1215,9 +1224,8 @@ fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outc
         ResultKind::Verified
     } else {
         if proven {
-            problems.push(
-                "the old certificate is served again (proven by fresh handshakes)".into(),
-            );
+            problems
+                .push("the old certificate is served again (proven by fresh handshakes)".into());
         }
         ResultKind::RolledBack
     };
@@ -1244,7 +1252,10 @@ mod tests {
     #[test]
     fn only_the_sites_path_lines_change_and_comments_stay() {
         let set = [
-            ("cert", "/etc/nginx/certswap/a.test/fullchain.pem".to_string()),
+            (
+                "cert",
+                "/etc/nginx/certswap/a.test/fullchain.pem".to_string(),
+            ),
             ("key", "/etc/nginx/certswap/a.test/privkey.pem".to_string()),
             ("mode", "managed".to_string()),
         ];
@@ -1253,10 +1264,17 @@ mod tests {
         assert!(new.contains("  cert = \"/etc/nginx/certswap/a.test/fullchain.pem\"\n"));
         assert!(new.contains("mode = \"managed\"\n"));
         // b.test keeps the lineage paths.
-        assert_eq!(new.matches("/le/live/a.test/fullchain.pem").count(), 1, "{new}");
+        assert_eq!(
+            new.matches("/le/live/a.test/fullchain.pem").count(),
+            1,
+            "{new}"
+        );
         assert_eq!(changes.len(), 3, "{changes:?}");
         assert_eq!(changes[0].0, 8);
-        assert_eq!(changes[2], (10, String::new(), "mode = \"managed\"\n".into()));
+        assert_eq!(
+            changes[2],
+            (10, String::new(), "mode = \"managed\"\n".into())
+        );
         let err = edit_site_lines(TOML, "c.test", &set).expect_err("no such site");
         assert!(err.contains("c.test"), "{err}");
     }
@@ -1264,9 +1282,15 @@ mod tests {
     #[test]
     fn paths_keep_the_quoting_they_were_written_with() {
         let p = Path::new("/etc/nginx/certswap/a b/x.pem");
-        assert_eq!(quote_like("\"/le/x.pem\"", p), "\"/etc/nginx/certswap/a b/x.pem\"");
+        assert_eq!(
+            quote_like("\"/le/x.pem\"", p),
+            "\"/etc/nginx/certswap/a b/x.pem\""
+        );
         assert_eq!(quote_like("/le/x.pem", Path::new("/e/x.pem")), "/e/x.pem");
-        assert_eq!(quote_like("/le/x.pem", p), "\"/etc/nginx/certswap/a b/x.pem\"");
+        assert_eq!(
+            quote_like("/le/x.pem", p),
+            "\"/etc/nginx/certswap/a b/x.pem\""
+        );
         assert_eq!(quote_like("'/le'", Path::new("/it's")), "'/it\\'s'");
     }
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::cli::{
-    AdoptArgs, CheckArgs, Cli, Command, CompletionsArgs, DeployHookArgs, InstallArgs, ProbeArgs, RollbackArgs,
-    RunArgs, StatusArgs,
+    AdoptArgs, CheckArgs, Cli, Command, CompletionsArgs, DeployHookArgs, InstallArgs, ProbeArgs,
+    RollbackArgs, RunArgs, StatusArgs,
 };
 use crate::config::Config;
 use crate::install::{self, Env, Request};
@@ -339,8 +339,8 @@ fn adopt_cmd(config: &Path, a: &AdoptArgs) -> CmdResult {
     }
     .map_err(|e| e.to_string())?;
     if a.json {
-        let text = serde_json::to_string(&report)
-            .map_err(|e| format!("cannot encode the result: {e}"))?;
+        let text =
+            serde_json::to_string(&report).map_err(|e| format!("cannot encode the result: {e}"))?;
         println!("{text}");
     } else {
         print!("{}", report.to_text());

@@ -251,7 +251,10 @@ fn adopt_without_apply_changes_no_byte_and_prints_the_lines() {
         .replace(path(&f.live.join("fullchain.pem")), path(&copy_cert))
         .replace(path(&f.live.join("privkey.pem")), path(&copy_key));
     assert!(s.contains(&format!("+ {new_line}\n")), "{s}");
-    assert!(s.contains(&format!("change {}:", f.config.display())), "{s}");
+    assert!(
+        s.contains(&format!("change {}:", f.config.display())),
+        "{s}"
+    );
     assert!(
         s.contains(&format!("+ cert = \"{}\"", path(&copy_cert))),
         "{s}"
@@ -297,8 +300,14 @@ fn apply_and_check(f: &Fixture, extra: &[&str]) {
 
     let conf = read(&f.server.conf_path());
     assert!(!conf.contains(path(&f.live)), "{conf}");
-    assert!(conf.contains(path(&f.copies().join("fullchain.pem"))), "{conf}");
-    assert!(conf.contains(path(&f.copies().join("privkey.pem"))), "{conf}");
+    assert!(
+        conf.contains(path(&f.copies().join("fullchain.pem"))),
+        "{conf}"
+    );
+    assert!(
+        conf.contains(path(&f.copies().join("privkey.pem"))),
+        "{conf}"
+    );
     f.server.configtest().expect("the rewritten config passes");
     let cfg = read(&f.config);
     assert!(cfg.starts_with("# my sites\n"), "comments stay: {cfg}");
@@ -349,7 +358,11 @@ fn adopt_apply_keeps_the_leaf_served_and_then_renewals_install_in_place() {
     // Adopted twice is nothing new.
     let again = f.run(&["adopt", "--site", SITE, "--apply"]);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
-    assert!(stdout(&again).starts_with("already adopted"), "{}", text(&again));
+    assert!(
+        stdout(&again).starts_with("already adopted"),
+        "{}",
+        text(&again)
+    );
 
     // Before adopt this install was refused (a symlinked target); now it
     // swaps the copies in place.
@@ -474,4 +487,40 @@ fn apache_adopt_apply_and_rollback_keep_the_leaf_served() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(read(&f.server.conf_path()), conf_before);
     assert_eq!(f.served(), f.old.sha256);
+}
+
+#[test]
+fn an_adopt_killed_after_the_config_test_or_the_reload_is_undone_by_the_next_rollback() {
+    for point in ["adopt-after-configtest", "adopt-after-reload"] {
+        let f = fixture(Kind::Nginx);
+        let before = f.snapshot();
+        let out = certswap()
+            .arg("--config")
+            .arg(&f.config)
+            .args(["adopt", "--site", SITE, "--apply"])
+            .env("CERTSWAP_FAILPOINT", point)
+            .output()
+            .expect("run certswap");
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{point}: not aborted: {}",
+            text(&out)
+        );
+        assert!(
+            f.copies().exists(),
+            "{point}: the crash came before the copies"
+        );
+
+        let out = f.run(&["rollback", "--site", SITE]);
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
+        assert_eq!(
+            f.snapshot(),
+            before,
+            "{point}: bytes differ after the repair"
+        );
+        assert!(!f.copies().exists(), "{point}");
+        f.server.configtest().expect("config passes");
+        assert_eq!(f.served(), f.old.sha256, "{point}");
+    }
 }

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    ConfigRef, DiscoverError, DiscoveredSite, MAX_INCLUDE_DEPTH, endpoint, fnmatch, has_glob, is_wildcard,
-    pick_names, push_unique,
+    ConfigRef, DiscoverError, DiscoveredSite, MAX_INCLUDE_DEPTH, endpoint, fnmatch, has_glob,
+    is_wildcard, pick_names, push_unique,
 };
 
 /// The TLS virtual hosts of the apache config at `path`. `server_root` is
@@ -818,6 +818,26 @@ mod tests {
             "{:?}",
             s.notes
         );
+        // Where adopt would change each path.
+        let at: Vec<_> = s
+            .refs
+            .iter()
+            .map(|r| (r.directive.as_str(), r.line, r.col, r.raw.as_str()))
+            .collect();
+        assert_eq!(
+            at,
+            vec![
+                (
+                    "sslcertificatefile",
+                    9,
+                    23,
+                    "\"/etc/ssl/my certs/www_public.crt\""
+                ),
+                ("sslcertificatekeyfile", 10, 26, "/etc/ssl/www.key"),
+                ("sslcertificatechainfile", 11, 28, "ssl/www_chain.crt"),
+            ]
+        );
+        assert_eq!(s.refs[2].path, Path::new("/etc/apache2/ssl/www_chain.crt"));
     }
 
     #[test]

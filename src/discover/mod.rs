@@ -160,10 +160,7 @@ pub fn mark_acme(sites: &mut [DiscoveredSite]) {
 
 /// The comment `discover` prints for a file an ACME client owns.
 pub fn acme_advice(site: &str, what: &str, a: &acme::AcmePath) -> String {
-    format!(
-        "{what} is {}; run certswap adopt --site {site}",
-        a.why()
-    )
+    format!("{what} is {}; run certswap adopt --site {site}", a.why())
 }
 
 /// Which role ("cert", "key", "chain") `path` plays for `site`.

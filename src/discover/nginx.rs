@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{
-    ConfigRef, DiscoverError, DiscoveredSite, MAX_INCLUDE_DEPTH, endpoint, has_glob, path_match, pick_names,
-    push_unique,
+    ConfigRef, DiscoverError, DiscoveredSite, MAX_INCLUDE_DEPTH, endpoint, has_glob, path_match,
+    pick_names, push_unique,
 };
 use crate::config::ServerConfig;
 
@@ -350,10 +350,7 @@ fn directive(
     Some(Directive {
         name: name.text,
         args: words.iter().map(|(w, _)| w.text.clone()).collect(),
-        at: words
-            .into_iter()
-            .map(|(w, l)| (l, w.col, w.raw))
-            .collect(),
+        at: words.into_iter().map(|(w, l)| (l, w.col, w.raw)).collect(),
         file,
         line,
         block,
@@ -955,6 +952,25 @@ mod tests {
         );
         assert!(v.notes.iter().any(|n| n.contains("regular expression")));
         assert!(v.notes.iter().any(|n| n.contains("$hostname")));
+    }
+
+    #[test]
+    fn refs_say_where_each_path_is_written() {
+        let sites = one(&[(
+            "/etc/nginx/nginx.conf",
+            "http { server { listen 443 ssl; server_name r.test;\n  ssl_certificate \"/le/live/r.test/fullchain.pem\"; ssl_certificate_key /le/live/r.test/privkey.pem; } }",
+        )]);
+        let r = &sites[0].refs;
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0].directive, "ssl_certificate");
+        assert_eq!((r[0].line, r[0].col), (2, 18));
+        assert_eq!(r[0].raw, "\"/le/live/r.test/fullchain.pem\"");
+        assert_eq!(r[0].path, Path::new("/le/live/r.test/fullchain.pem"));
+        assert_eq!(r[1].directive, "ssl_certificate_key");
+        assert_eq!(r[1].raw, "/le/live/r.test/privkey.pem");
+        assert_eq!(r[1].file, Path::new("/etc/nginx/nginx.conf"));
+        let line: String = "  ssl_certificate \"/le/live/r.test/fullchain.pem\"; ssl_certificate_key /le/live/r.test/privkey.pem; } }".chars().skip(r[1].col).take(r[1].raw.chars().count()).collect();
+        assert_eq!(line, r[1].raw);
     }
 
     #[test]
