@@ -219,6 +219,8 @@ pub enum AdoptResult {
     Adopted,
     /// Adopted before (its record is in the state dir).
     AlreadyAdopted,
+    /// Refused before anything changed (only in JSON; exit 2).
+    Rejected,
     /// `--apply` failed after files moved: the old files are back.
     RolledBack,
 }
@@ -238,6 +240,21 @@ pub struct AdoptReport {
 }
 
 impl AdoptReport {
+    /// Refused with `why` before anything changed.
+    pub fn rejected(site: &str, why: String) -> AdoptReport {
+        AdoptReport {
+            site: site.to_string(),
+            result: AdoptResult::Rejected,
+            client: None,
+            lineage: None,
+            mode: "in-place",
+            copies: Vec::new(),
+            changes: Vec::new(),
+            served: Vec::new(),
+            error: Some(why),
+        }
+    }
+
     fn of(plan: &Plan, result: AdoptResult) -> AdoptReport {
         AdoptReport {
             site: plan.site.clone(),
@@ -256,6 +273,7 @@ impl AdoptReport {
     pub fn exit_code(&self) -> u8 {
         match self.result {
             AdoptResult::RolledBack => 3,
+            AdoptResult::Rejected => 2,
             _ => 0,
         }
     }
@@ -284,6 +302,7 @@ impl AdoptReport {
                 "rolled back: {} reads its old files again; nothing was adopted\n",
                 self.site
             ),
+            AdoptResult::Rejected => format!("rejected: nothing was changed for {}\n", self.site),
         });
         for c in &self.copies {
             s.push_str(&format!(
@@ -1150,6 +1169,8 @@ fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outc
         rec.set_phase(Phase::Reverting)?;
     }
     for f in &rec.files {
+        let staged = fsio::sibling(&f.real, STAGED_SUFFIX);
+        fsio::durable_remove(&staged).map_err(io_err(&staged, "remove a staged file"))?;
         if sha_of(&f.real).as_deref() != Some(f.new_sha256.as_str()) {
             continue; // never written, or already back
         }

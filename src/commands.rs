@@ -336,17 +336,21 @@ fn adopt_cmd(config: &Path, a: &AdoptArgs) -> CmdResult {
         crate::adopt::apply(&parts.env(&cfg), site, a.managed)
     } else {
         crate::adopt::show(&cfg, site, a.managed)
-    }
-    .map_err(|e| e.to_string())?;
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) if a.json => crate::adopt::AdoptReport::rejected(&site.name, e.to_string()),
+        Err(e) => return Err(e.to_string()),
+    };
     if a.json {
         let text =
             serde_json::to_string(&report).map_err(|e| format!("cannot encode the result: {e}"))?;
         println!("{text}");
     } else {
         print!("{}", report.to_text());
-        if let Some(e) = &report.error {
-            eprintln!("certswap: {e}");
-        }
+    }
+    if let Some(e) = &report.error {
+        eprintln!("certswap: {e}");
     }
     Ok(report.exit_code())
 }

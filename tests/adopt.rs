@@ -524,3 +524,66 @@ fn an_adopt_killed_after_the_config_test_or_the_reload_is_undone_by_the_next_rol
         assert_eq!(f.served(), f.old.sha256, "{point}");
     }
 }
+
+#[test]
+fn a_symlinked_site_file_is_rewritten_where_it_lives_and_stays_a_link() {
+    // Debian's layout: sites-enabled/shop.conf -> ../sites-available/shop.conf.
+    let f = fixture(Kind::Nginx);
+    let Server::Nginx(n) = &f.server else {
+        unreachable!()
+    };
+    let main = n.config_for(n.sites());
+    let start = main.find("  server {").expect("server block");
+    let end = main.rfind("}\n").expect("end of http");
+    let (avail, enabled) = (
+        n.prefix().join("sites-available"),
+        n.prefix().join("sites-enabled"),
+    );
+    std::fs::create_dir_all(&avail).expect("mkdir");
+    std::fs::create_dir_all(&enabled).expect("mkdir");
+    std::fs::write(avail.join("shop.conf"), &main[start..end]).expect("write site");
+    symlink("../sites-available/shop.conf", enabled.join("shop.conf")).expect("link");
+    n.set_config(&format!(
+        "{}  include {}/*.conf;\n{}",
+        &main[..start],
+        path(&enabled),
+        &main[end..]
+    ));
+    n.reload_and_wait(Duration::from_secs(10)).expect("reload");
+    assert_eq!(f.served(), f.old.sha256);
+
+    let out = f.run(&["adopt", "--site", SITE, "--apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("change {}:", path(&enabled.join("shop.conf")))),
+        "{}",
+        text(&out)
+    );
+    let link = std::fs::read_link(enabled.join("shop.conf")).expect("still a link");
+    assert_eq!(link, Path::new("../sites-available/shop.conf"));
+    let site = read(&avail.join("shop.conf"));
+    assert!(
+        site.contains(path(&f.copies().join("fullchain.pem"))),
+        "{site}"
+    );
+    assert_eq!(f.served(), f.old.sha256);
+}
+
+#[test]
+fn a_failing_reload_during_adopt_apply_restores_every_byte() {
+    let f = fixture(Kind::Nginx);
+    let cfg = read(&f.config).replace("[probe]", "reload_command = [\"/bin/false\"]\n\n[probe]");
+    std::fs::write(&f.config, cfg).expect("write config");
+    let before = f.snapshot();
+
+    let out = f.run(&["adopt", "--site", SITE, "--apply", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["result"], "rolled_back", "{v}");
+    let err = v["error"].as_str().unwrap_or_default();
+    assert!(err.contains("reload command `/bin/false` failed"), "{err}");
+    assert!(err.contains("served again (proven"), "{err}");
+    assert_eq!(f.snapshot(), before, "bytes differ after the failed adopt");
+    assert!(!f.copies().exists());
+    assert_eq!(f.served(), f.old.sha256);
+}
