@@ -137,6 +137,11 @@ pub enum AdoptError {
         "{path} exists already; adopt never overwrites a file (remove it or pick another site name)"
     )]
     Exists { path: PathBuf },
+    /// Two of the site's files have one file name.
+    #[error(
+        "site {site}: two of its files would both be copied to {path}; change the lines by hand"
+    )]
+    SameName { site: String, path: PathBuf },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
@@ -405,6 +410,12 @@ pub fn plan(cfg: &Config, site: &Site, managed: bool) -> Result<Plan, AdoptError
             leaf_sha256 = Some(leaf.sha256);
         }
         let name = path.file_name().unwrap_or(path.as_os_str());
+        if copies.iter().any(|c: &CopyPlan| c.to == dir.join(name)) {
+            return Err(AdoptError::SameName {
+                site: site.name.clone(),
+                path: dir.join(name),
+            });
+        }
         let mode = if *role == Role::Key { 0o600 } else { 0o644 };
         copies.push(CopyPlan {
             role: *role,
@@ -994,10 +1005,20 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
         if reloaded && rec.phase != Phase::Reloading {
             let _ = rec.set_phase(Phase::Reloading);
         }
-        let out = revert(env, site, rec, &why)?;
         report.result = AdoptResult::RolledBack;
-        report.served = out.served;
-        report.error = out.error;
+        match revert(env, site, rec, &why) {
+            Ok(out) => {
+                report.served = out.served;
+                report.error = out.error;
+            }
+            // Files may have moved: still exit 3, and say how it is finished.
+            Err(e) => {
+                report.error = Some(format!(
+                    "{why}; PUTTING THE OLD FILES BACK FAILED: {e}; the next `certswap adopt` or `certswap rollback` of {} finishes it",
+                    site.name
+                ));
+            }
+        }
         Ok(report)
     };
 
@@ -1127,6 +1148,8 @@ pub fn is_last_change(env: &Env<'_>, site: &Site) -> Result<bool, AdoptError> {
 /// config test, reload, the restored files' leaf proven served.
 pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, AdoptError> {
     let _lock = env.store.lock()?;
+    // An install a crash left open on the copies is finished first.
+    install::recover_site(env, site)?;
     let dir = record_dir(env.config, site);
     let Some(rec) = Record::load(&dir)? else {
         return Err(AdoptError::Record {
