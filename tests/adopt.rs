@@ -587,3 +587,80 @@ fn a_failing_reload_during_adopt_apply_restores_every_byte() {
     assert!(!f.copies().exists());
     assert_eq!(f.served(), f.old.sha256);
 }
+
+#[test]
+fn adopt_refuses_when_the_server_does_not_serve_what_the_lineage_holds() {
+    // certbot renewed (fullchain2.pem) but nothing reloaded the server:
+    // adopting now would change the served certificate, so it is refused.
+    let f = fixture(Kind::Nginx);
+    let renewed = f.ca.leaf(&[SITE, ALIAS]).days(-1, 90).build();
+    let archive = f.dir.path().join("le/archive").join(SITE);
+    std::fs::write(archive.join("fullchain2.pem"), renewed.fullchain_pem()).expect("write");
+    pki::write_key(&archive.join("privkey2.pem"), &renewed.key_pem);
+    for stem in ["fullchain", "privkey"] {
+        let link = f.live.join(format!("{stem}.pem"));
+        std::fs::remove_file(&link).expect("unlink");
+        symlink(format!("../../archive/{SITE}/{stem}2.pem"), &link).expect("relink");
+    }
+    let before = f.snapshot();
+    let out = f.run(&["adopt", "--site", SITE, "--apply"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("serves sha256 {}", f.old.sha256))
+            && err.contains(&renewed.sha256)
+            && err.contains("reload the server onto its files first"),
+        "{err}"
+    );
+    assert_eq!(f.snapshot(), before);
+    assert_eq!(f.served(), f.old.sha256);
+}
+
+#[test]
+fn an_acme_sh_domain_directory_is_marked_and_adopted() {
+    // acme.sh keeps regular files in ~/.acme.sh/DOMAIN_ecc/ and rewrites
+    // them itself on renewal; emulated with the certbot fixture's bytes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("certswap acme.sh test root");
+    let old = ca.leaf(&[SITE, ALIAS]).days(-10, 80).build();
+    let dom = dir.path().join(".acme.sh").join(format!("{SITE}_ecc"));
+    std::fs::create_dir_all(&dom).expect("mkdir");
+    std::fs::write(dom.join(format!("{SITE}.conf")), "Le_Domain='shop.test'\n").expect("conf");
+    std::fs::write(dom.join("fullchain.cer"), old.fullchain_pem()).expect("write");
+    pki::write_key(&dom.join(format!("{SITE}.key")), &old.key_pem);
+    let (cert, key) = (dom.join("fullchain.cer"), dom.join(format!("{SITE}.key")));
+    let n = Nginx::start(&[SiteSpec::new(SITE, &cert, &key).alias(ALIAS)]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.root_pem()).expect("write ca");
+    let config = dir.path().join("certswap.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &config,
+        n.certswap_config(&state, &[(SITE, &cert, &key)], Some(&ca_file)),
+    )
+    .expect("write config");
+    let run = |args: &[&str]| {
+        certswap()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run certswap")
+    };
+
+    let out = run(&["discover"]);
+    assert!(
+        stdout(&out).contains("# cert is in acme.sh's domain directory"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["adopt", "--site", SITE, "--apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let copies = n.prefix().join("certswap").join(SITE);
+    assert_eq!(
+        pki::sha256_file(&copies.join(format!("{SITE}.key"))),
+        pki::sha256_file(&key)
+    );
+    assert!(read(&n.conf_path()).contains(path(&copies.join("fullchain.cer"))));
+    assert_eq!(served_sha256(n.port(), SITE).expect("served"), old.sha256);
+}
