@@ -664,3 +664,45 @@ fn an_acme_sh_domain_directory_is_marked_and_adopted() {
     assert!(read(&n.conf_path()).contains(path(&copies.join("fullchain.cer"))));
     assert_eq!(served_sha256(n.port(), SITE).expect("served"), old.sha256);
 }
+
+#[test]
+fn an_install_never_replaces_certbots_live_links_and_names_adopt() {
+    // Managed mode would turn live/NAME/*.pem into links to certswap's
+    // state dir, and certbot's next renewal would fail on its own lineage.
+    for managed in [false, true] {
+        let f = fixture(Kind::Nginx);
+        if managed {
+            let cfg = read(&f.config) + "mode = \"managed\"\n";
+            std::fs::write(&f.config, cfg).expect("write config");
+        }
+        let mut lineage = BTreeMap::new();
+        walk(&f.dir.path().join("le"), &mut lineage);
+        let new = f.ca.leaf(&[SITE, ALIAS]).days(-1, 400).build();
+        let (cert, key) = pki::write(f.dir.path(), "renewed", &new);
+        let out = f.run(&[
+            "install",
+            "--site",
+            SITE,
+            "--cert",
+            path(&cert),
+            "--key",
+            path(&key),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "managed {managed}: {}",
+            text(&out)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("certbot's live/ symlink")
+                && err.contains(&format!("run `certswap adopt --site {SITE}`")),
+            "managed {managed}: {err}"
+        );
+        let mut after = BTreeMap::new();
+        walk(&f.dir.path().join("le"), &mut after);
+        assert_eq!(after, lineage, "managed {managed}: the lineage changed");
+        assert_eq!(f.served(), f.old.sha256);
+    }
+}
