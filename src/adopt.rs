@@ -137,6 +137,11 @@ pub enum AdoptError {
         "{path} exists already; adopt never overwrites a file (remove it or pick another site name)"
     )]
     Exists { path: PathBuf },
+    /// A crash left an adopt open; the plan would describe a half state.
+    #[error(
+        "an adopt of {site} was interrupted; `certswap rollback --site {site}` (or `certswap adopt --site {site} --apply`) undoes it first"
+    )]
+    Interrupted { site: String },
     /// Two of the site's files have one file name.
     #[error(
         "site {site}: two of its files would both be copied to {path}; change the lines by hand"
@@ -880,10 +885,14 @@ fn store_state(env: &Env<'_>, site: &Site) -> (Vec<String>, Option<String>) {
 /// `certswap adopt --site NAME` without `--apply`: the plan, nothing
 /// written (not even the state dir is created).
 pub fn show(cfg: &Config, site: &Site, managed: bool) -> Result<AdoptReport, AdoptError> {
-    if let Some(r) = Record::load(&record_dir(cfg, site))?
-        && r.phase == Phase::Done
-    {
-        return Ok(done_report(&r));
+    match Record::load(&record_dir(cfg, site))? {
+        Some(r) if r.phase == Phase::Done => return Ok(done_report(&r)),
+        Some(_) => {
+            return Err(AdoptError::Interrupted {
+                site: site.name.clone(),
+            });
+        }
+        None => {}
     }
     let plan = plan(cfg, site, managed)?;
     Ok(AdoptReport::of(&plan, AdoptResult::Plan))
@@ -1030,8 +1039,7 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
     let split = rec.files.len().saturating_sub(1);
     let (server_files, own_file) = (rec.files[..split].to_vec(), rec.files[split..].to_vec());
     for f in server_files {
-        let bytes = std::fs::read(&f.new_copy).map_err(io_err(&f.new_copy, "read"))?;
-        if let Err(e) = replace_file(&f.real, &bytes, f.perms) {
+        if let Err(e) = write_new(&f) {
             return fail(rec, false, e.to_string(), report);
         }
     }
@@ -1043,7 +1051,9 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
     crate::failpoint::hit("adopt-after-configtest");
 
     // 7. Reload, journaled first.
-    rec.set_phase(Phase::Reloading)?;
+    if let Err(e) = rec.set_phase(Phase::Reloading) {
+        return fail(rec, false, e.to_string(), report);
+    }
     if let Err(e) = env.server.reload() {
         return fail(rec, true, e.to_string(), report);
     }
@@ -1062,8 +1072,7 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
             let why = format!("{} changed while adopting", f.shown.display());
             return fail(rec, true, why, report);
         }
-        let bytes = std::fs::read(&f.new_copy).map_err(io_err(&f.new_copy, "read"))?;
-        if let Err(e) = replace_file(&f.real, &bytes, f.perms) {
+        if let Err(e) = write_new(&f) {
             return fail(rec, true, e.to_string(), report);
         }
     }
@@ -1078,8 +1087,24 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
         }
     }
     (rec.versions, rec.managed_current) = store_state(env, &adopted);
-    rec.set_phase(Phase::Done)?;
+    if let Err(e) = rec.set_phase(Phase::Done) {
+        // Without `done` the next command would undo it: do it now.
+        return fail(rec, true, e.to_string(), report);
+    }
     Ok(report)
+}
+
+/// Put adopt's text of `f` in place (from the record, so what is written
+/// is exactly what the record says).
+fn write_new(f: &RecFile) -> Result<(), AdoptError> {
+    let bytes = std::fs::read(&f.new_copy).map_err(io_err(&f.new_copy, "read"))?;
+    if sha256_hex(&bytes) != f.new_sha256 {
+        return Err(AdoptError::Record {
+            path: f.new_copy.clone(),
+            reason: "the saved text does not match its record (sha256 differs)".into(),
+        });
+    }
+    replace_file(&f.real, &bytes, f.perms)
 }
 
 /// Step 4: the copies, root's, key 0600; `--managed` turns them into links
