@@ -706,3 +706,27 @@ fn an_install_never_replaces_certbots_live_links_and_names_adopt() {
         assert_eq!(f.served(), f.old.sha256);
     }
 }
+
+#[test]
+fn rollback_of_an_adopt_never_clobbers_a_config_edited_since() {
+    let f = fixture(Kind::Nginx);
+    apply_and_check(&f, &[]);
+    let conf = f.server.conf_path();
+    let edited = read(&conf) + "# edited by hand after the adopt\n";
+    std::fs::write(&conf, &edited).expect("edit");
+    let before = f.snapshot();
+
+    let out = f.run(&["rollback", "--site", SITE]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{} changed since `certswap adopt` wrote it",
+            conf.display()
+        )) && err.contains(path(&f.live.join("fullchain.pem"))),
+        "{err}"
+    );
+    assert_eq!(f.snapshot(), before);
+    assert_eq!(read(&conf), edited);
+    assert_eq!(f.served(), f.old.sha256);
+}
