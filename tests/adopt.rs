@@ -75,12 +75,24 @@ fn certbot_lineage(root: &Path, name: &str, ca: &Ca, leaf: &Leaf) -> PathBuf {
 }
 
 fn fixture(kind: Kind) -> Fixture {
+    fixture_with(kind, false)
+}
+
+/// With `chain`: apache reads certbot's `cert.pem` and `chain.pem` apart
+/// (`SSLCertificateChainFile`), as certbot's older apache setups do.
+fn fixture_with(kind: Kind, chain: bool) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("certswap adopt test root");
     let old = ca.leaf(&[SITE, ALIAS]).days(-10, 80).build();
     let live = certbot_lineage(&dir.path().join("le"), SITE, &ca, &old);
-    let (cert, key) = (live.join("fullchain.pem"), live.join("privkey.pem"));
-    let spec = SiteSpec::new(SITE, &cert, &key).alias(ALIAS);
+    let (cert, key) = match chain {
+        false => (live.join("fullchain.pem"), live.join("privkey.pem")),
+        true => (live.join("cert.pem"), live.join("privkey.pem")),
+    };
+    let mut spec = SiteSpec::new(SITE, &cert, &key).alias(ALIAS);
+    if chain {
+        spec = spec.chain(live.join("chain.pem"));
+    }
     let server = match kind {
         Kind::Nginx => Server::Nginx(Nginx::start(&[spec])),
         Kind::Apache => Server::Apache(Apache::start(&[spec])),
@@ -728,5 +740,38 @@ fn rollback_of_an_adopt_never_clobbers_a_config_edited_since() {
     );
     assert_eq!(f.snapshot(), before);
     assert_eq!(read(&conf), edited);
+    assert_eq!(f.served(), f.old.sha256);
+}
+
+#[test]
+fn apache_with_a_separate_chain_file_gets_all_three_copies() {
+    let f = fixture_with(Kind::Apache, true);
+    let conf_before = read(&f.server.conf_path());
+    let cfg_before = read(&f.config);
+    let out = f.run(&["adopt", "--site", SITE, "--apply"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let conf = read(&f.server.conf_path());
+    for (directive, file) in [
+        ("SSLCertificateFile", "cert.pem"),
+        ("SSLCertificateKeyFile", "privkey.pem"),
+        ("SSLCertificateChainFile", "chain.pem"),
+    ] {
+        let want = format!("{directive} \"{}\"", path(&f.copies().join(file)));
+        assert!(conf.contains(&want), "{want}\n{conf}");
+    }
+    let cfg = read(&f.config);
+    assert!(
+        cfg.contains(&format!(
+            "chain = \"{}\"",
+            path(&f.copies().join("chain.pem"))
+        )),
+        "{cfg}"
+    );
+    assert_eq!(f.served(), f.old.sha256);
+
+    let out = f.run(&["rollback", "--site", SITE]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(read(&f.server.conf_path()), conf_before);
+    assert_eq!(read(&f.config), cfg_before);
     assert_eq!(f.served(), f.old.sha256);
 }
