@@ -35,7 +35,8 @@
 //! Rollback and the repair of a crashed adopt go the same way backwards:
 //! the old bytes back (only where a file still holds exactly what adopt
 //! wrote), config test, reload, the leaf of the restored paths proven, the
-//! copies removed, the record removed.
+//! copies removed, the record removed. A rollback that cannot prove the
+//! old state puts adopt's lines back instead (see [`revert`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -796,6 +797,9 @@ struct Record {
     versions: Vec<String>,
     #[serde(default)]
     managed_current: Option<String>,
+    /// The leaf served before and after adopt (the copies' certificate).
+    #[serde(default)]
+    leaf_sha256: Option<String>,
     #[serde(skip)]
     dir: PathBuf,
 }
@@ -921,7 +925,8 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
         Some(r) if r.phase == Phase::Done => return Ok(done_report(&r)),
         Some(r) => {
             let out = revert(env, site, r, "an earlier adopt was interrupted")?;
-            if out.result != ResultKind::Verified {
+            // Undone only when its record is gone (the old state proven).
+            if Record::load(&dir)?.is_some() {
                 return Err(AdoptError::Record {
                     path: Record::path(&dir),
                     reason: out.error.unwrap_or_default(),
@@ -1001,6 +1006,7 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
         files,
         versions: Vec::new(),
         managed_current: None,
+        leaf_sha256: Some(plan.leaf_sha256.clone()),
         dir: dir.clone(),
     };
     rec.save()?;
@@ -1203,14 +1209,21 @@ pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, AdoptError> {
 
 /// Go back to the files as they were before adopt: restore every file that
 /// holds what adopt wrote, config test, reload when the server may have
-/// read adopt's files, prove the restored leaf is served, remove the
-/// copies and the record. `why` (if any) is the reason the apply failed.
+/// read adopt's files, prove the restored leaf is served, then remove the
+/// copies and the record. `why` (if any) is the reason an apply failed.
+///
+/// The copies go only once the old state is proven: until then the server
+/// may still hold them open, or need them at its next reload. A rollback
+/// of a finished adopt that cannot be proven puts adopt's lines back (the
+/// state that was serving); a failed apply or a crash whose undo cannot be
+/// proven keeps its record, so the next command tries again.
 fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outcome, AdoptError> {
     let mut out = Outcome::new(&site.name);
     let mut problems: Vec<String> = Vec::new();
     if !why.is_empty() {
         problems.push(why.to_string());
     }
+    let undoing_done = rec.phase == Phase::Done;
     let reload = matches!(rec.phase, Phase::Reloading | Phase::Done | Phase::Reverting);
     out.old = served_leaf(env, &site.endpoints);
     if rec.phase != Phase::Reverting {
@@ -1241,27 +1254,31 @@ fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outc
         .ok()
         .and_then(|b| install::leaf_of_pem(&b));
     out.new = expect.as_ref().map(Leaf::of);
+    let mut tested = true;
     if reload {
-        match env.server.configtest() {
-            Err(e) => problems.push(format!(
-                "after restoring the old lines the config test fails, so no reload was sent: {e}"
-            )),
+        let t = std::time::Instant::now();
+        let test = env.server.configtest();
+        out.timings_ms.configtest = t.elapsed().as_millis() as u64;
+        match test {
+            Err(e) => {
+                tested = false;
+                problems.push(format!(
+                    "after restoring the old lines the config test fails, so no reload was sent: {e}"
+                ));
+            }
             Ok(()) => {
-                let again = match env.server.check_alive() {
-                    Ok(()) => env.server.reload(),
-                    Err(ServerError::DiedOnReload { .. }) | Err(ServerError::NotRunning { .. }) => {
-                        env.server.start()
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = again {
+                let t = std::time::Instant::now();
+                if let Err(e) = reload_or_start(env) {
                     problems.push(format!("reloading with the old lines failed: {e}"));
                 }
+                out.timings_ms.reload = t.elapsed().as_millis() as u64;
             }
         }
     }
-    let proven = match &expect {
-        Some(leaf) => {
+    let t = std::time::Instant::now();
+    let proven = match (&expect, tested) {
+        (_, false) => false,
+        (Some(leaf), true) => {
             let w = install::wait_served(env, &site.endpoints, &leaf.sha256, false);
             out.served = w.rows;
             match w.failure {
@@ -1272,7 +1289,7 @@ fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outc
                 }
             }
         }
-        None => {
+        (None, true) => {
             problems.push(format!(
                 "{} holds no readable certificate to prove",
                 restored.cert.display()
@@ -1280,28 +1297,81 @@ fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outc
             false
         }
     };
+    out.timings_ms.probe = t.elapsed().as_millis() as u64;
+    out.result = ResultKind::RolledBack;
+
+    if !proven && undoing_done {
+        // `rollback` could not prove the old state: adopt's state was
+        // serving, so it comes back whole.
+        problems.push(reapply(env, site, &mut rec, reload && tested));
+        out.error = Some(problems.join("; "));
+        return Ok(out);
+    }
+    if !proven {
+        problems.push(format!(
+            "the copies and the undo record are kept; the next `certswap rollback --site {}` tries again",
+            site.name
+        ));
+        out.error = Some(problems.join("; "));
+        return Ok(out);
+    }
     remove_copies(env, &rec)?;
     rec.remove()?;
-    if proven {
-        out.warnings.push(format!(
-            "undid `certswap adopt`: {} reads {} again",
-            server_name(env.config),
-            restored.cert.display()
-        ));
-    }
-    out.result = if why.is_empty() && proven && problems.is_empty() {
-        ResultKind::Verified
+    out.warnings.push(format!(
+        "undid `certswap adopt`: {} reads {} again",
+        server_name(env.config),
+        restored.cert.display()
+    ));
+    if why.is_empty() && problems.is_empty() {
+        out.result = ResultKind::Verified;
     } else {
-        if proven {
-            problems
-                .push("the old certificate is served again (proven by fresh handshakes)".into());
-        }
-        ResultKind::RolledBack
-    };
-    if !problems.is_empty() {
+        problems.push("the old certificate is served again (proven by fresh handshakes)".into());
         out.error = Some(problems.join("; "));
     }
     Ok(out)
+}
+
+/// A rollback of an adopt failed: adopt's texts back, reload if the old
+/// ones were loaded, the copies' leaf proven, the record `done` again.
+/// Returns the sentence that says how it ended.
+fn reapply(env: &Env<'_>, site: &Site, rec: &mut Record, reloaded: bool) -> String {
+    for f in &rec.files {
+        if sha_of(&f.real).as_deref() == Some(f.old_sha256.as_str())
+            && let Err(e) = write_new(f)
+        {
+            return format!(
+                "PUTTING THE ADOPTED LINES BACK FAILED: {e}; the next `certswap rollback --site {}` tries again",
+                site.name
+            );
+        }
+    }
+    if reloaded {
+        if let Err(e) = env.server.configtest().and_then(|()| reload_or_start(env)) {
+            return format!("the adopted lines are back, but reloading failed: {e}");
+        }
+    }
+    if let Err(e) = rec.set_phase(Phase::Done) {
+        return format!("the adopted lines are back, but the record was not updated: {e}");
+    }
+    match rec.leaf_sha256.as_deref() {
+        Some(sha) => match install::wait_served(env, &site.endpoints, sha, false).failure {
+            None => "the rollback of the adopt was undone: the copies are served again (proven by fresh handshakes)".into(),
+            Some(f) => format!("the adopted lines are back, but the copies' certificate is NOT served: {f}"),
+        },
+        None => "the adopted lines are back".into(),
+    }
+}
+
+/// Reload a running server, or start one that died (apache's parent
+/// exits on a pair it cannot load).
+fn reload_or_start(env: &Env<'_>) -> Result<(), ServerError> {
+    match env.server.check_alive() {
+        Ok(()) => env.server.reload(),
+        Err(ServerError::DiedOnReload { .. }) | Err(ServerError::NotRunning { .. }) => {
+            env.server.start()
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// What the first endpoint serves now (for the outcome's `old`).

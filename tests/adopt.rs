@@ -775,3 +775,34 @@ fn apache_with_a_separate_chain_file_gets_all_three_copies() {
     assert_eq!(read(&f.config), cfg_before);
     assert_eq!(f.served(), f.old.sha256);
 }
+
+#[test]
+fn a_rollback_of_an_adopt_whose_lineage_is_gone_keeps_the_site_on_its_copies() {
+    // `certbot delete` after the adopt: the old lines would name missing
+    // files, so the rollback's config test fails and adopt's lines return.
+    let f = fixture(Kind::Nginx);
+    apply_and_check(&f, &[]);
+    let adopted_conf = read(&f.server.conf_path());
+    let adopted_cfg = read(&f.config);
+    std::fs::remove_dir_all(f.dir.path().join("le")).expect("certbot delete");
+
+    let out = f.run(&["rollback", "--site", SITE]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the config test fails, so no reload was sent")
+            && err.contains("the copies are served again (proven"),
+        "{err}"
+    );
+    assert_eq!(read(&f.server.conf_path()), adopted_conf);
+    assert_eq!(read(&f.config), adopted_cfg);
+    assert!(f.copies().join("privkey.pem").is_file());
+    f.server.configtest().expect("the adopted config passes");
+    assert_eq!(f.served(), f.old.sha256);
+    let out = f.run(&["adopt", "--site", SITE]);
+    assert!(
+        stdout(&out).starts_with("already adopted"),
+        "{}",
+        text(&out)
+    );
+}
