@@ -23,7 +23,7 @@
 //!    is rewritten where it really lives);
 //! 6. the config test (failure: the old files back, no reload, exit 3);
 //! 7. the record says `reloading`, then the reload through the server's
-//!    [`WebServer`] (as install does);
+//!    [`crate::server::WebServer`] (as install does);
 //! 8. fresh handshakes prove the same leaf is served (failure: old files
 //!    back, config test, reload, the old state proven, exit 3);
 //! 9. certswap.toml: only the site's `cert`/`key`/`chain` (and `mode`)
@@ -36,7 +36,7 @@
 //! the old bytes back (only where a file still holds exactly what adopt
 //! wrote), config test, reload, the leaf of the restored paths proven, the
 //! copies removed, the record removed. A rollback that cannot prove the
-//! old state puts adopt's lines back instead (see [`revert`]).
+//! old state puts adopt's lines back instead (see `revert`).
 
 use std::io;
 use std::path::{Path, PathBuf};
