@@ -165,7 +165,12 @@ fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> AdoptE
     }
 }
 
-/// One line adopt changes.
+fn without_newline(l: &str) -> String {
+    l.trim_end_matches(['\n', '\r']).to_string()
+}
+
+/// One line adopt changes (without its line end; `old` is empty for a
+/// line adopt adds).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LineChange {
     pub file: PathBuf,
@@ -324,13 +329,11 @@ impl AdoptReport {
             ));
         }
         for c in &self.changes {
-            s.push_str(&format!(
-                "  change {}:{}\n    - {}\n    + {}\n",
-                c.file.display(),
-                c.line,
-                c.old.trim_end(),
-                c.new.trim_end()
-            ));
+            s.push_str(&format!("  change {}:{}\n", c.file.display(), c.line));
+            if !c.old.is_empty() {
+                s.push_str(&format!("    - {}\n", c.old));
+            }
+            s.push_str(&format!("    + {}\n", c.new));
         }
         for r in &self.served {
             if let (Some(h), Some(na)) = (&r.sha256, &r.not_after) {
@@ -538,8 +541,8 @@ fn server_changes(refs: &[(ConfigRef, PathBuf)]) -> Result<Vec<FileChange>, Adop
             .map(|(n, old_line)| LineChange {
                 file: file.clone(),
                 line: n,
-                old: old_line,
-                new: lines[n - 1].clone(),
+                old: without_newline(&old_line),
+                new: without_newline(&lines[n - 1]),
             })
             .collect();
         out.push(FileChange {
@@ -655,8 +658,8 @@ fn certswap_change(
             .map(|(line, old, new)| LineChange {
                 file: path.clone(),
                 line,
-                old,
-                new,
+                old: without_newline(&old),
+                new: without_newline(&new),
             })
             .collect(),
     })

@@ -287,7 +287,8 @@ fn adopt_without_apply_changes_no_byte_and_prints_the_lines() {
     assert_eq!(v["client"], "certbot");
     assert_eq!(v["changes"][0]["file"], path(&conf));
     assert_eq!(v["changes"][0]["line"], line_no);
-    assert_eq!(v["changes"][0]["new"], format!("{new_line}\n"));
+    assert_eq!(v["changes"][0]["new"], new_line);
+    assert_eq!(v["changes"][0]["old"], old_line);
 
     assert_eq!(f.snapshot(), before, "adopt without --apply changed bytes");
     assert!(!f.state.exists(), "the state dir was created");
