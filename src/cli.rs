@@ -43,6 +43,8 @@ pub enum Command {
     Run(RunArgs),
     /// For certbot `--deploy-hook` and acme.sh `--reloadcmd`: install the renewed lineage.
     DeployHook(DeployHookArgs),
+    /// Move a site off certbot's live/ (or acme.sh's) files onto certswap's own copies.
+    Adopt(AdoptArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
     /// Print the man page (roff).
@@ -196,6 +198,23 @@ pub struct DeployHookArgs {
     #[arg(long)]
     pub force: bool,
     /// Print one JSON object per installed site.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// The site whose cert/key are in a certbot lineage or an acme.sh directory.
+    #[arg(long)]
+    pub site: String,
+    /// Make the changes: copies, server config lines (config test, reload,
+    /// verified by handshakes), certswap.toml. Without it: print them only.
+    #[arg(long)]
+    pub apply: bool,
+    /// Switch the site to managed mode (its copies become links into the state dir).
+    #[arg(long)]
+    pub managed: bool,
+    /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::cli::{
-    CheckArgs, Cli, Command, CompletionsArgs, DeployHookArgs, InstallArgs, ProbeArgs, RollbackArgs,
-    RunArgs, StatusArgs,
+    AdoptArgs, CheckArgs, Cli, Command, CompletionsArgs, DeployHookArgs, InstallArgs, ProbeArgs,
+    RollbackArgs, RunArgs, StatusArgs,
 };
 use crate::config::Config;
 use crate::install::{self, Env, Request};
@@ -32,6 +32,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Discover(a) => discover_cmd(&cli.config, a),
         Command::Run(a) => run_cmd(&cli.config, a),
         Command::DeployHook(a) => deploy_hook_cmd(&cli.config, a),
+        Command::Adopt(a) => adopt_cmd(&cli.config, a),
         Command::Completions(a) => completions_cmd(a),
         Command::Man => man_cmd(),
     };
@@ -263,6 +264,15 @@ fn emit_many(outcomes: &[Outcome], json: bool) -> CmdResult {
 fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
     let site = cfg.site(&a.site).map_err(|e| e.to_string())?;
+    // Undoing `certswap adopt`, while it is the site's last change.
+    if site.pairs.is_empty() {
+        let parts = EnvParts::build(&cfg)?;
+        let env = parts.env(&cfg);
+        if crate::adopt::is_last_change(&env, site).map_err(|e| e.to_string())? {
+            let out = crate::adopt::rollback(&env, site).map_err(|e| e.to_string())?;
+            return emit(&out, a.json);
+        }
+    }
     let family = a.key_type.map(key_family);
     match (family, site.pairs.is_empty()) {
         (Some(f), false) => with_env(&cfg, a.json, |env| install::rollback_pair(env, site, f)),
@@ -315,6 +325,35 @@ fn deploy_hook_cmd(config: &Path, a: &DeployHookArgs) -> CmdResult {
     let outcomes =
         crate::hook::deploy_with(&parts.env(&cfg), &vars, a.force).map_err(|e| e.to_string())?;
     emit_many(&outcomes, a.json)
+}
+
+/// `adopt`: without `--apply` only the plan (nothing is opened for
+/// writing, not even the state dir); with it, the change, verified.
+fn adopt_cmd(config: &Path, a: &AdoptArgs) -> CmdResult {
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let site = cfg.site(&a.site).map_err(|e| e.to_string())?;
+    let report = if a.apply {
+        let parts = EnvParts::build(&cfg)?;
+        crate::adopt::apply(&parts.env(&cfg), site, a.managed)
+    } else {
+        crate::adopt::show(&cfg, site, a.managed)
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) if a.json => crate::adopt::AdoptReport::rejected(&site.name, e.to_string()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if a.json {
+        let text =
+            serde_json::to_string(&report).map_err(|e| format!("cannot encode the result: {e}"))?;
+        println!("{text}");
+    } else {
+        print!("{}", report.to_text());
+    }
+    if let Some(e) = &report.error {
+        eprintln!("certswap: {e}");
+    }
+    Ok(report.exit_code())
 }
 
 fn completions_cmd(a: &CompletionsArgs) -> CmdResult {

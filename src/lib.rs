@@ -16,6 +16,7 @@
 //! - [`trust`]     trust anchors and the verdict on a chain (trusted, complete).
 //! - [`install`]   the pipeline of DESIGN.md as one readable function.
 //! - [`discover`]  the TLS sites in the nginx/apache config, as [[site]] blocks.
+//! - [`adopt`]     move a site off certbot's `live/` (or acme.sh's) files onto own copies.
 //! - [`batch`]     many sites in one go: one config test, one reload.
 //! - [`status`]    every site at a glance: days left, state, drift.
 //! - [`agent`]     the daemon loop: sources, batches, expiry and drift watch.
@@ -26,6 +27,7 @@
 //! - [`failpoint`] test-only crash points (`CERTSWAP_FAILPOINT`).
 //! - [`commands`]  one function per CLI command, wiring the pieces together.
 
+pub mod adopt;
 pub mod agent;
 pub mod batch;
 pub mod bundle;

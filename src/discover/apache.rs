@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    DiscoverError, DiscoveredSite, MAX_INCLUDE_DEPTH, endpoint, fnmatch, has_glob, is_wildcard,
-    pick_names, push_unique,
+    ConfigRef, DiscoverError, DiscoveredSite, MAX_INCLUDE_DEPTH, endpoint, fnmatch, has_glob,
+    is_wildcard, pick_names, push_unique,
 };
 
 /// The TLS virtual hosts of the apache config at `path`. `server_root` is
@@ -49,6 +49,8 @@ struct Value {
     raw: String,
     /// A `${VAR}` no `Define` set.
     unresolved: Option<String>,
+    /// Where it is written: (directive, file, line, column, text as written).
+    at: Option<(String, PathBuf, usize, usize, String)>,
 }
 
 /// Directives that matter here, for the main server or one vhost.
@@ -159,6 +161,7 @@ impl Reader {
         text: &str,
         depth: usize,
     ) -> Result<(), DiscoverError> {
+        let written = first_arg_at(text);
         let text = text.trim();
         if text.is_empty() || text.starts_with('#') {
             return Ok(());
@@ -228,6 +231,9 @@ impl Reader {
         let value = |raw: &str| Value {
             raw: raw.to_string(),
             unresolved: find_var(raw),
+            at: written
+                .clone()
+                .map(|(col, w)| (name.clone(), file.to_path_buf(), line, col, w)),
         };
         match name.as_str() {
             "define" => {
@@ -486,6 +492,25 @@ impl Reader {
             .or(g.chain.as_ref())
             .and_then(|c| self.resolve(c, "SSLCertificateChainFile", &mut notes));
 
+        // Where each resolved path is written, for `certswap adopt`.
+        let mut refs = Vec::new();
+        let written = certs
+            .iter()
+            .chain(keys.iter())
+            .chain(s.chain.as_ref().or(g.chain.as_ref()));
+        for v in written {
+            if let (Some((directive, file, line, col, raw)), None) = (&v.at, &v.unresolved) {
+                refs.push(ConfigRef {
+                    directive: directive.clone(),
+                    path: self.server_root.join(&v.raw),
+                    file: file.clone(),
+                    line: *line,
+                    col: *col,
+                    raw: raw.clone(),
+                });
+            }
+        }
+
         Some(DiscoveredSite {
             name,
             names,
@@ -496,6 +521,8 @@ impl Reader {
             endpoints,
             source: v.source.clone(),
             notes,
+            refs,
+            acme: Vec::new(),
         })
     }
 
@@ -619,6 +646,36 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
         out.push((start, cur));
     }
     out
+}
+
+/// The first argument of a directive line as written: (column in
+/// characters, text with its quotes).
+fn first_arg_at(line: &str) -> Option<(usize, String)> {
+    let chars: Vec<char> = line.chars().collect();
+    let mut i = 0;
+    while i < chars.len() && chars[i].is_whitespace() {
+        i += 1;
+    }
+    while i < chars.len() && !chars[i].is_whitespace() {
+        i += 1;
+    }
+    while i < chars.len() && chars[i].is_whitespace() {
+        i += 1;
+    }
+    let start = i;
+    let q = *chars.get(i)?;
+    if q == '"' || q == '\'' {
+        i += 1;
+        while i < chars.len() && chars[i] != q {
+            i += if chars[i] == '\\' { 2 } else { 1 };
+        }
+        i = (i + 1).min(chars.len());
+    } else {
+        while i < chars.len() && !chars[i].is_whitespace() {
+            i += 1;
+        }
+    }
+    Some((start, chars[start..i].iter().collect()))
 }
 
 /// `Name rest of line` → ("Name", "rest of line").
@@ -761,6 +818,26 @@ mod tests {
             "{:?}",
             s.notes
         );
+        // Where adopt would change each path.
+        let at: Vec<_> = s
+            .refs
+            .iter()
+            .map(|r| (r.directive.as_str(), r.line, r.col, r.raw.as_str()))
+            .collect();
+        assert_eq!(
+            at,
+            vec![
+                (
+                    "sslcertificatefile",
+                    9,
+                    23,
+                    "\"/etc/ssl/my certs/www_public.crt\""
+                ),
+                ("sslcertificatekeyfile", 10, 26, "/etc/ssl/www.key"),
+                ("sslcertificatechainfile", 11, 28, "ssl/www_chain.crt"),
+            ]
+        );
+        assert_eq!(s.refs[2].path, Path::new("/etc/apache2/ssl/www_chain.crt"));
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! helpers both readers use (names, endpoints, glob matching). The readers:
 //! - [`nginx`]  runs `nginx -T` and parses the dump it prints.
 //! - [`apache`] reads the config files itself, following `Include`s.
+//! - [`acme`]   marks paths an ACME client owns (certbot's `live/`
+//!   symlinks, acme.sh's domain directories): `certswap adopt` material.
 
+pub mod acme;
 pub mod apache;
 pub mod nginx;
 
@@ -44,6 +47,30 @@ pub struct DiscoveredSite {
     /// What a user should know: unresolved variables, inherited files,
     /// `default_server`, skipped names.
     pub notes: Vec<String>,
+    /// Where in the server's config each resolved cert/key/chain path is
+    /// written (what `certswap adopt` changes).
+    pub refs: Vec<ConfigRef>,
+    /// The site's files that an ACME client owns (filled by [`discover`]
+    /// from the file system; the parsers leave it empty).
+    pub acme: Vec<acme::AcmePath>,
+}
+
+/// One path-valued directive in the server's config: where it is and how
+/// its argument is written, so it can be replaced exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigRef {
+    /// `ssl_certificate`, `SSLCertificateFile`, ...
+    pub directive: String,
+    /// The path as resolved.
+    pub path: PathBuf,
+    /// The config file, as the server names it.
+    pub file: PathBuf,
+    /// 1-based line of the argument.
+    pub line: usize,
+    /// 0-based column (in characters) where the argument starts.
+    pub col: usize,
+    /// The argument as written (quotes included).
+    pub raw: String,
 }
 
 /// Why the server's config could not be read.
@@ -111,9 +138,39 @@ pub const MAX_INCLUDE_DEPTH: usize = 16;
 /// (`prefix` is `-p`); apache: its config files (`prefix` is `-d`, the
 /// initial ServerRoot).
 pub fn discover(cfg: &ServerConfig) -> Result<Vec<DiscoveredSite>, DiscoverError> {
-    match cfg.kind {
-        ServerKind::Nginx => nginx::discover(cfg),
-        ServerKind::Apache => apache::parse_config(&cfg.config, cfg.prefix.as_deref()),
+    let mut sites = match cfg.kind {
+        ServerKind::Nginx => nginx::discover(cfg)?,
+        ServerKind::Apache => apache::parse_config(&cfg.config, cfg.prefix.as_deref())?,
+    };
+    mark_acme(&mut sites);
+    Ok(sites)
+}
+
+/// Fill [`DiscoveredSite::acme`]: which of each site's files an ACME
+/// client owns (looked at on disk, see [`acme`]).
+pub fn mark_acme(sites: &mut [DiscoveredSite]) {
+    for s in sites {
+        s.acme = [&s.cert, &s.key, &s.chain]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| acme::classify(p))
+            .collect();
+    }
+}
+
+/// The comment `discover` prints for a file an ACME client owns.
+pub fn acme_advice(site: &str, what: &str, a: &acme::AcmePath) -> String {
+    format!("{what} is {}; run certswap adopt --site {site}", a.why())
+}
+
+/// Which role ("cert", "key", "chain") `path` plays for `site`.
+fn role_of(site: &DiscoveredSite, path: &Path) -> &'static str {
+    if site.cert.as_deref() == Some(path) {
+        "cert"
+    } else if site.key.as_deref() == Some(path) {
+        "key"
+    } else {
+        "chain"
     }
 }
 
@@ -138,6 +195,10 @@ pub fn to_toml(sites: &[DiscoveredSite]) -> String {
         ));
         for note in &site.notes {
             out.push_str(&format!("# note: {}\n", one_line(note)));
+        }
+        for a in &site.acme {
+            let advice = acme_advice(&site.name, role_of(site, &a.path), a);
+            out.push_str(&format!("# {}\n", one_line(&advice)));
         }
         let (endpoints, mut problems) = toml_endpoints(site);
         problems.extend(site_problems(site));
@@ -202,6 +263,14 @@ pub fn to_json(sites: &[DiscoveredSite]) -> serde_json::Value {
                 "endpoints": s.endpoints,
                 "source": s.source,
                 "notes": s.notes,
+                "acme": s.acme.iter().map(|a| json!({
+                    "role": role_of(s, &a.path),
+                    "client": a.client,
+                    "path": a.path.display().to_string(),
+                    "target": a.target.as_ref().map(|t| t.display().to_string()),
+                    "lineage": a.lineage.display().to_string(),
+                    "advice": acme_advice(&s.name, role_of(s, &a.path), a),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -469,6 +538,8 @@ mod tests {
             endpoints: vec!["127.0.0.1:443".into(), "[::1]:8443".into()],
             source: "/etc/nginx/nginx.conf:3".into(),
             notes: vec!["default_server".into()],
+            refs: Vec::new(),
+            acme: Vec::new(),
         }
     }
 
@@ -545,6 +616,8 @@ mod tests {
             endpoints: vec!["127.0.0.1:443".into()],
             source: "/etc/nginx/x\u{0}.conf:1".into(),
             notes: vec!["odd \u{1b}[31m note".into()],
+            refs: Vec::new(),
+            acme: Vec::new(),
         };
         let text = to_toml(std::slice::from_ref(&site));
         text.parse::<toml::Table>()

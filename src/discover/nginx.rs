@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{
-    DiscoverError, DiscoveredSite, MAX_INCLUDE_DEPTH, endpoint, has_glob, path_match, pick_names,
-    push_unique,
+    ConfigRef, DiscoverError, DiscoveredSite, MAX_INCLUDE_DEPTH, endpoint, has_glob, path_match,
+    pick_names, push_unique,
 };
 use crate::config::ServerConfig;
 
@@ -106,6 +106,8 @@ struct DumpFile {
 struct Directive {
     name: String,
     args: Vec<String>,
+    /// Where each argument is written: (line, column, raw text).
+    at: Vec<(usize, usize, String)>,
     /// Index of the file in the dump.
     file: usize,
     line: usize,
@@ -140,10 +142,20 @@ fn split_dump(text: &str) -> Vec<(String, String)> {
 
 #[derive(Debug, PartialEq)]
 enum Tok {
-    Word(String),
+    Word(Word),
     Semi,
     Open,
     Close,
+}
+
+/// A word as nginx reads it, and where and how it is written.
+#[derive(Debug, Clone, PartialEq)]
+struct Word {
+    text: String,
+    /// The characters of the file it was read from (quotes included).
+    raw: String,
+    /// 0-based column (characters) of its first character.
+    col: usize,
 }
 
 /// Tokens with their line numbers. Words end at whitespace, `;` or `{`
@@ -154,13 +166,21 @@ fn tokenize(text: &str) -> Vec<(Tok, usize)> {
     let chars: Vec<char> = text.chars().collect();
     let mut out = Vec::new();
     let mut line = 1;
+    // Index of the first character of the current line.
+    let mut line_start = 0;
     let mut i = 0;
+    let word = |chars: &[char], text: String, from: usize, to: usize, col: usize| Word {
+        text,
+        raw: chars[from..to.min(chars.len())].iter().collect(),
+        col,
+    };
     while i < chars.len() {
         let c = chars[i];
         match c {
             '\n' => {
                 line += 1;
                 i += 1;
+                line_start = i;
             }
             c if c.is_whitespace() => i += 1,
             '#' => {
@@ -179,47 +199,52 @@ fn tokenize(text: &str) -> Vec<(Tok, usize)> {
             }
             '"' | '\'' => {
                 let start = line;
-                let mut word = String::new();
+                let (from, col) = (i, i - line_start);
+                let mut text = String::new();
                 i += 1;
                 while i < chars.len() && chars[i] != c {
                     if chars[i] == '\\' && i + 1 < chars.len() {
                         if chars[i + 1] == '\n' {
                             line += 1;
+                            line_start = i + 2;
                         }
-                        unescape(chars[i + 1], &mut word);
+                        unescape(chars[i + 1], &mut text);
                         i += 2;
                         continue;
                     }
                     if chars[i] == '\n' {
                         line += 1;
+                        line_start = i + 1;
                     }
-                    word.push(chars[i]);
+                    text.push(chars[i]);
                     i += 1;
                 }
                 i += 1; // the closing quote
-                out.push((Tok::Word(word), start));
+                out.push((Tok::Word(word(&chars, text, from, i, col)), start));
             }
             _ => {
                 let start = line;
-                let mut word = String::new();
+                let (from, col) = (i, i - line_start);
+                let mut text = String::new();
                 while i < chars.len() {
                     let ch = chars[i];
                     if ch == '\\' && i + 1 < chars.len() {
                         if chars[i + 1] == '\n' {
                             line += 1;
+                            line_start = i + 2;
                         }
-                        unescape(chars[i + 1], &mut word);
+                        unescape(chars[i + 1], &mut text);
                         i += 2;
                         continue;
                     }
-                    let var_brace = ch == '{' && word.ends_with('$');
+                    let var_brace = ch == '{' && text.ends_with('$');
                     if ch.is_whitespace() || ch == ';' || (ch == '{' && !var_brace) {
                         break;
                     }
-                    word.push(ch);
+                    text.push(ch);
                     i += 1;
                 }
-                out.push((Tok::Word(word), start));
+                out.push((Tok::Word(word(&chars, text, from, i, col)), start));
             }
         }
     }
@@ -242,7 +267,7 @@ fn unescape(c: char, word: &mut String) {
 
 /// One open block while parsing: its directives so far, and the head
 /// (words, line) that opened it (None for the file's top level).
-type Frame = (Vec<Directive>, Option<(Vec<String>, usize)>);
+type Frame = (Vec<Directive>, Option<(Vec<(Word, usize)>, usize)>);
 
 /// Blocks nested deeper than this are dropped: real configs nest a few
 /// levels, and the tree is dropped recursively.
@@ -252,7 +277,7 @@ const MAX_NESTING: usize = 64;
 /// cannot exhaust the stack). Unbalanced braces are closed leniently.
 fn parse_items(tokens: &[(Tok, usize)], file: usize) -> Vec<Directive> {
     let mut stack: Vec<Frame> = vec![(Vec::new(), None)];
-    let mut words: Vec<String> = Vec::new();
+    let mut words: Vec<(Word, usize)> = Vec::new();
     let mut first_line = 0;
     // Open blocks beyond MAX_NESTING, skipped with their contents.
     let mut too_deep = 0usize;
@@ -270,7 +295,7 @@ fn parse_items(tokens: &[(Tok, usize)], file: usize) -> Vec<Directive> {
                 if words.is_empty() {
                     first_line = *line;
                 }
-                words.push(w.clone());
+                words.push((w.clone(), *line));
             }
             Tok::Semi => {
                 if let Some(d) = directive(std::mem::take(&mut words), file, first_line, None)
@@ -313,7 +338,7 @@ fn close_frame(stack: &mut Vec<Frame>, file: usize) {
 }
 
 fn directive(
-    mut words: Vec<String>,
+    mut words: Vec<(Word, usize)>,
     file: usize,
     line: usize,
     block: Option<Vec<Directive>>,
@@ -321,10 +346,11 @@ fn directive(
     if words.is_empty() {
         return None;
     }
-    let name = words.remove(0);
+    let (name, _) = words.remove(0);
     Some(Directive {
-        name,
-        args: words,
+        name: name.text,
+        args: words.iter().map(|(w, _)| w.text.clone()).collect(),
+        at: words.into_iter().map(|(w, l)| (l, w.col, w.raw)).collect(),
         file,
         line,
         block,
@@ -637,6 +663,12 @@ impl<'a> Dump<'a> {
             .zip(&keys)
             .filter_map(|(c, k)| Some((c.clone()?, k.clone()?)))
             .collect();
+        let refs = cert_dirs
+            .iter()
+            .zip(&certs)
+            .chain(key_dirs.iter().zip(&keys))
+            .filter_map(|(d, p)| self.config_ref(d, p.as_ref()?))
+            .collect();
 
         Some(DiscoveredSite {
             name,
@@ -648,6 +680,21 @@ impl<'a> Dump<'a> {
             endpoints,
             source: self.source(head),
             notes,
+            refs,
+            acme: Vec::new(),
+        })
+    }
+
+    /// Where the path argument of `d` (resolved to `path`) is written.
+    fn config_ref(&self, d: &Directive, path: &Path) -> Option<ConfigRef> {
+        let (line, col, raw) = d.at.first()?.clone();
+        Some(ConfigRef {
+            directive: d.name.clone(),
+            path: path.to_path_buf(),
+            file: self.files[d.file].path.clone(),
+            line,
+            col,
+            raw,
         })
     }
 
@@ -788,7 +835,7 @@ mod tests {
         let words: Vec<_> = toks
             .iter()
             .map(|(t, l)| match t {
-                Tok::Word(w) => format!("{w}@{l}"),
+                Tok::Word(w) => format!("{}@{l}", w.text),
                 Tok::Semi => format!(";@{l}"),
                 Tok::Open => format!("{{@{l}"),
                 Tok::Close => format!("}}@{l}"),
@@ -905,6 +952,25 @@ mod tests {
         );
         assert!(v.notes.iter().any(|n| n.contains("regular expression")));
         assert!(v.notes.iter().any(|n| n.contains("$hostname")));
+    }
+
+    #[test]
+    fn refs_say_where_each_path_is_written() {
+        let sites = one(&[(
+            "/etc/nginx/nginx.conf",
+            "http { server { listen 443 ssl; server_name r.test;\n  ssl_certificate \"/le/live/r.test/fullchain.pem\"; ssl_certificate_key /le/live/r.test/privkey.pem; } }",
+        )]);
+        let r = &sites[0].refs;
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0].directive, "ssl_certificate");
+        assert_eq!((r[0].line, r[0].col), (2, 18));
+        assert_eq!(r[0].raw, "\"/le/live/r.test/fullchain.pem\"");
+        assert_eq!(r[0].path, Path::new("/le/live/r.test/fullchain.pem"));
+        assert_eq!(r[1].directive, "ssl_certificate_key");
+        assert_eq!(r[1].raw, "/le/live/r.test/privkey.pem");
+        assert_eq!(r[1].file, Path::new("/etc/nginx/nginx.conf"));
+        let line: String = "  ssl_certificate \"/le/live/r.test/fullchain.pem\"; ssl_certificate_key /le/live/r.test/privkey.pem; } }".chars().skip(r[1].col).take(r[1].raw.chars().count()).collect();
+        assert_eq!(line, r[1].raw);
     }
 
     #[test]

@@ -22,9 +22,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{
-    Flip, NewFile, Op, Role, SavedFile, SiteStore, StoreError, Txn, Version, check_target_dir,
-    io_err, load_saved, mkdir_private, next_version_id, read_meta, remove_dir_durable, version_ids,
-    write_meta,
+    Flip, NewFile, Op, Role, SavedFile, SiteStore, StoreError, Txn, Version, check_acme,
+    check_target_dir, io_err, load_saved, mkdir_private, next_version_id, read_meta,
+    remove_dir_durable, version_ids, write_meta,
 };
 use crate::cert::sha256_hex;
 use crate::failpoint;
@@ -109,6 +109,8 @@ impl SiteStore {
         targets: &[(Role, PathBuf)],
     ) -> Result<Txn, StoreError> {
         for (_, target) in targets {
+            // Linking certbot's live/ paths elsewhere would break its renewals.
+            check_acme(&self.name, target)?;
             check_target_dir(target)?;
         }
         mkdir_private(&self.dir)?;
@@ -166,6 +168,20 @@ impl SiteStore {
         let txn = Txn::start(self, op, Vec::new(), Some(Flip { old: current, new }))?;
         failpoint::hit("after-stage");
         Ok(txn)
+    }
+
+    /// Make the site managed now, without a change: what `targets` hold
+    /// becomes the live version and each becomes a symlink into
+    /// `live/SITE/` (`certswap adopt --managed`). The server reads the same
+    /// bytes before and after, so no journal is needed (see [`Self::adopt`]).
+    pub fn adopt_managed(&self, targets: &[(Role, PathBuf)]) -> Result<String, StoreError> {
+        for (_, target) in targets {
+            check_target_dir(target)?;
+        }
+        mkdir_private(&self.dir)?;
+        mkdir_private(&self.archive_dir())?;
+        mkdir_private(&self.root.join("live"))?;
+        self.adopt(targets)
     }
 
     /// Make the site managed if it is not (or no longer) so: returns the

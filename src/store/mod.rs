@@ -94,6 +94,17 @@ pub enum StoreError {
         "{path} is a symlink; in-place mode replaces regular files only (point the config at the real file, or use mode = \"managed\")"
     )]
     TargetIsSymlink { path: PathBuf },
+    /// A file an ACME client owns (certbot's `live/` link, acme.sh's
+    /// directory): neither mode may replace it without breaking the
+    /// client's own renewals.
+    #[error(
+        "{path} is {why}; run `certswap adopt --site {site}` to move the server onto certswap's own copies"
+    )]
+    AcmeOwned {
+        path: PathBuf,
+        why: String,
+        site: String,
+    },
     #[error(
         "{path}: the directory is writable by other users, so certswap will not put a key there"
     )]
@@ -557,6 +568,7 @@ impl SiteStore {
     pub fn begin(&self, op: Op, files: Vec<NewFile>) -> Result<Txn, StoreError> {
         mkdir_private(&self.dir)?;
         for f in &files {
+            check_acme(&self.name, &f.target)?;
             check_target(f)?;
         }
         match self.prepare(op, &files) {
@@ -1029,6 +1041,18 @@ fn check_target(f: &NewFile) -> Result<(), StoreError> {
         });
     }
     check_target_dir(&f.target)
+}
+
+/// Refuse a target an ACME client owns, with the command that fixes it.
+fn check_acme(site: &str, target: &Path) -> Result<(), StoreError> {
+    match crate::discover::acme::classify(target) {
+        Some(a) => Err(StoreError::AcmeOwned {
+            path: target.to_path_buf(),
+            why: a.why(),
+            site: site.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The directory of `target` must not be writable by everyone (without the
