@@ -321,3 +321,26 @@ pub fn served_text(s: &Served) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_verdict_on_the_bytes_refuses_them() {
+        let mut o = Outcome::new("a.test");
+        o.reject("the private key does not match".into());
+        assert_eq!(o.settlement(), Settlement::Refused);
+        o.result = ResultKind::RolledBack;
+        assert_eq!(
+            o.settlement(),
+            Settlement::Refused,
+            "failed probe of the new leaf"
+        );
+        o.retry_because(Retryable::ConfigTest);
+        o.retry_because(Retryable::Reload);
+        assert_eq!(o.settlement(), Settlement::Retry(Retryable::ConfigTest));
+        o.result = ResultKind::Verified;
+        assert_eq!(o.settlement(), Settlement::Done);
+    }
+}
