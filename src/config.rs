@@ -711,7 +711,7 @@ fn resolve_sources(
                     return Err(invalid(&key("timeout"), "must be above zero".into()));
                 }
                 // The label drops user info and query: they may be secrets.
-                let label = crate::redact::url(&parsed);
+                let label = crate::redact::label(&parsed);
                 SourceConfig::Http(HttpSource {
                     name: s.name.unwrap_or(label),
                     url,

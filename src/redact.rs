@@ -22,10 +22,22 @@ pub fn url(u: &reqwest::Url) -> String {
     s
 }
 
+/// [`url`] without the `?…` mark: the default `source` metric label of a
+/// manifest URL (a stable name, whatever the query holds).
+pub fn label(u: &reqwest::Url) -> String {
+    let s = url(u);
+    match s.strip_suffix("?…") {
+        Some(bare) => bare.to_string(),
+        None => s,
+    }
+}
+
 /// [`url`] for a string; text that is not a URL is cut at the first `?`
 /// and everything up to the last `@` before the path is dropped.
 pub fn url_str(s: &str) -> String {
-    if let Ok(u) = reqwest::Url::parse(s) {
+    if let Ok(u) = reqwest::Url::parse(s)
+        && u.has_host()
+    {
         return url(&u);
     }
     let (base, query) = match s.split_once(['?', '#']) {
