@@ -258,6 +258,11 @@ impl Agent {
                     );
                 }
                 self.apply(cfg);
+                // An operator's SIGHUP often follows a fix: try every
+                // source now instead of waiting out its backoff.
+                for state in self.http.values_mut() {
+                    state.retry_at = None;
+                }
                 tracing::info!(config = %self.config_path.display(), "config re-read (SIGHUP)");
             }
             Err(e) => tracing::error!("config not re-read, keeping the one in use: {e}"),
@@ -590,7 +595,7 @@ impl Agent {
                 false
             }
             Err(e @ FetchError::Transient(_)) => {
-                tracing::warn!(source = %h.name, "{e}; keeping the installed certificate, retrying later");
+                tracing::warn!(source = %h.name, "{e}; keeping the installed certificate, retrying on a later pass");
                 self.metrics.source_error(&h.name);
                 // What waited still waits; the end of the pass backs off.
                 state.fetch_failed = true;
@@ -617,6 +622,7 @@ impl Agent {
                     self.metrics.source_error(&h.name);
                 }
                 for (site, why) in &f.transient {
+                    tracing::warn!(source = %h.name, "{why}; keeping the installed certificate, retrying on a later pass");
                     self.metrics.source_error(&h.name);
                     state
                         .waiting

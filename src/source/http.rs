@@ -638,7 +638,17 @@ fn read_checked(
     let r = if secret {
         owner::read_secret(what, path, limit)
     } else {
-        owner::read_trusted(what, path, limit)
+        // A CA file is often a symlink (/etc/ssl/certs/NAME.pem): follow it
+        // only when the directory holding the link is trusted too, then
+        // check the file it names.
+        owner::trusted_dir(what, &fsio::parent_of(path)).and_then(|()| {
+            let real = std::fs::canonicalize(path).map_err(|source| OwnerError::Io {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })?;
+            owner::read_trusted(what, &real, limit)
+        })
     };
     r.map_err(|e| match e {
         OwnerError::Io { .. } | OwnerError::TooLarge { .. } => FetchError::Permanent(e.to_string()),
