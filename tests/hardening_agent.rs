@@ -128,6 +128,37 @@ fn a_config_test_broken_for_one_pass_does_not_refuse_the_bundle_across_restarts(
 }
 
 #[test]
+fn an_inbox_bundle_that_met_a_broken_config_test_stays_in_the_inbox_and_is_installed_later() {
+    let w = World::nginx(&[SITE], "");
+    w.set_extra(&format!(
+        "[agent]\ninterval = \"1h\"\n\n{}",
+        w.inbox_source()
+    ));
+    let new = w.renewed(SITE);
+    w.drop_file(&format!("{SITE}.pem"), new.fullchain_pem().as_bytes());
+    w.drop_file(&format!("{SITE}.key"), new.key_pem.as_bytes());
+
+    let good = break_nginx_config(&w);
+    let out = w.run_once();
+    let log = text(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("it stays in the inbox"), "{log}");
+    assert!(w.stamps("failed").is_empty(), "quarantined: {log}");
+    assert_eq!(
+        w.inbox_files(),
+        vec![format!("{SITE}.key"), format!("{SITE}.pem")]
+    );
+    assert_eq!(w.served(SITE), w.site(SITE).old.sha256);
+
+    fs::write(w.nginx.conf_path(), &good).expect("fix nginx.conf");
+    let out = w.run_once();
+    let log = text(&out.stderr);
+    assert!(log.contains("installed and verified"), "{log}");
+    assert_eq!(w.served(SITE), new.sha256);
+    assert_eq!(w.stamps("done").len(), 1, "{log}");
+}
+
+#[test]
 fn a_running_agent_retries_after_a_broken_config_test_and_shows_what_waits() {
     let (w, src) = world_with_source("");
     let metrics = with_metrics(&w);
