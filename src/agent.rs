@@ -13,7 +13,18 @@
 //!
 //! Full passes run every `[agent] interval`, jittered ±10% so a fleet does
 //! not hit its source in step; an inbox event runs an inbox-only pass after
-//! the inbox's debounce. SIGTERM/SIGINT let the pass in flight finish (an
+//! the inbox's debounce.
+//!
+//! What the environment broke is tried again soon, not an interval later
+//! (invariant 10): a bundle whose install failed on the config test, the
+//! reload, the disk, an endpoint or the clock ([`Settlement::Retry`])
+//! waits — logged, and `certswap_bundle_waiting{source,site,reason}` — and
+//! a *retry pass* runs after 30 s, 60 s, … at most the interval (a
+//! certificate not valid yet: at its notBefore). Its manifest's ETag is
+//! not saved meanwhile, so a restart tries it too. Only a verdict on the
+//! bytes ([`Settlement::Refused`]) refuses them. A pass that could not run
+//! at all (state dir, work dir, descriptors) is run again after 2 s, 4 s,
+//! … at most a minute. SIGTERM/SIGINT let the pass in flight finish (an
 //! install is finished or rolled back, never cut) and exit 0; SIGHUP
 //! re-reads the config. Metrics are served on `metrics_listen`.
 //!
@@ -35,9 +46,10 @@ use tokio::time::Instant;
 use crate::batch::{self, Item};
 use crate::config::{AcmeSource, Config, InboxSource, SourceConfig};
 use crate::install::{self, Env, InstallError};
+use crate::metrics::WaitingLabel;
 use crate::metrics::{EndpointLabel, Metrics, ResultLabel, SiteLabel};
 use crate::probe::{self, Prober, Target};
-use crate::report::{Outcome, ResultKind};
+use crate::report::{Outcome, ResultKind, Retryable, Settlement};
 use crate::server;
 use crate::source::acme;
 use crate::source::http::{self, FetchError, HttpState};
@@ -87,6 +99,10 @@ pub enum LogFormat {
 
 /// How many handshakes the drift check keeps in flight.
 const DRIFT_CONCURRENCY: usize = 64;
+/// A pass that could not run is tried again after this, doubling…
+const PASS_RETRY_FIRST: Duration = Duration::from_secs(2);
+/// …up to this (or the interval, if shorter).
+const PASS_RETRY_MAX: Duration = Duration::from_secs(60);
 /// A pass re-checks its stop flag this often while waiting on the network.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
@@ -165,6 +181,12 @@ struct Agent {
     /// (site, leaf SHA-256) from a certbot/acme.sh store that an install
     /// rejected: not offered again until the client renews.
     acme_refused: HashSet<(String, String)>,
+    /// Passes in a row that could not run (their retry backs off).
+    pass_failures: u32,
+    /// Per inbox source: retries in a row of bundles left in the inbox.
+    inbox_failures: HashMap<String, u32>,
+    /// `certswap_bundle_waiting` rows set per source, to clear them later.
+    waiting_shown: HashMap<String, Vec<WaitingLabel>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,12 +195,24 @@ enum PassKind {
     Full,
     /// The inbox only (after an inbox event).
     Inbox,
+    /// The inbox and the HTTP sources whose retry is due.
+    Retry,
 }
 
 #[derive(Debug, Default)]
 struct PassReport {
     /// When an inbox group that was still being written should be seen again.
     inbox_recheck: Option<SystemTime>,
+    /// When a waiting bundle (or a failed fetch) should be tried again.
+    retry_at: Option<SystemTime>,
+    /// The pass could not run: run it again soon.
+    failed: bool,
+}
+
+impl PassReport {
+    fn retry_by(&mut self, t: SystemTime) {
+        self.retry_at = Some(self.retry_at.map_or(t, |r| r.min(t)));
+    }
 }
 
 impl Agent {
@@ -191,6 +225,9 @@ impl Agent {
             http: HashMap::new(),
             recovered: false,
             acme_refused: HashSet::new(),
+            pass_failures: 0,
+            inbox_failures: HashMap::new(),
+            waiting_shown: HashMap::new(),
         };
         a.apply(a.cfg.clone());
         a
@@ -239,6 +276,11 @@ impl Agent {
                     );
                 }
                 self.apply(cfg);
+                // An operator's SIGHUP often follows a fix: try every
+                // source now instead of waiting out its backoff.
+                for state in self.http.values_mut() {
+                    state.retry_at = None;
+                }
                 tracing::info!(config = %self.config_path.display(), "config re-read (SIGHUP)");
             }
             Err(e) => tracing::error!("config not re-read, keeping the one in use: {e}"),
@@ -264,17 +306,11 @@ impl Agent {
         let cfg = self.cfg.clone();
         let store = match Store::open(&cfg.state_dir) {
             Ok(s) => s,
-            Err(e) => {
-                tracing::error!("pass skipped: {e}");
-                return report;
-            }
+            Err(e) => return self.pass_failed(report, &e.to_string()),
         };
         let prober = match Prober::for_config(&cfg) {
             Ok(p) => p,
-            Err(e) => {
-                tracing::error!("pass skipped: {e}");
-                return report;
-            }
+            Err(e) => return self.pass_failed(report, &e.to_string()),
         };
         let server = server::from_config(&cfg.server);
         let env = Env {
@@ -296,33 +332,38 @@ impl Agent {
                 drop(lock);
             }
             Err(StoreError::Locked { .. }) => {
-                tracing::info!("another certswap holds the host lock; this pass is skipped");
+                tracing::info!(
+                    "another certswap holds the host lock; this pass is skipped and runs again in a few seconds"
+                );
                 self.metrics.skipped_passes.inc();
+                let again = SystemTime::now() + self.inbox_debounce().max(Duration::from_secs(5));
                 if kind == PassKind::Inbox {
-                    report.inbox_recheck =
-                        Some(SystemTime::now() + self.inbox_debounce().max(Duration::from_secs(5)));
+                    report.inbox_recheck = Some(again);
+                } else {
+                    report.failed = true;
+                    report.retry_by(again);
                 }
                 return report;
             }
-            Err(e) => {
-                tracing::error!("pass skipped: {e}");
-                return report;
-            }
+            Err(e) => return self.pass_failed(report, &e.to_string()),
         }
 
         let work = match WorkDir::create(&cfg.state_dir) {
             Ok(w) => w,
             Err(e) => {
-                tracing::error!(
-                    "pass skipped: cannot create a private work directory under {}: {e}",
+                let why = format!(
+                    "cannot create a private work directory under {}: {e}",
                     WorkDir::root(&cfg.state_dir).display()
                 );
-                return report;
+                return self.pass_failed(report, &why);
             }
         };
+        self.pass_failures = 0;
 
         // 2. sources.
         let mut pending: Vec<Pending> = Vec::new();
+        // HTTP sources read in this pass (their bookkeeping ends it).
+        let mut fetched: Vec<String> = Vec::new();
         for s in &cfg.sources {
             match s {
                 SourceConfig::Inbox(i) => {
@@ -330,8 +371,10 @@ impl Agent {
                         report.inbox_recheck = Some(report.inbox_recheck.map_or(at, |r| r.min(at)));
                     }
                 }
-                SourceConfig::Http(h) if kind == PassKind::Full => {
-                    self.read_http(h, &cfg, &work, stop, &mut pending);
+                SourceConfig::Http(h) if kind != PassKind::Inbox => {
+                    if self.read_http(h, kind, &cfg, &work, stop, &mut pending) {
+                        fetched.push(h.name.clone());
+                    }
                 }
                 SourceConfig::Http(_) => {}
                 // Cheap when nothing was renewed (one read per lineage):
@@ -341,12 +384,30 @@ impl Agent {
         }
 
         // 3–4. one batch, then each bundle's bookkeeping.
+        let mut inbox_waiting = InboxWaiting::new();
         if stop.load(Ordering::SeqCst) {
             tracing::info!("stopping: the bundles found in this pass are left for the next start");
-        } else if self.install(&env, pending) {
+        } else if self.install(&env, pending, &mut inbox_waiting) {
             // The lock was taken between our look and the batch: soon again.
             let at = SystemTime::now() + self.inbox_debounce().max(Duration::from_secs(5));
             report.inbox_recheck = Some(report.inbox_recheck.map_or(at, |r| r.min(at)));
+        }
+        // What waits, and when it is tried again.
+        for name in &fetched {
+            if let Some(at) = self.finish_http_source(name, cfg.agent.interval) {
+                report.retry_by(at);
+            }
+        }
+        for s in &cfg.sources {
+            let (name, kept) = match s {
+                SourceConfig::Inbox(i) => (&i.name, "it stays in the inbox"),
+                SourceConfig::Acme(a) => (&a.name, "the ACME client's store keeps it"),
+                SourceConfig::Http(_) => continue,
+            };
+            let waiting = inbox_waiting.remove(name).unwrap_or_default();
+            if let Some(at) = self.finish_inbox_source(name, kept, waiting, cfg.agent.interval) {
+                report.retry_by(at);
+            }
         }
 
         self.renewal_waiting(&cfg);
@@ -359,6 +420,113 @@ impl Agent {
         }
         self.metrics.last_pass.set(crate::metrics::now_unix());
         report
+    }
+
+    /// The pass could not run (its state dir, the prober, a work
+    /// directory; often: no descriptors left). Say so, count it, and have
+    /// it run again within seconds, not an interval later.
+    fn pass_failed(&mut self, mut report: PassReport, why: &str) -> PassReport {
+        self.pass_failures = self.pass_failures.saturating_add(1);
+        let wait = PASS_RETRY_FIRST
+            .saturating_mul(1u32 << self.pass_failures.saturating_sub(1).min(16))
+            .min(PASS_RETRY_MAX)
+            .min(self.cfg.agent.interval.max(Duration::from_secs(1)));
+        tracing::error!("pass skipped: {why}; trying again in {}", secs(wait));
+        self.metrics.failed_passes.inc();
+        report.failed = true;
+        report.retry_by(SystemTime::now() + wait);
+        report
+    }
+
+    /// End of a pass for an HTTP source that was read: back off while
+    /// anything of it waits, show what waits (log and metric), forget the
+    /// backoff once everything is settled. Returns when to try again.
+    fn finish_http_source(&mut self, name: &str, interval: Duration) -> Option<SystemTime> {
+        let state = self.http.get_mut(name)?;
+        let waiting: Vec<(String, &'static str, String)> = state
+            .waiting
+            .iter()
+            .map(|(site, (reason, why))| (site.clone(), *reason, why.clone()))
+            .collect();
+        let labels = waiting
+            .iter()
+            .map(|(site, reason, _)| WaitingLabel {
+                source: name.to_string(),
+                site: site.clone(),
+                reason: reason.to_string(),
+            })
+            .collect();
+        self.show_waiting(name, labels);
+        let state = self.http.get_mut(name)?;
+        if waiting.is_empty() && !state.fetch_failed {
+            state.succeeded();
+            return None;
+        }
+        let now = SystemTime::now();
+        let not_before = state.not_before.take();
+        state.failed(now, interval);
+        if let Some(nb) = not_before {
+            // Valid from then on (one second later, for clocks that round).
+            state.retry_by(nb.max(now) + Duration::from_secs(1));
+        }
+        let at = state.retry_at?;
+        let wait = secs(at.duration_since(now).unwrap_or_default());
+        for (site, reason, why) in &waiting {
+            tracing::warn!(
+                source = %name, site = %site, reason = %reason,
+                "bundle waiting: {why}; it is not refused, trying again in {wait}"
+            );
+        }
+        Some(at)
+    }
+
+    /// End of a pass for an inbox: bundles left in it for a retry are shown
+    /// and back off like an HTTP source's. Returns when to look again.
+    fn finish_inbox_source(
+        &mut self,
+        name: &str,
+        kept: &str,
+        waiting: Vec<(String, Retryable, String)>,
+        interval: Duration,
+    ) -> Option<SystemTime> {
+        let labels = waiting
+            .iter()
+            .map(|(site, why, _)| WaitingLabel {
+                source: name.to_string(),
+                site: site.clone(),
+                reason: why.as_str().to_string(),
+            })
+            .collect();
+        self.show_waiting(name, labels);
+        if waiting.is_empty() {
+            self.inbox_failures.remove(name);
+            return None;
+        }
+        let n = self.inbox_failures.entry(name.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let wait = http::RETRY_FIRST
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(interval.max(Duration::from_secs(1)));
+        for (site, reason, why) in &waiting {
+            tracing::warn!(
+                source = %name, site = %site, reason = reason.as_str(),
+                "bundle waiting: {why}; {kept}, trying again in {}", secs(wait)
+            );
+        }
+        Some(SystemTime::now() + wait)
+    }
+
+    /// Replace the `certswap_bundle_waiting` rows of `source` with `labels`.
+    fn show_waiting(&mut self, source: &str, labels: Vec<WaitingLabel>) {
+        for old in self.waiting_shown.remove(source).unwrap_or_default() {
+            self.metrics.bundle_waiting.remove(&old);
+        }
+        for l in &labels {
+            self.metrics.bundle_waiting.get_or_create(l).set(1);
+        }
+        if !labels.is_empty() {
+            self.waiting_shown.insert(source.to_string(), labels);
+        }
     }
 
     /// Scan one inbox: refused bundles go to `failed/` now, ready ones to
@@ -458,7 +626,10 @@ impl Agent {
                     );
                     pending.push(Pending {
                         candidate,
-                        origin: Origin::Acme { cert_sha256: sha },
+                        origin: Origin::Acme {
+                            source: a.name.clone(),
+                            cert_sha256: sha,
+                        },
                     });
                 }
                 Err(e @ acme::AcmeError::InProgress { .. }) => {
@@ -492,21 +663,34 @@ impl Agent {
         }
     }
 
-    /// Fetch one manifest (with backoff and the stop flag).
+    /// Fetch one manifest (with backoff and the stop flag). True when it
+    /// was read, so the end of the pass does its bookkeeping
+    /// ([`Agent::finish_http_source`]).
     fn read_http(
         &mut self,
         h: &crate::config::HttpSource,
+        kind: PassKind,
         cfg: &Config,
         work: &WorkDir,
         stop: &AtomicBool,
         pending: &mut Vec<Pending>,
-    ) {
+    ) -> bool {
         let Some(state) = self.http.get_mut(&h.name) else {
-            return;
+            return false;
         };
-        if state.should_skip() {
-            tracing::info!(source = %h.name, "backing off after {} failed passes; not fetched this time", state.failures);
-            return;
+        let now = SystemTime::now();
+        if kind == PassKind::Retry && state.retry_at.is_none() {
+            return false;
+        }
+        if !state.due(now) {
+            if kind == PassKind::Full {
+                let wait = state
+                    .retry_at
+                    .and_then(|t| t.duration_since(now).ok())
+                    .unwrap_or_default();
+                tracing::info!(source = %h.name, "backing off after {} failures; next try in {}", state.failures, secs(wait));
+            }
+            return false;
         }
         let fetched = probe::block_on(or_stop(
             http::fetch(h, state, cfg, &self.host_id, work),
@@ -514,39 +698,63 @@ impl Agent {
         ));
         let Some(fetched) = fetched else {
             tracing::info!(source = %h.name, "stopping: the fetch was abandoned");
-            return;
+            return false;
         };
+        state.fetch_failed = false;
+        state.not_before = None;
+        if !matches!(fetched, Err(FetchError::Unsafe(_))) {
+            self.metrics.source_skipped(&h.name, "unsafe_file", false);
+        }
         match fetched {
-            Err(e) => {
-                let transient = matches!(e, FetchError::Transient(_));
-                tracing::warn!(source = %h.name, "{e}{}", if transient { "; retrying on a later pass" } else { "" });
+            Err(FetchError::Unsafe(e)) => {
+                tracing::error!(source = %h.name, "source skipped: {e}; nothing is fetched from it until that is fixed");
                 self.metrics.source_error(&h.name);
-                state.failed();
+                self.metrics.source_skipped(&h.name, "unsafe_file", true);
+                // Looked at again on the next full pass.
+                state.retry_at = None;
+                false
+            }
+            Err(e @ FetchError::Transient(_)) => {
+                tracing::warn!(source = %h.name, "{e}; keeping the installed certificate, retrying on a later pass");
+                self.metrics.source_error(&h.name);
+                // What waited still waits; the end of the pass backs off.
+                state.fetch_failed = true;
+                true
+            }
+            Err(e) => {
+                // Only a new manifest or config fixes it: the next full pass.
+                tracing::warn!(source = %h.name, "{e}");
+                self.metrics.source_error(&h.name);
+                state.waiting.clear();
+                true
             }
             Ok(f) if f.not_modified => {
                 tracing::info!(source = %h.name, "the manifest is not modified (304)");
                 self.metrics.source_ok(&h.name);
-                state.succeeded();
+                // Its ETag is saved only once nothing of it waited.
+                state.waiting.clear();
+                true
             }
             Ok(f) => {
+                state.waiting.clear();
                 for why in &f.permanent {
                     tracing::warn!(source = %h.name, "{why}");
                     self.metrics.source_error(&h.name);
                 }
-                for why in &f.transient {
+                for (site, why) in &f.transient {
                     tracing::warn!(source = %h.name, "{why}; keeping the installed certificate, retrying on a later pass");
                     self.metrics.source_error(&h.name);
+                    state
+                        .waiting
+                        .insert(site.clone(), (Retryable::Source.as_str(), why.clone()));
                 }
                 let complete = f.transient.is_empty();
                 if complete {
                     self.metrics.source_ok(&h.name);
-                    state.succeeded();
-                } else {
-                    state.failed();
                 }
                 let run = Arc::new(HttpRun {
                     source: h.clone(),
-                    etag: if complete { f.etag } else { None },
+                    etag: f.etag,
                     complete: AtomicBool::new(complete),
                 });
                 if f.candidates.is_empty() {
@@ -559,16 +767,24 @@ impl Agent {
                         origin: Origin::Http {
                             run: run.clone(),
                             cert_sha256: c.cert_sha256,
+                            not_before: c.not_before,
                         },
                     });
                 }
+                true
             }
         }
     }
 
     /// Step 3–4: install the ready bundles as one batch and settle each.
     /// True when the batch found the host lock taken (try again soon).
-    fn install(&mut self, env: &Env<'_>, pending: Vec<Pending>) -> bool {
+    /// Inbox bundles left for a retry are added to `inbox_waiting`.
+    fn install(
+        &mut self,
+        env: &Env<'_>,
+        pending: Vec<Pending>,
+        inbox_waiting: &mut InboxWaiting,
+    ) -> bool {
         let mut lock_busy = false;
         // The manifests these bundles came from: their ETag is remembered
         // at the end if every bundle of theirs was settled.
@@ -600,15 +816,18 @@ impl Agent {
             let installed = site.and_then(src::installed_leaf_sha256);
             if installed.is_some() && installed == p.candidate.leaf_sha256 {
                 tracing::info!(site = %p.candidate.site, "this certificate is installed already; nothing to do");
-                self.settle(&p, None);
+                self.settle(&p, None, inbox_waiting);
             } else {
                 todo.push(p);
             }
         }
         for p in &deferred {
-            if let Origin::Http { run, .. } = &p.origin {
-                run.complete.store(false, Ordering::SeqCst);
-            }
+            self.wait(
+                p,
+                Retryable::Busy,
+                "another bundle for the same site was installed first in this pass",
+                inbox_waiting,
+            );
         }
         let result = if todo.is_empty() {
             Ok(Vec::new())
@@ -636,7 +855,7 @@ impl Agent {
                         crate::hook::clear_failure(&env.config.state_dir, &out.site);
                     }
                     self.record(&out, &p.candidate);
-                    self.settle(p, Some(&out));
+                    self.settle(p, Some(&out), inbox_waiting);
                 }
             }
             Err(InstallError::Store(StoreError::Locked { .. })) => {
@@ -644,15 +863,30 @@ impl Agent {
                     "another certswap took the host lock; the bundles wait for the next pass"
                 );
                 self.metrics.skipped_passes.inc();
-                unsettled(&todo);
+                for p in &todo {
+                    self.wait(
+                        p,
+                        Retryable::Busy,
+                        "another certswap held the host lock",
+                        inbox_waiting,
+                    );
+                }
                 lock_busy = true;
             }
             Err(e) => {
-                tracing::error!("the batch could not run; its bundles wait for the next pass: {e}");
+                // Nothing of the bundles was judged: the environment failed.
+                tracing::error!("the batch could not run; its bundles wait for a retry: {e}");
+                let why = match &e {
+                    InstallError::NotServing { .. } => Retryable::Endpoint,
+                    InstallError::Store(_) => Retryable::Disk,
+                    InstallError::Recover { .. } => Retryable::Reload,
+                    _ => Retryable::Busy,
+                };
+                let sentence = e.to_string();
                 for p in &todo {
                     self.metrics.site_error(&p.candidate.site);
+                    self.wait(p, why, &sentence, inbox_waiting);
                 }
-                unsettled(&todo);
             }
         }
         for run in runs {
@@ -722,28 +956,23 @@ impl Agent {
     }
 
     /// Move an inbox bundle to done/ or failed/, or note a refused HTTP
-    /// bundle so it is not fetched again. `out` None = nothing to install.
-    fn settle(&mut self, p: &Pending, out: Option<&Outcome>) {
-        let failure = out.and_then(|o| match o.result {
-            ResultKind::Verified
-            | ResultKind::DryRun
-            | ResultKind::Valid
-            | ResultKind::AlreadyInstalled => None,
-            ResultKind::Rejected | ResultKind::RolledBack => Some(
-                p.candidate
-                    .describe(o.error.as_deref().unwrap_or("the bundle was not installed")),
-            ),
-        });
-        match &p.origin {
-            Origin::Inbox { found, .. }
-                if out.is_some_and(environment_failure) && failure.is_some() =>
-            {
-                tracing::warn!(
-                    bundle = %found.label,
-                    "left in the inbox to be retried on a later pass: the environment, not the bundle, failed: {}",
-                    failure.as_deref().unwrap_or_default()
-                );
+    /// bundle so it is not fetched again — or, when the environment kept
+    /// it from being installed ([`Settlement::Retry`]), leave it waiting.
+    /// `out` None = nothing to install.
+    fn settle(&mut self, p: &Pending, out: Option<&Outcome>, inbox_waiting: &mut InboxWaiting) {
+        let why = |o: &Outcome| {
+            p.candidate
+                .describe(o.error.as_deref().unwrap_or("the bundle was not installed"))
+        };
+        let failure = match out.map(|o| (o, o.settlement())) {
+            None | Some((_, Settlement::Done)) => None,
+            Some((o, Settlement::Refused)) => Some(why(o)),
+            Some((o, Settlement::Retry(r))) => {
+                self.wait(p, r, &why(o), inbox_waiting);
+                return;
             }
+        };
+        match &p.origin {
             Origin::Inbox { source, found } => match &failure {
                 Some(why) => quarantine(source, &self.cfg, found, why),
                 None => match inbox::finish(source, &self.cfg, found, None) {
@@ -754,20 +983,62 @@ impl Agent {
                 },
             },
             // Only a verdict on the bundle itself refuses it for good
-            // (invariant 10): a rollback is retried on the next pass.
-            Origin::Acme { cert_sha256 } => {
-                if out.is_some_and(|o| o.result == ResultKind::Rejected) {
+            // (invariant 10): anything else is retried.
+            Origin::Acme { cert_sha256, .. } => {
+                if failure.is_some() {
                     self.acme_refused
                         .insert((p.candidate.site.clone(), cert_sha256.clone()));
                 }
             }
-            Origin::Http { run, cert_sha256 } => {
+            Origin::Http {
+                run, cert_sha256, ..
+            } => {
                 if failure.is_some()
                     && let Some(state) = self.http.get_mut(&run.source.name)
                 {
                     state
                         .refused
                         .insert((p.candidate.site.clone(), cert_sha256.clone()));
+                }
+            }
+        }
+    }
+
+    /// `p` was not installed for a reason of the environment: keep it for
+    /// a retry. An HTTP bundle keeps its manifest unsettled (no ETag is
+    /// saved); an inbox bundle stays in the inbox.
+    fn wait(
+        &mut self,
+        p: &Pending,
+        why: Retryable,
+        sentence: &str,
+        inbox_waiting: &mut InboxWaiting,
+    ) {
+        let site = p.candidate.site.clone();
+        match &p.origin {
+            Origin::Inbox { source, .. } => inbox_waiting
+                .entry(source.name.clone())
+                .or_default()
+                .push((site, why, sentence.to_string())),
+            // The lineage stays in the client's store: read again then.
+            Origin::Acme { source, .. } => inbox_waiting.entry(source.clone()).or_default().push((
+                site,
+                why,
+                sentence.to_string(),
+            )),
+            Origin::Http {
+                run, not_before, ..
+            } => {
+                run.complete.store(false, Ordering::SeqCst);
+                if let Some(state) = self.http.get_mut(&run.source.name) {
+                    state
+                        .waiting
+                        .insert(site, (why.as_str(), sentence.to_string()));
+                    if why == Retryable::NotYetValid
+                        && let Some(nb) = not_before
+                    {
+                        state.not_before = Some(state.not_before.map_or(*nb, |t| t.min(*nb)));
+                    }
                 }
             }
         }
@@ -956,17 +1227,24 @@ enum Origin {
     Http {
         run: Arc<HttpRun>,
         cert_sha256: String,
+        /// The leaf's notBefore: a certificate not valid yet is retried then.
+        not_before: Option<SystemTime>,
     },
     /// A certbot lineage / acme.sh domain dir.
     Acme {
+        /// The `[[source]]` name.
+        source: String,
         cert_sha256: String,
     },
 }
 
+/// Per inbox source: (site, why, sentence) of each bundle left for a retry.
+type InboxWaiting = HashMap<String, Vec<(String, Retryable, String)>>;
+
 /// One fetch of one manifest in this pass.
 struct HttpRun {
     source: crate::config::HttpSource,
-    /// The manifest's ETag, None when something must be retried.
+    /// The manifest's ETag: saved only if `complete` stays true.
     etag: Option<String>,
     /// Every bundle of it was settled (none left for a retry).
     complete: AtomicBool,
@@ -978,32 +1256,15 @@ fn finish_http(run: &HttpRun, state_dir: &Path, state: &mut HttpState) {
     }
 }
 
-/// Bundles that were not settled: an inbox group stays where it is; an
-/// HTTP manifest is fetched in full again next time.
-fn unsettled(todo: &[Pending]) {
-    for p in todo {
-        if let Origin::Http { run, .. } = &p.origin {
-            run.complete.store(false, Ordering::SeqCst);
-        }
-    }
-}
-
-/// An install that failed because of the host, not the bundle: a config
-/// test or reload that failed, a disk error before the swap, an endpoint
-/// that did not answer, a certificate not valid *yet* (the clock). Such an
-/// inbox bundle stays where it is and is tried again (invariant 10).
-// A private stand-in until the outcome carries its own classification
-// (h2's retryable-vs-verdict on Outcome): replace it with that on merge.
-fn environment_failure(out: &Outcome) -> bool {
-    let why = out.error.as_deref().unwrap_or_default();
-    match out.result {
-        // Rolled back before any handshake with the new files (config
-        // test, swap, reload), or at the commit: the bundle was not judged.
-        ResultKind::RolledBack => out.timings_ms.probe == 0 || why.contains("the commit failed"),
-        ResultKind::Rejected => {
-            why.starts_with("before changing anything:") || why.contains("is not valid yet")
-        }
-        _ => false,
+/// A wait as people read it: "30 s", "2 min 30 s".
+fn secs(d: Duration) -> String {
+    let s = d.as_secs().max(1);
+    if s < 60 {
+        format!("{s} s")
+    } else if s % 60 == 0 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{} min {} s", s / 60, s % 60)
     }
 }
 
@@ -1348,14 +1609,21 @@ async fn main_loop(agent: Agent, once: bool) -> Result<(), AgentError> {
     let mut watchers = watch_sources(&agent.cfg, &wake);
     let mut next_full = Instant::now();
     let mut inbox_at: Option<Instant> = None;
+    // A retry of what the environment broke, or of a pass that could not run.
+    let mut retry_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
         let kind = if next_full <= now {
             PassKind::Full
         } else if inbox_at.is_some_and(|t| t <= now) {
             PassKind::Inbox
+        } else if retry_at.is_some_and(|t| t <= now) {
+            PassKind::Retry
         } else {
-            let until = inbox_at.map_or(next_full, |t| t.min(next_full));
+            let until = [inbox_at, retry_at]
+                .into_iter()
+                .flatten()
+                .fold(next_full, Instant::min);
             tokio::select! {
                 () = tokio::time::sleep_until(until) => continue,
                 () = wake.notified() => {
@@ -1382,13 +1650,24 @@ async fn main_loop(agent: Agent, once: bool) -> Result<(), AgentError> {
         if kind == PassKind::Full {
             next_full = Instant::now() + jittered(agent.cfg.agent.interval);
         }
+        // Every pass scans the inboxes and reads the HTTP sources that are
+        // due: it does what a pending inbox or retry pass would.
         inbox_at = None;
+        retry_at = None;
         let (a, report, stopping, reload) = run_pass(agent, kind, &stop, &mut signals).await?;
         agent = a;
         watchers.refresh(&agent.cfg, &wake);
         if let Some(t) = report.inbox_recheck {
             let t = instant_of(t);
             inbox_at = Some(inbox_at.map_or(t, |i| i.min(t)));
+        }
+        if let Some(t) = report.retry_at.map(instant_of) {
+            if report.failed && kind == PassKind::Full {
+                // A full pass that could not run is run again in full, soon.
+                next_full = next_full.min(t);
+            } else {
+                retry_at = Some(retry_at.map_or(t, |r| r.min(t)));
+            }
         }
         if stopping {
             break;

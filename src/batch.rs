@@ -43,7 +43,7 @@ use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 use crate::install::{self, Env, InstallError, Waited};
 use crate::probe::{self, Target};
-use crate::report::{Outcome, ResultKind, ServedRow};
+use crate::report::{Outcome, ResultKind, Retryable, ServedRow};
 use crate::store::{self, NewFile, Op, Recovery, SiteStore, StoreError, Txn};
 use crate::trust::TrustStore;
 
@@ -201,6 +201,8 @@ fn install_batch(
     for (i, why) in conflicts(items, &accepted) {
         bundles[i] = None;
         outs[i].reject(why);
+        // The config makes these bundles collide, not their bytes.
+        outs[i].retry_because(Retryable::Busy);
     }
     clock.done("check", items.len());
     if dry_run || bundles.iter().all(Option::is_none) {
@@ -301,9 +303,12 @@ fn install_batch(
         let out = &mut batch.outs[st.idx];
         out.timings_ms.swap = st.ms;
         match st.txn {
-            Err(why) => out.reject(format!(
-                "before changing anything: {why}; nothing was changed"
-            )),
+            Err(why) => {
+                out.reject(format!(
+                    "before changing anything: {why}; nothing was changed"
+                ));
+                out.retry_because(Retryable::Disk);
+            }
             Ok(txn) => to_swap.push((
                 Open {
                     idx: st.idx,
@@ -339,9 +344,13 @@ fn install_batch(
     // fsync_dirs fsyncs each distinct directory once.
     if let Err(e) = store::fsync_dirs(&dirs) {
         // Not durable: no site may go on to a reload it could lose.
+        batch.each_open(|o| o.retry_because(Retryable::Disk));
         batch.restore_open(&e.to_string(), false);
     }
     failpoint::hit("after-swap");
+    for (o, _, _) in &failed {
+        batch.outs[o.idx].retry_because(Retryable::Disk);
+    }
     batch.restore(failed, false);
     clock.done("swap", batch.open.len());
     if batch.open.is_empty() {
@@ -402,6 +411,7 @@ fn install_batch(
     for (open, why, r) in aborted {
         let out = &mut batch.outs[open.idx];
         out.reject(why);
+        out.retry_because(Retryable::Endpoint);
         if let Err(e) = r {
             add_problem(
                 out,
@@ -422,6 +432,7 @@ fn install_batch(
         return Ok(batch.finish());
     }
     if let Err(e) = tested {
+        batch.each_open(|o| o.retry_because(Retryable::ConfigTest));
         batch.restore_open(&e.to_string(), false);
         return Ok(batch.finish());
     }
@@ -429,6 +440,7 @@ fn install_batch(
         // Files changed since the test: no reload without a passing test
         // of exactly what it loads (invariant 4).
         if let Err(e) = env.server.configtest() {
+            batch.each_open(|o| o.retry_because(Retryable::ConfigTest));
             batch.restore_open(&e.to_string(), false);
             return Ok(batch.finish());
         }
@@ -444,6 +456,7 @@ fn install_batch(
     if let Err(e) = reloaded {
         // A failed signal may still have reached the server (apache can
         // die on it): restore, then test, reload or start, prove.
+        batch.each_open(|o| o.retry_because(Retryable::Reload));
         batch.restore_open(&e.to_string(), true);
         return Ok(batch.finish());
     }
@@ -504,13 +517,17 @@ fn install_batch(
             Err(store::CommitFailed {
                 error,
                 open: Some(txn),
-            }) => unverified.push((
+            }) => {
+                // The disk, not the bundle: the same bytes may pass later.
+                out.retry_because(Retryable::Disk);
+                unverified.push((
                 open,
                 *txn,
                 format!(
                     "the new certificate was served, but the change could not be committed ({error}), so it is rolled back"
                 ),
-            )),
+                ))
+            }
         }
     }
     clock.done("commit", batch.outs.len());

@@ -739,8 +739,12 @@ fn resolve_sources(
                     ));
                 };
                 let allow_insecure_http = s.allow_insecure_http.unwrap_or(false);
-                let parsed = reqwest::Url::parse(&url)
-                    .map_err(|e| invalid(&key("url"), format!("{url:?} is not a URL: {e}")))?;
+                let parsed = reqwest::Url::parse(&url).map_err(|e| {
+                    invalid(
+                        &key("url"),
+                        format!("{:?} is not a URL: {e}", crate::redact::url_str(&url)),
+                    )
+                })?;
                 match parsed.scheme() {
                     "https" => {}
                     "http" if allow_insecure_http => {}
@@ -748,7 +752,8 @@ fn resolve_sources(
                         return Err(invalid(
                             &key("url"),
                             format!(
-                                "{url:?} is not https (set allow_insecure_http = true only for tests on loopback)"
+                                "{:?} is not https (set allow_insecure_http = true only for tests on loopback)",
+                                crate::redact::url(&parsed)
                             ),
                         ));
                     }
@@ -760,7 +765,10 @@ fn resolve_sources(
                     }
                 }
                 if parsed.host_str().is_none() {
-                    return Err(invalid(&key("url"), format!("{url:?} names no host")));
+                    return Err(invalid(
+                        &key("url"),
+                        format!("{:?} names no host", crate::redact::url(&parsed)),
+                    ));
                 }
                 for (k, p) in [
                     ("ca_file", &s.ca_file),
@@ -785,13 +793,10 @@ fn resolve_sources(
                 if timeout.is_zero() {
                     return Err(invalid(&key("timeout"), "must be above zero".into()));
                 }
-                // The label drops any query string: it may carry a secret.
-                let mut label = parsed.clone();
-                label.set_query(None);
-                label.set_fragment(None);
-                let _ = label.set_password(None);
+                // The label drops user info and query: they may be secrets.
+                let label = crate::redact::label(&parsed);
                 SourceConfig::Http(HttpSource {
-                    name: s.name.unwrap_or_else(|| label.to_string()),
+                    name: s.name.unwrap_or(label),
                     url,
                     ca_file: s.ca_file,
                     token_file: s.token_file,

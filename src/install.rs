@@ -21,7 +21,7 @@ use crate::cert::{self, CertInfo};
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 use crate::probe::{self, KeyFamily, Prober, Served, Target};
-use crate::report::{Leaf, Outcome, ResultKind, ServedRow};
+use crate::report::{Leaf, Outcome, ResultKind, Retryable, ServedRow};
 use crate::server::{ServerError, WebServer};
 use crate::store::{self, NewFile, Op, Recovery, Role, SiteStore, Store, StoreError, Txn};
 use crate::trust::TrustStore;
@@ -275,7 +275,13 @@ pub(crate) fn check_full(
                 false => out.reject(e.to_string()),
             }
         }
-        Err(e) => out.reject(e.to_string()),
+        Err(e) => {
+            // The host's clock, not the bundle: the same bytes pass later.
+            if matches!(e, validate::ValidationError::NotYetValid { .. }) {
+                out.retry_because(Retryable::NotYetValid);
+            }
+            out.reject(e.to_string());
+        }
     }
     checked
 }

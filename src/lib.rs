@@ -24,6 +24,7 @@
 //! - [`metrics`]   the agent's Prometheus metrics and its `/metrics` responder.
 //! - [`hook`]      certbot / acme.sh deploy hook.
 //! - [`report`]    text and JSON output of results.
+//! - [`redact`]    URLs as logs, errors and metric labels may show them.
 //! - [`failpoint`] test-only crash points (`CERTSWAP_FAILPOINT`).
 //! - [`commands`]  one function per CLI command, wiring the pieces together.
 
@@ -43,6 +44,7 @@ pub mod install;
 pub mod metrics;
 pub mod owner;
 pub mod probe;
+pub mod redact;
 pub mod report;
 pub mod server;
 pub mod source;

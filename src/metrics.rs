@@ -2,8 +2,15 @@
 //! text) and a tiny HTTP/1.1 responder for `GET /metrics` on a tokio
 //! listener. Nothing else is served; every connection is closed after one
 //! answer.
+//!
+//! The port is open to every local user, so it must not be a way to starve
+//! the agent: at most [`MAX_CONNECTIONS`] are served at once (one more is
+//! closed as soon as it is accepted, so it holds no descriptor), a client
+//! has [`HEADER_TIMEOUT`] to send its request and [`WRITE_TIMEOUT`] to
+//! take the answer.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -36,6 +43,23 @@ pub struct SourceLabel {
     pub source: String,
 }
 
+/// A bundle waiting for a retry: which source, which site, and why (a
+/// [`crate::report::Retryable`] word).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WaitingLabel {
+    pub source: String,
+    pub site: String,
+    pub reason: String,
+}
+
+/// A source skipped until a file of it is fixed, and why (`unsafe_file`:
+/// another user may read or change it).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkippedLabel {
+    pub source: String,
+    pub reason: String,
+}
+
 /// Every metric of the agent. Cheap to share: each family is an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +88,18 @@ pub struct Metrics {
     pub skipped_passes: Counter,
     /// `certswap_agent_last_pass_timestamp_seconds`.
     pub last_pass: Gauge,
+    /// `certswap_bundle_waiting{source,site,reason}`: 1 while a bundle the
+    /// environment kept from being installed waits for its retry.
+    pub bundle_waiting: Family<WaitingLabel, Gauge>,
+    /// `certswap_source_skipped{source,reason}`: 1 while a source is not
+    /// read because one of its files is unsafe.
+    pub source_skipped: Family<SkippedLabel, Gauge>,
+    /// `certswap_agent_failed_passes_total`: passes that could not run
+    /// (state dir, prober, work directory); each is retried within seconds.
+    pub failed_passes: Counter,
+    /// `certswap_metrics_connections_refused_total`: metrics connections
+    /// closed at once because [`MAX_CONNECTIONS`] were open.
+    pub metrics_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +124,10 @@ impl Metrics {
             passes: Counter::default(),
             skipped_passes: Counter::default(),
             last_pass: Gauge::default(),
+            bundle_waiting: Family::default(),
+            source_skipped: Family::default(),
+            failed_passes: Counter::default(),
+            metrics_refused: Counter::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -151,6 +191,26 @@ impl Metrics {
             "When the last pass finished, Unix seconds",
             m.last_pass.clone(),
         );
+        registry.register(
+            "certswap_bundle_waiting",
+            "1 while a bundle waits for a retry because the environment kept it from being installed (reason: config_test, reload, disk, endpoint, not_yet_valid, busy, source)",
+            m.bundle_waiting.clone(),
+        );
+        registry.register(
+            "certswap_source_skipped",
+            "1 while a source is skipped because one of its files is unsafe (readable or writable by another user)",
+            m.source_skipped.clone(),
+        );
+        registry.register(
+            "certswap_agent_failed_passes",
+            "Passes that could not run (state dir, prober, work directory); each is retried within seconds",
+            m.failed_passes.clone(),
+        );
+        registry.register(
+            "certswap_metrics_connections_refused",
+            "Connections to the metrics port closed at once because the cap of open ones was reached",
+            m.metrics_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -179,6 +239,19 @@ impl Metrics {
             .inc();
     }
 
+    /// Mark `source` skipped (or no longer) for `reason`.
+    pub fn source_skipped(&self, source: &str, reason: &str, skipped: bool) {
+        let label = SkippedLabel {
+            source: source.to_string(),
+            reason: reason.to_string(),
+        };
+        if skipped {
+            self.source_skipped.get_or_create(&label).set(1);
+        } else {
+            self.source_skipped.remove(&label);
+        }
+    }
+
     pub fn source_ok(&self, source: &str) {
         self.source_last_success
             .get_or_create(&SourceLabel {
@@ -198,11 +271,36 @@ pub fn now_unix() -> i64 {
 
 /// Largest request head read; a scraper's GET is a few hundred bytes.
 const MAX_REQUEST: usize = 8 * 1024;
-/// A client gets this long to send its request and read the answer.
-const CONN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; a scraper needs one, a few dashboards a
+/// few more. Each holds one file descriptor of the agent.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A client gets this long to send its whole request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// …and this long to take the answer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One of the [`MAX_CONNECTIONS`] slots, given back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Option<Slot> {
+        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < MAX_CONNECTIONS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Answer `GET /metrics` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -213,32 +311,65 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
+        let Some(slot) = Slot::take(&open) else {
+            // Closed now: an idle crowd must not hold the agent's descriptors.
+            metrics.metrics_refused.inc();
+            tracing::debug!(
+                "metrics: {peer} closed at once: {MAX_CONNECTIONS} connections are open"
+            );
+            drop(stream);
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            if tokio::time::timeout(CONN_TIMEOUT, answer(stream, &metrics))
-                .await
-                .is_err()
-            {
-                tracing::debug!("metrics: {peer} timed out");
-            }
+            let _slot = slot;
+            answer(stream, &metrics, peer).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) {
+async fn answer(mut stream: TcpStream, metrics: &Metrics, peer: std::net::SocketAddr) {
     let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() > MAX_REQUEST {
-            let _ = respond(&mut stream, "431 Request Header Fields Too Large", "", "").await;
+    let read_head = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            if buf.len() > MAX_REQUEST {
+                return Err(true);
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return Err(false),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(HEADER_TIMEOUT, read_head).await {
+        Ok(Ok(())) => {}
+        Ok(Err(too_large)) => {
+            if too_large {
+                let _ = tokio::time::timeout(
+                    WRITE_TIMEOUT,
+                    respond(&mut stream, "431 Request Header Fields Too Large", "", ""),
+                )
+                .await;
+            }
             return;
         }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        Err(_) => {
+            tracing::debug!("metrics: {peer} sent no request within {HEADER_TIMEOUT:?}");
+            return;
         }
     }
-    let head = String::from_utf8_lossy(&buf);
+    if tokio::time::timeout(WRITE_TIMEOUT, route(&mut stream, &buf, metrics))
+        .await
+        .is_err()
+    {
+        tracing::debug!("metrics: {peer} did not take the answer within {WRITE_TIMEOUT:?}");
+    }
+}
+
+async fn route(stream: &mut TcpStream, buf: &[u8], metrics: &Metrics) {
+    let head = String::from_utf8_lossy(buf);
     let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
@@ -246,7 +377,7 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) {
         ("GET", "/metrics") => {
             let body = metrics.encode();
             let _ = respond(
-                &mut stream,
+                stream,
                 "200 OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 &body,
@@ -254,10 +385,10 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) {
             .await;
         }
         ("GET", _) => {
-            let _ = respond(&mut stream, "404 Not Found", "text/plain", "try /metrics\n").await;
+            let _ = respond(stream, "404 Not Found", "text/plain", "try /metrics\n").await;
         }
         _ => {
-            let _ = respond(&mut stream, "405 Method Not Allowed", "text/plain", "").await;
+            let _ = respond(stream, "405 Method Not Allowed", "text/plain", "").await;
         }
     }
 }

@@ -138,6 +138,62 @@ pub struct Outcome {
     /// Days the new notAfter lies past the old one.
     pub days_added: Option<i64>,
     pub timings_ms: Timings,
+    /// Set when what failed was the environment, not the bundle (see
+    /// [`Outcome::settlement`]). Not part of the JSON contract.
+    #[serde(skip)]
+    pub retry: Option<Retryable>,
+}
+
+/// What the environment broke when a bundle was not installed (invariant
+/// 10): the same bytes are worth trying again later. Anything not named
+/// here that ends `rejected` or `rolled_back` is a verdict on the bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Retryable {
+    /// The server's config test failed (it tests the whole config: a typo
+    /// elsewhere fails it too).
+    ConfigTest,
+    /// The reload failed, or the server died on it.
+    Reload,
+    /// Staging, swapping or committing the files failed (disk full,
+    /// read-only, I/O).
+    Disk,
+    /// An endpoint did not answer before the change.
+    Endpoint,
+    /// The certificate is not valid yet by this host's clock.
+    NotYetValid,
+    /// Another certswap held the host lock, or the batch could not run.
+    Busy,
+    /// The source could not be read (network, timeout, 5xx, checksum).
+    Source,
+}
+
+impl Retryable {
+    /// The `reason` label of `certswap_bundle_waiting`, and the log's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retryable::ConfigTest => "config_test",
+            Retryable::Reload => "reload",
+            Retryable::Disk => "disk",
+            Retryable::Endpoint => "endpoint",
+            Retryable::NotYetValid => "not_yet_valid",
+            Retryable::Busy => "busy",
+            Retryable::Source => "source",
+        }
+    }
+}
+
+/// What to do with the bytes of a bundle after its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Installed (or nothing to do): done with these bytes.
+    Done,
+    /// A verdict on the bundle itself (bad key, drops a name, broken
+    /// chain, rolled back after the new leaf failed its probe…): refuse
+    /// these bytes until different ones are offered.
+    Refused,
+    /// The environment broke it: try the same bytes again, with backoff.
+    Retry(Retryable),
 }
 
 impl Outcome {
@@ -152,6 +208,29 @@ impl Outcome {
             error: None,
             days_added: None,
             timings_ms: Timings::default(),
+            retry: None,
+        }
+    }
+
+    /// Mark this outcome as the environment's fault (the first cause wins:
+    /// a rollback after a failed config test stays a config-test failure).
+    pub fn retry_because(&mut self, why: Retryable) {
+        self.retry.get_or_insert(why);
+    }
+
+    /// The classification of invariant 10: done, refused for good, or
+    /// worth retrying. Sources (HTTP manifest, inbox) decide with this.
+    pub fn settlement(&self) -> Settlement {
+        match (self.result, self.retry) {
+            (
+                ResultKind::Verified
+                | ResultKind::AlreadyInstalled
+                | ResultKind::DryRun
+                | ResultKind::Valid,
+                _,
+            ) => Settlement::Done,
+            (ResultKind::Rejected | ResultKind::RolledBack, Some(why)) => Settlement::Retry(why),
+            (ResultKind::Rejected | ResultKind::RolledBack, None) => Settlement::Refused,
         }
     }
 
@@ -307,5 +386,23 @@ mod tests {
         );
         let v = serde_json::to_value(&out).expect("json");
         assert_eq!(v["result"], "already_installed");
+    }
+
+    #[test]
+    fn only_a_verdict_on_the_bytes_refuses_them() {
+        let mut o = Outcome::new("a.test");
+        o.reject("the private key does not match".into());
+        assert_eq!(o.settlement(), Settlement::Refused);
+        o.result = ResultKind::RolledBack;
+        assert_eq!(
+            o.settlement(),
+            Settlement::Refused,
+            "failed probe of the new leaf"
+        );
+        o.retry_because(Retryable::ConfigTest);
+        o.retry_because(Retryable::Reload);
+        assert_eq!(o.settlement(), Settlement::Retry(Retryable::ConfigTest));
+        o.result = ResultKind::Verified;
+        assert_eq!(o.settlement(), Settlement::Done);
     }
 }

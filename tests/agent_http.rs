@@ -294,6 +294,9 @@ fn bearer_token_and_client_certificate_are_presented() {
     src.require_token("s3cret-token");
     let token = w.dir.path().join("token");
     fs::write(&token, "s3cret-token\n").expect("token");
+    // A secret readable by root only (a world-readable one is refused).
+    fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod token");
     let (client_cert, client_key) = pki::write(w.dir.path(), "agent", &agent_leaf);
     let extra = format!(
         "token_file = {}\nclient_cert = {}\nclient_key = {}\n",

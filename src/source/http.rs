@@ -15,12 +15,21 @@
 //!    under fixed names into the pass's private work directory.
 //!
 //! A 5xx, a timeout, a truncated body or a checksum mismatch is *transient*:
-//! logged, counted, and retried on a later pass with backoff (the ETag is
-//! not remembered, so the next GET is a full one). The old cert stays.
+//! logged, counted, and retried with backoff (30 s, doubling, at most the
+//! agent's interval; the ETag is not remembered, so the next GET is a full
+//! one). The old cert stays. A bundle that the environment kept from being
+//! installed (config test, reload, disk, clock: [`crate::report::Settlement`])
+//! waits the same way; only a verdict on its bytes refuses it.
+//!
+//! Secrets: the token file and the client key must be readable by root
+//! only, the CA file and client certificate writable by root only
+//! ([`crate::owner`]); otherwise the source is skipped with the reason.
+//! A URL is printed only through [`crate::redact`] (no user info, no
+//! query), and reqwest errors are stripped of theirs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
@@ -28,14 +37,17 @@ use serde::{Deserialize, Serialize};
 use crate::cert::sha256_hex;
 use crate::config::{Config, HttpSource};
 use crate::fsio::{self, Perms};
+use crate::redact;
 use crate::source::{Candidate, WorkDir, installed_leaf_sha256, leaf_of, write_part};
 
 /// The manifest may be at most this large.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 /// Each downloaded file may be at most this large (DESIGN.md step 1).
 pub const MAX_FILE_BYTES: u64 = crate::bundle::MAX_FILE_BYTES;
-/// Backoff after consecutive failed passes: skip this many passes at most.
-const MAX_SKIPPED_PASSES: u32 = 7;
+/// First wait after a failure; it doubles up to the agent's interval.
+pub const RETRY_FIRST: Duration = Duration::from_secs(30);
+/// Largest secret file read (token, client key).
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
 /// The rollout bucket of `site` on this host, in 0..100: the first four
 /// bytes of SHA-256(`"{host_id}/{site}"`) as a big-endian u32, mod 100.
@@ -85,13 +97,20 @@ struct Rollout {
 pub struct HttpState {
     /// ETag of the last manifest handled completely.
     pub etag: Option<String>,
-    /// Consecutive passes that failed.
+    /// Consecutive fetches (or bundles of them) that must be retried.
     pub failures: u32,
-    /// Passes still to skip (backoff).
-    pub skip: u32,
-    /// Bundles (site, cert_sha256) that were rejected or rolled back: not
-    /// tried again until the manifest offers other bytes.
+    /// Not before this time again (backoff); None = at the next pass.
+    pub retry_at: Option<SystemTime>,
+    /// Bundles (site, cert_sha256) refused by a verdict on their bytes:
+    /// not tried again until the manifest offers other bytes.
     pub refused: HashSet<(String, String)>,
+    /// Sites whose bundle waits for a retry, with the reason (the
+    /// `reason` label of `certswap_bundle_waiting`) and the sentence.
+    pub waiting: HashMap<String, (&'static str, String)>,
+    /// This pass's fetch failed (network, 5xx…): back off.
+    pub fetch_failed: bool,
+    /// The earliest notBefore of a waiting certificate not valid yet.
+    pub not_before: Option<SystemTime>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -140,25 +159,32 @@ impl HttpState {
         }
     }
 
-    /// Backoff: whether this pass should leave the source alone.
-    pub fn should_skip(&mut self) -> bool {
-        if self.skip > 0 {
-            self.skip -= 1;
-            return true;
-        }
-        false
+    /// Backoff: whether the source may be fetched at `now`.
+    pub fn due(&self, now: SystemTime) -> bool {
+        self.retry_at.is_none_or(|t| t <= now)
     }
 
-    /// A pass failed: skip 0, 1, 3, 7, 7… of the following passes.
-    pub fn failed(&mut self) {
-        self.failures += 1;
-        self.skip = (1u32 << self.failures.saturating_sub(1).min(3)) - 1;
-        self.skip = self.skip.min(MAX_SKIPPED_PASSES);
+    /// Something must be retried: wait 30 s, 60 s, 120 s… but never more
+    /// than `interval` (a full pass would come then anyway). Returns the
+    /// wait.
+    pub fn failed(&mut self, now: SystemTime, interval: Duration) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = self.failures.saturating_sub(1).min(16);
+        let wait = RETRY_FIRST
+            .saturating_mul(1u32 << doublings)
+            .min(interval.max(Duration::from_secs(1)));
+        self.retry_at = Some(now + wait);
+        wait
+    }
+
+    /// Retry no later than `t` (a certificate that becomes valid then).
+    pub fn retry_by(&mut self, t: SystemTime) {
+        self.retry_at = Some(self.retry_at.map_or(t, |r| r.min(t)));
     }
 
     pub fn succeeded(&mut self) {
         self.failures = 0;
-        self.skip = 0;
+        self.retry_at = None;
     }
 }
 
@@ -167,6 +193,9 @@ impl HttpState {
 pub struct HttpCandidate {
     pub candidate: Candidate,
     pub cert_sha256: String,
+    /// The leaf's notBefore, when it could be read: a certificate not
+    /// valid yet is tried again right then.
+    pub not_before: Option<SystemTime>,
 }
 
 /// What one fetch found.
@@ -178,13 +207,15 @@ pub struct Fetched {
     /// ETag of this manifest: remember it once the candidates are handled,
     /// if `transient` stays empty.
     pub etag: Option<String>,
-    /// Problems worth retrying (network, 5xx, checksum): one sentence each.
-    pub transient: Vec<String>,
+    /// Problems worth retrying (network, 5xx, checksum): the site and one
+    /// sentence each.
+    pub transient: Vec<(String, String)>,
     /// Problems of the manifest itself that only a new manifest fixes.
     pub permanent: Vec<String>,
 }
 
-/// Why a fetch could not even read the manifest.
+/// Why a fetch could not even read the manifest. Every message names
+/// URLs only as [`redact::url`] prints them.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
@@ -194,6 +225,11 @@ pub enum FetchError {
     /// The source is misconfigured or the manifest is unusable.
     #[error("{0}")]
     Permanent(String),
+    /// A file of the source's config (token, client key, CA, client
+    /// certificate) may have been read or written by another user: the
+    /// source is skipped until it is fixed.
+    #[error("{0}")]
+    Unsafe(#[from] crate::owner::OwnerError),
 }
 
 /// Steps 1–5 of the module doc for one source.
@@ -206,8 +242,10 @@ pub async fn fetch(
 ) -> Result<Fetched, FetchError> {
     let base = Url::parse(&src.url)
         .map_err(|e| FetchError::Permanent(format!("{}: not a URL: {e}", src.name)))?;
-    let client = client(src)?;
+    // What messages call the manifest: no user info, no query.
+    let shown = redact::url(&base);
     let token = token(src)?;
+    let client = client(src)?;
 
     // 1. the manifest, conditional on the last complete one.
     let mut req = client.get(base.clone());
@@ -217,7 +255,7 @@ pub async fn fetch(
     if let Some(t) = &token {
         req = req.bearer_auth(t);
     }
-    let got = get_limited(req, &base, MAX_MANIFEST_BYTES).await?;
+    let got = get_limited(req, &shown, MAX_MANIFEST_BYTES).await?;
     if got.status == StatusCode::NOT_MODIFIED {
         return Ok(Fetched {
             not_modified: true,
@@ -226,11 +264,11 @@ pub async fn fetch(
         });
     }
     let manifest: Manifest = serde_json::from_slice(&got.body).map_err(|e| {
-        FetchError::Permanent(format!("{base}: the manifest is not valid JSON: {e}"))
+        FetchError::Permanent(format!("{shown}: the manifest is not valid JSON: {e}"))
     })?;
     if manifest.version != 1 {
         return Err(FetchError::Permanent(format!(
-            "{base}: manifest version {} is not supported (expected 1)",
+            "{shown}: manifest version {} is not supported (expected 1)",
             manifest.version
         )));
     }
@@ -257,7 +295,7 @@ pub async fn fetch(
         let percent = rollout.and_then(|r| r.percent).unwrap_or(100);
         if percent > 100 {
             out.permanent.push(format!(
-                "{base}: bundle for {}: rollout.percent {percent} is above 100",
+                "{shown}: bundle for {}: rollout.percent {percent} is above 100",
                 site.name
             ));
             continue;
@@ -272,7 +310,7 @@ pub async fn fetch(
         }
         let Some(cert_sha) = b.cert_sha256.as_deref().map(normalize_hex) else {
             out.permanent.push(format!(
-                "{base}: bundle for {} has no cert_sha256; refusing to install unchecked bytes",
+                "{shown}: bundle for {} has no cert_sha256; refusing to install unchecked bytes",
                 site.name
             ));
             continue;
@@ -287,8 +325,8 @@ pub async fn fetch(
         match bundle(&client, token.as_deref(), &base, b, &cert_sha, site, work).await {
             Ok(Some(c)) => out.candidates.push(c),
             Ok(None) => {}
-            Err(FetchError::Transient(why)) => out.transient.push(why),
-            Err(FetchError::Permanent(why)) => out.permanent.push(why),
+            Err(FetchError::Transient(why)) => out.transient.push((site.name.clone(), why)),
+            Err(e) => out.permanent.push(e.to_string()),
         }
     }
     Ok(out)
@@ -304,7 +342,7 @@ async fn bundle(
     site: &crate::config::Site,
     work: &WorkDir,
 ) -> Result<Option<HttpCandidate>, FetchError> {
-    let for_site = |why: String| format!("{base}: bundle for {}: {why}", site.name);
+    let for_site = |why: String| format!("{}: bundle for {}: {why}", redact::url(base), site.name);
     let want = |field: &str, path: &Option<String>, sha: &Option<String>| match (path, sha) {
         (None, _) => Ok(None),
         (Some(p), Some(s)) => Ok(Some((p.clone(), normalize_hex(s)))),
@@ -326,6 +364,7 @@ async fn bundle(
         tracing::info!(site = %site.name, "the manifest's certificate is installed already");
         return Ok(None);
     }
+    let not_before = leaf.as_ref().map(|l| SystemTime::from(l.not_before));
     let mut parts = vec![("cert.pem", cert_bytes, cert_url)];
     for (fixed, part) in [("key.pem", key), ("chain.pem", chain)] {
         if let Some((rel, sha)) = part {
@@ -350,7 +389,7 @@ async fn bundle(
         let p = write_part(&dir, fixed, &bytes).map_err(|e| {
             FetchError::Transient(format!("cannot write to the private work directory: {e}"))
         })?;
-        c.display.push((p.clone(), url.to_string()));
+        c.display.push((p.clone(), redact::url(&url)));
         match fixed {
             "cert.pem" => c.cert = p,
             "key.pem" => c.key = Some(p),
@@ -360,6 +399,7 @@ async fn bundle(
     Ok(Some(HttpCandidate {
         candidate: c,
         cert_sha256: cert_sha.to_string(),
+        not_before,
     }))
 }
 
@@ -394,12 +434,15 @@ pub fn resolve(base: &Url, rel: &str) -> Result<Url, String> {
         && url.password() == base.password();
     if !same_origin {
         return Err(format!(
-            "the path {rel:?} points to another host or scheme ({url}); bundles must come from the manifest's host"
+            "the path {:?} points to another host or scheme ({}); bundles must come from the manifest's host",
+            redact::url_str(rel),
+            redact::url(&url)
         ));
     }
     if !url.path().starts_with(dir) {
         return Err(format!(
-            "the path {rel:?} leaves the manifest's directory {dir}"
+            "the path {:?} leaves the manifest's directory {dir}",
+            redact::url_str(rel)
         ));
     }
     Ok(url)
@@ -416,17 +459,18 @@ async fn download(
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let got = get_limited(req, url, MAX_FILE_BYTES).await?;
+    let shown = redact::url(url);
+    let got = get_limited(req, &shown, MAX_FILE_BYTES).await?;
     if got.status != StatusCode::OK {
         return Err(FetchError::Permanent(format!(
-            "{url}: answered {} where the file was expected",
+            "{shown}: answered {} where the file was expected",
             got.status
         )));
     }
     let have = sha256_hex(&got.body);
     if have != sha {
         return Err(FetchError::Transient(format!(
-            "{url}: the download's sha256 is {have}, not the manifest's {sha}; it was not used"
+            "{shown}: the download's sha256 is {have}, not the manifest's {sha}; it was not used"
         )));
     }
     Ok(got.body)
@@ -440,15 +484,16 @@ struct Got {
 
 /// Send `req`, read at most `limit` bytes of a 200 body. 304 is returned
 /// as is; 5xx and transport errors are transient; other statuses are not.
+/// `url` is the redacted URL, for messages.
 async fn get_limited(
     req: reqwest::RequestBuilder,
-    url: &Url,
+    url: &str,
     limit: u64,
 ) -> Result<Got, FetchError> {
     let mut resp = req
         .send()
         .await
-        .map_err(|e| FetchError::Transient(format!("{url}: {}", describe(&e))))?;
+        .map_err(|e| FetchError::Transient(format!("{url}: {}", redact::reqwest_error(e))))?;
     let status = resp.status();
     if status == StatusCode::NOT_MODIFIED {
         return Ok(Got {
@@ -495,32 +540,12 @@ async fn get_limited(
                 return Err(FetchError::Transient(format!(
                     "{url}: the body could not be read completely ({} bytes arrived): {}",
                     body.len(),
-                    describe(&e)
+                    redact::reqwest_error(e)
                 )));
             }
         }
     }
     Ok(Got { status, etag, body })
-}
-
-/// A reqwest error with its causes, one line ("timed out", "connection
-/// reset", "certificate unknown issuer"…).
-fn describe(e: &reqwest::Error) -> String {
-    let mut msg = if e.is_timeout() {
-        "timed out".to_string()
-    } else {
-        e.to_string()
-    };
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        src = s.source();
-    }
-    msg
 }
 
 fn normalize_hex(s: &str) -> String {
@@ -530,17 +555,13 @@ fn normalize_hex(s: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// The bearer token, read fresh each pass so a rotated token is picked up.
+/// The bearer token, read fresh each pass so a rotated token is picked
+/// up; refused when another user may read or write it.
 fn token(src: &HttpSource) -> Result<Option<String>, FetchError> {
     let Some(path) = &src.token_file else {
         return Ok(None);
     };
-    let bytes = fsio::read_limited(path, 64 * 1024).map_err(|e| {
-        FetchError::Permanent(format!(
-            "{}: cannot read the token file: {e}",
-            path.display()
-        ))
-    })?;
+    let bytes = read_checked("token file", path, MAX_SECRET_BYTES, true)?;
     let t = String::from_utf8(bytes)
         .map_err(|_| FetchError::Permanent(format!("{}: the token is not UTF-8", path.display())))?
         .trim()
@@ -560,11 +581,7 @@ fn token(src: &HttpSource) -> Result<Option<String>, FetchError> {
 fn client(src: &HttpSource) -> Result<reqwest::Client, FetchError> {
     // reqwest panics at build time without a process-wide provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let read = |p: &Path, what: &str| {
-        fsio::read_limited(p, MAX_FILE_BYTES).map_err(|e| {
-            FetchError::Permanent(format!("{}: cannot read the {what}: {e}", p.display()))
-        })
-    };
+    let read = |p: &Path, what: &'static str| read_checked(what, p, MAX_FILE_BYTES, false);
     let mut b = reqwest::Client::builder()
         .timeout(src.timeout)
         .connect_timeout(src.timeout.min(Duration::from_secs(10)))
@@ -585,7 +602,7 @@ fn client(src: &HttpSource) -> Result<reqwest::Client, FetchError> {
         b = b.tls_certs_only(certs);
     }
     if let (Some(cert), Some(key)) = (&src.client_cert, &src.client_key) {
-        let mut pem = read(key, "client key")?;
+        let mut pem = read_checked("client key", key, MAX_SECRET_BYTES, true)?;
         pem.push(b'\n');
         pem.extend(read(cert, "client certificate")?);
         let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
@@ -601,8 +618,41 @@ fn client(src: &HttpSource) -> Result<reqwest::Client, FetchError> {
         FetchError::Permanent(format!(
             "{}: cannot set up the HTTPS client: {}",
             src.name,
-            describe(&e)
+            redact::reqwest_error(e)
         ))
+    })
+}
+
+/// Read a file of the source's config through [`crate::owner`]: a secret
+/// (token, client key) readable by root only, the others (CA file, client
+/// certificate) writable by root only, never through a symlink. A file that
+/// is merely missing or unreadable is a config problem (`Permanent`); one
+/// another user may have read or changed is `Unsafe`.
+fn read_checked(
+    what: &'static str,
+    path: &Path,
+    limit: u64,
+    secret: bool,
+) -> Result<Vec<u8>, FetchError> {
+    use crate::owner::{self, OwnerError};
+    let r = if secret {
+        owner::read_secret(what, path, limit)
+    } else {
+        // A CA file is often a symlink (/etc/ssl/certs/NAME.pem): follow it
+        // only when the directory holding the link is trusted too, then
+        // check the file it names.
+        owner::trusted_dir(what, &fsio::parent_of(path)).and_then(|()| {
+            let real = std::fs::canonicalize(path).map_err(|source| OwnerError::Io {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })?;
+            owner::read_trusted(what, &real, limit)
+        })
+    };
+    r.map_err(|e| match e {
+        OwnerError::Io { .. } | OwnerError::TooLarge { .. } => FetchError::Permanent(e.to_string()),
+        other => FetchError::Unsafe(other),
     })
 }
 
@@ -653,15 +703,18 @@ mod tests {
     }
 
     #[test]
-    fn backoff_skips_more_passes_each_time() {
+    fn backoff_doubles_from_30_seconds_up_to_the_interval() {
         let mut s = HttpState::default();
-        let mut skipped = Vec::new();
-        for _ in 0..5 {
-            s.failed();
-            skipped.push(s.skip);
-        }
-        assert_eq!(skipped, vec![0, 1, 3, 7, 7]);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let interval = Duration::from_secs(900);
+        let waits: Vec<u64> = (0..7).map(|_| s.failed(now, interval).as_secs()).collect();
+        assert_eq!(waits, vec![30, 60, 120, 240, 480, 900, 900]);
+        assert!(!s.due(now));
+        assert!(s.due(now + interval));
+        s.retry_by(now + Duration::from_secs(5));
+        assert_eq!(s.retry_at, Some(now + Duration::from_secs(5)));
         s.succeeded();
-        assert!(!s.should_skip());
+        assert!(s.due(now));
+        assert_eq!(s.failures, 0);
     }
 }
