@@ -316,6 +316,15 @@ fn note_result(
             .unwrap_or_else(|| "the certificate was not installed".into()),
         Err(e) => e.to_string(),
     };
+    // The renewal is the installed certificate (refused as not proven
+    // served, say): nothing is waiting, so there is nothing to record, and
+    // the refusal's "nothing was changed" holds for the state dir too.
+    let installed = crate::bundle::read_certs(&site.cert)
+        .ok()
+        .and_then(|c| c.into_iter().next());
+    if installed.is_some_and(|c| c.sha256 == leaf.sha256) {
+        return;
+    }
     let record = HookFailure {
         site: site.name.clone(),
         at: crate::cert::rfc3339(time::OffsetDateTime::now_utc()),

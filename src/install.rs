@@ -314,10 +314,24 @@ fn is_installed(
 /// rule about the bundle (certbot's `live/` links are the usual case, and
 /// "not later than the installed one" would hide it).
 pub fn symlinked_target(site: &Site) -> Option<InstallError> {
+    // A file an ACME client owns (certbot's live/ link, acme.sh's dir) is
+    // refused in both modes, with adopt as the fix: managed mode would
+    // re-point certbot's own links and break its next renewal.
+    let targets = site_targets(site);
+    if let Some((path, a)) = targets
+        .iter()
+        .find_map(|(_, p)| crate::discover::acme::classify(p).map(|a| (p.clone(), a)))
+    {
+        return Some(InstallError::Store(StoreError::AcmeOwned {
+            path,
+            why: a.why(),
+            site: site.name.clone(),
+        }));
+    }
     if site.mode != Mode::InPlace {
         return None;
     }
-    site_targets(site).into_iter().find_map(|(_, path)| {
+    targets.into_iter().find_map(|(_, path)| {
         let meta = std::fs::symlink_metadata(&path).ok()?;
         if !meta.file_type().is_symlink() {
             return None;
