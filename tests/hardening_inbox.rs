@@ -490,7 +490,7 @@ fn an_install_the_environment_broke_stays_in_the_inbox_and_is_retried() {
     let log = text(&out.stderr);
     assert!(out.status.success(), "{log}");
     before.check(&w, &log);
-    assert!(log.contains("left in the inbox to be retried"), "{log}");
+    assert!(log.contains("it stays in the inbox, trying again"), "{log}");
     assert!(w.stamps("failed").is_empty(), "{log}");
     assert_eq!(w.inbox_files(), vec!["a.test.key", "a.test.pem"]);
 
@@ -516,7 +516,7 @@ fn a_certificate_not_valid_yet_stays_in_the_inbox() {
     assert!(out.status.success(), "{log}");
     before.check(&w, &log);
     assert!(log.contains("is not valid yet"), "{log}");
-    assert!(log.contains("left in the inbox to be retried"), "{log}");
+    assert!(log.contains("it stays in the inbox, trying again"), "{log}");
     assert!(w.stamps("failed").is_empty(), "{log}");
     assert_eq!(w.inbox_files(), vec!["a.test.key", "a.test.pem"]);
 }
