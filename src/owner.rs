@@ -201,6 +201,12 @@ fn lstat(what: &'static str, path: &Path) -> Result<Metadata, OwnerError> {
 /// ("state dir", "inbox").
 pub fn trusted_dir(what: &'static str, path: &Path) -> Result<(), OwnerError> {
     let meta = lstat(what, path)?;
+    trusted_dir_meta(what, path, &meta)?;
+    ancestors_trusted(what, path)
+}
+
+/// `meta` (from an lstat) is a real directory only root can change.
+fn trusted_dir_meta(what: &'static str, path: &Path, meta: &Metadata) -> Result<(), OwnerError> {
     if meta.file_type().is_symlink() {
         return Err(OwnerError::Symlink {
             what,
@@ -212,12 +218,11 @@ pub fn trusted_dir(what: &'static str, path: &Path) -> Result<(), OwnerError> {
         return Err(OwnerError::Kind {
             what,
             path: path.to_path_buf(),
-            found: kind_of(&meta),
+            found: kind_of(meta),
             kind: "directory",
         });
     }
-    owner_and_mode(what, path, &meta, path)?;
-    ancestors_trusted(what, path)
+    owner_and_mode(what, path, meta, path)
 }
 
 /// `meta` (from an lstat or an fstat of an open file) is a regular file
@@ -364,22 +369,7 @@ pub fn trusted_subdir(what: &'static str, path: &Path) -> Result<bool, OwnerErro
             });
         }
     };
-    if meta.file_type().is_symlink() {
-        return Err(OwnerError::Symlink {
-            what,
-            path: path.to_path_buf(),
-            kind: "directory",
-        });
-    }
-    if !meta.is_dir() {
-        return Err(OwnerError::Kind {
-            what,
-            path: path.to_path_buf(),
-            found: kind_of(&meta),
-            kind: "directory",
-        });
-    }
-    owner_and_mode(what, path, &meta, path)?;
+    trusted_dir_meta(what, path, &meta)?;
     Ok(true)
 }
 
