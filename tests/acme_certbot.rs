@@ -334,3 +334,110 @@ fn the_agent_watching_a_certbot_store_installs_a_renewal_that_ran_without_any_ho
         .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", daemon.log()));
     assert_eq!(leaf_of(&w.cert), second);
 }
+
+/// certbot's hook, run again on the lineage it already installed (a retry
+/// after a partial failure, a second `--deploy-hook` in a cron job): exit 0,
+/// "already installed and served", no reload, not one byte changed.
+#[test]
+fn the_deploy_hook_run_again_on_a_real_lineage_is_already_installed_with_no_reload() {
+    let w = world();
+    let cb = certbot();
+    let env = hook_env(&w);
+    let hook = deploy_hook_command();
+    let o = cb.certonly(&[SITE, ALIAS], &["--deploy-hook", &hook], &env);
+    assert!(o.status.success(), "certonly: {}", out(&o));
+    let issued = leaf_of(&cb.live(SITE).join("fullchain.pem"));
+    assert_served(&w, &issued);
+
+    let support::world::Server::Nginx(nginx) = &w.server else {
+        unreachable!("world() is nginx")
+    };
+    nginx.log_reloads();
+    let reloads = nginx.reloads();
+    let before = w.snapshot();
+    let lineage = cb.live(SITE);
+    let domains = format!("{SITE} {ALIAS}");
+    for _ in 0..2 {
+        let o = w.run_env(
+            &["deploy-hook"],
+            &[
+                ("RENEWED_LINEAGE", path(&lineage)),
+                ("RENEWED_DOMAINS", &domains),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+        assert!(
+            out(&o).contains("already installed and served"),
+            "{}",
+            out(&o)
+        );
+    }
+    assert_eq!(nginx.reloads(), reloads, "no reload");
+    assert_eq!(w.snapshot(), before, "nothing written");
+    assert_served(&w, &issued);
+}
+
+/// A site that nginx and certswap both point at certbot's `live/` links
+/// (what certbot's docs tell people to configure): `adopt --apply` moves it
+/// onto certswap's own copies with the same leaf served, and certbot's next
+/// renewal then goes through the hook as an in-place install.
+#[test]
+fn adopt_apply_moves_a_site_off_a_real_certbot_lineage_and_renewals_follow() {
+    let w = world();
+    let cb = certbot();
+    let env = hook_env(&w);
+    let o = cb.certonly(&[SITE, ALIAS], &[], &env);
+    assert!(o.status.success(), "certonly: {}", out(&o));
+    let live = cb.live(SITE);
+    let (fullchain, privkey) = (live.join("fullchain.pem"), live.join("privkey.pem"));
+    let issued = leaf_of(&fullchain);
+
+    // nginx and certswap.toml both read live/ now.
+    let conf = w.server.conf_path();
+    let nginx_conf = std::fs::read_to_string(&conf).expect("read nginx.conf");
+    assert!(nginx_conf.contains(path(&w.cert)) && nginx_conf.contains(path(&w.key)));
+    w.server.set_config(
+        &nginx_conf
+            .replace(path(&w.cert), path(&fullchain))
+            .replace(path(&w.key), path(&privkey)),
+    );
+    let support::world::Server::Nginx(nginx) = &w.server else {
+        unreachable!("world() is nginx")
+    };
+    nginx
+        .reload_and_wait(Duration::from_secs(10))
+        .expect("reload onto live/");
+    assert_served(&w, &issued);
+    let toml = std::fs::read_to_string(&w.config).expect("read config");
+    let on_live = toml
+        .replace(
+            &support::toml_path(&w.cert),
+            &support::toml_path(&fullchain),
+        )
+        .replace(&support::toml_path(&w.key), &support::toml_path(&privkey));
+    assert!(on_live.contains(path(&live)), "{on_live}");
+    std::fs::write(&w.config, on_live).expect("write config");
+
+    // discover marks it; adopt moves it.
+    let o = w.run(&["discover"]);
+    assert!(
+        out(&o).contains("certbot's live/ symlink") && out(&o).contains("certswap adopt"),
+        "{}",
+        out(&o)
+    );
+    let o = w.run(&["adopt", "--site", SITE, "--apply"]);
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_served(&w, &issued);
+    let adopted = std::fs::read_to_string(&conf).expect("read nginx.conf");
+    assert!(!adopted.contains(path(&live)), "{adopted}");
+    let cfg = std::fs::read_to_string(&w.config).expect("read config");
+    assert!(!cfg.contains(path(&live)), "{cfg}");
+
+    // certbot's next renewal: through the hook, in place, served.
+    let hook = deploy_hook_command();
+    let o = cb.renew(&["--deploy-hook", &hook], &env);
+    assert!(o.status.success(), "renew: {}", out(&o));
+    let renewed = leaf_of(&fullchain);
+    assert_ne!(renewed, issued, "certbot renewed");
+    assert_served(&w, &renewed);
+}
