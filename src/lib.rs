@@ -20,7 +20,8 @@
 //! - [`batch`]     many sites in one go: one config test, one reload.
 //! - [`status`]    every site at a glance: days left, state, drift.
 //! - [`agent`]     the daemon loop: sources, batches, expiry and drift watch.
-//! - [`source`]    where the agent's bundles come from: inbox dir, HTTPS manifest.
+//! - [`source`]    where the agent's bundles come from: inbox dir, HTTPS manifest,
+//!                 certbot lineages and acme.sh domain dirs.
 //! - [`metrics`]   the agent's Prometheus metrics and its `/metrics` responder.
 //! - [`hook`]      certbot / acme.sh deploy hook.
 //! - [`report`]    text and JSON output of results.
