@@ -330,9 +330,7 @@ fn sources_cmd(config: &Path, a: &crate::cli::SourcesArgs) -> CmdResult {
             SourceConfig::Acme(acme) => {
                 let rows = waiting
                     .iter()
-                    .filter(|w| {
-                        w.source.starts_with(&acme.client.to_string())
-                    })
+                    .filter(|w| w.source.starts_with(&acme.client.to_string()))
                     .map(|w| crate::source::cloud::PlanRow {
                         source: acme.name.clone(),
                         kind: "acme",
@@ -340,7 +338,8 @@ fn sources_cmd(config: &Path, a: &crate::cli::SourcesArgs) -> CmdResult {
                         certificate_id: Some(w.source.clone()),
                         not_after: Some(crate::cert::rfc3339(w.not_after)),
                         install: true,
-                        why: "the ACME client holds a newer certificate than the installed one".into(),
+                        why: "the ACME client holds a newer certificate than the installed one"
+                            .into(),
                     })
                     .collect();
                 ("acme", rows, None)

@@ -195,6 +195,8 @@ pub async fn list(
 ) -> Result<Vec<Issued>, CloudError> {
     let mut out = Vec::new();
     let mut page = 1u64;
+    // Counted from what arrived: the server may cap ShowSize lower.
+    let mut seen = 0u64;
     loop {
         let params = [
             ("OrderType", "CERT".to_string()),
@@ -246,7 +248,8 @@ pub async fn list(
                 sm2,
             });
         }
-        if n == 0 || page * PAGE >= total {
+        seen += n;
+        if n == 0 || seen >= total || page >= cloud::MAX_PAGES {
             break;
         }
         page += 1;

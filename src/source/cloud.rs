@@ -30,6 +30,9 @@ const MAX_SECRET_BYTES: u64 = 4096;
 pub const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
 /// Throttling answers are retried this many times, waiting 1 s, 2 s, 4 s.
 const THROTTLE_RETRIES: u32 = 3;
+/// A list is read at most this many pages deep (a vendor answering the
+/// same page forever must not hold the pass).
+pub const MAX_PAGES: u64 = 200;
 
 /// Why a vendor source could not be read (or one certificate not used).
 #[derive(Debug, thiserror::Error)]

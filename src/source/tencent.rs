@@ -157,6 +157,7 @@ pub async fn list(
 ) -> Result<Vec<Issued>, CloudError> {
     let mut out = Vec::new();
     let mut offset = 0u64;
+    let mut pages = 0u64;
     loop {
         let body = serde_json::json!({"Offset": offset, "Limit": PAGE, "CertificateStatus": [1]});
         let resp = call(src, http, secret, "DescribeCertificates", &body).await?;
@@ -204,7 +205,8 @@ pub async fn list(
             });
         }
         offset += n;
-        if n == 0 || offset >= total {
+        pages += 1;
+        if n == 0 || offset >= total || pages >= cloud::MAX_PAGES {
             break;
         }
     }
