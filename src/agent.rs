@@ -715,14 +715,13 @@ impl Agent {
         } else {
             self.metrics.source_error(&c.name);
         }
-        for (candidate, sha, id) in scan.found {
+        for (candidate, _sha, id) in scan.found {
             tracing::info!(source = %c.name, site = %candidate.site, certificate = %id, "the vendor holds a newer certificate than the installed one");
             pending.push(Pending {
                 candidate,
                 origin: Origin::Cloud {
                     source: c.clone(),
                     id,
-                    cert_sha256: sha,
                 },
             });
         }
@@ -1326,8 +1325,6 @@ enum Origin {
         source: CloudSource,
         /// The vendor's certificate id.
         id: String,
-        #[allow(dead_code)]
-        cert_sha256: String,
     },
     /// A certbot lineage / acme.sh domain dir.
     Acme {

@@ -14,7 +14,7 @@ mod vendor_api;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ struct Setup {
     secret_file: PathBuf,
 }
 
-fn source_toml(api: &VendorApi, kind: Api, secret_file: &PathBuf, agent_extra: &str) -> String {
+fn source_toml(api: &VendorApi, kind: Api, secret_file: &Path, agent_extra: &str) -> String {
     let (k, id, file) = match kind {
         Api::Tencent => ("tencent-ssl", "secret_id", "secret_key_file"),
         Api::Aliyun => ("aliyun-cas", "access_key_id", "access_key_secret_file"),
@@ -348,4 +348,50 @@ fn a_secret_file_others_can_read_skips_the_source_before_any_request() {
     assert!(s.api.calls().is_empty(), "{:?}", s.api.calls());
     assert_eq!(s.w.served(SITE), s.w.site(SITE).old.sha256);
     assert_no_secrets("the trace log", &log, &[]);
+}
+
+#[test]
+fn a_certificate_without_its_key_is_installed_when_it_matches_the_installed_key() {
+    let s = setup(Api::Aliyun);
+    let installed_key = s.w.site(SITE).old.key_pem.clone();
+    // Own CSR: the vendor holds no key; the renewal was issued for the key
+    // on the server.
+    let renewal =
+        s.w.ca
+            .leaf(&[SITE])
+            .days(-1, 385)
+            .key(&installed_key)
+            .build();
+    let mut fake = FakeCert::of("401", &renewal);
+    fake.key_pem = None;
+    s.api.add(fake);
+    let (out, log) = run_traced(&s.w);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(s.w.served(SITE), renewal.sha256, "{log}");
+    assert_no_secrets("the trace log", &log, &[&installed_key]);
+
+    // Without its key and for another key: refused, says which key.
+    let s = setup(Api::Aliyun);
+    let stranger = s.w.renewed(SITE);
+    let mut fake = FakeCert::of("402", &stranger);
+    fake.key_pem = None;
+    s.api.add(fake);
+    let (_, log) = run_traced(&s.w);
+    assert!(log.contains("the installed key does not belong"), "{log}");
+    assert_eq!(s.w.served(SITE), s.w.site(SITE).old.sha256);
+}
+
+#[test]
+fn an_sm2_certificate_is_refused_with_a_sentence_saying_so() {
+    let s = setup(Api::Tencent);
+    let mut fake = FakeCert::of("tc-sm2", &s.w.renewed(SITE));
+    fake.sm2 = true;
+    s.api.add(fake);
+    let row = site_row(&sources_json(&s.w));
+    assert_eq!(row["install"], false, "{row}");
+    assert!(row["why"].as_str().unwrap_or("").contains("SM2"), "{row}");
+    let (_, log) = run_traced(&s.w);
+    assert!(log.contains("SM2"), "{log}");
+    assert!(s.api.actions().iter().all(|a| !a.contains("Detail")));
+    assert_eq!(s.w.served(SITE), s.w.site(SITE).old.sha256);
 }

@@ -37,6 +37,8 @@ pub struct FakeCert {
     pub cert_pem: String,
     /// None: the key was never uploaded (own CSR).
     pub key_pem: Option<String>,
+    /// Listed as an SM2 (Chinese national algorithm) certificate.
+    pub sm2: bool,
 }
 
 impl FakeCert {
@@ -47,6 +49,7 @@ impl FakeCert {
             not_after: leaf.not_after,
             cert_pem: leaf.fullchain_pem(),
             key_pem: Some(leaf.key_pem.clone()),
+            sm2: false,
         }
     }
 }
@@ -444,7 +447,7 @@ fn answer(
                 .map(|c| {
                     json!({
                         "CertificateId": c.id, "Domain": c.names[0], "SubjectAltName": c.names,
-                        "CertEndTime": beijing(c.not_after), "Status": 1, "EncryptAlgorithm": "ECC",
+                        "CertEndTime": beijing(c.not_after), "Status": 1, "EncryptAlgorithm": if c.sm2 { "SM2" } else { "ECC" },
                     })
                 })
                 .collect();
@@ -480,7 +483,7 @@ fn answer(
                     json!({
                         "CertificateId": c.id.parse::<u64>().unwrap_or(0), "CommonName": c.names[0],
                         "Sans": c.names.join(","), "CertEndTime": c.not_after.unix_timestamp() * 1000,
-                        "Status": "ISSUED", "Algorithm": "ECC",
+                        "Status": "ISSUED", "Algorithm": if c.sm2 { "SM2" } else { "ECC" },
                     })
                 })
                 .collect();
