@@ -349,11 +349,16 @@ fn sources_cmd(config: &Path, a: &crate::cli::SourcesArgs) -> CmdResult {
         };
         out.push((s.name().to_string(), kind, rows, error));
     }
+    // An inbox or a manifest is judged when a bundle arrives: not previewed.
+    let previewed = |kind: &str| !matches!(kind, "inbox" | "http");
     if a.json {
         let v: Vec<serde_json::Value> = out
             .iter()
             .map(|(name, kind, rows, error)| {
-                serde_json::json!({"source": name, "kind": kind, "error": error, "sites": rows})
+                serde_json::json!({
+                    "source": name, "kind": kind, "previewed": previewed(kind),
+                    "error": error, "sites": rows,
+                })
             })
             .collect();
         println!("{}", serde_json::json!({ "sources": v }));
@@ -363,7 +368,9 @@ fn sources_cmd(config: &Path, a: &crate::cli::SourcesArgs) -> CmdResult {
             if let Some(e) = error {
                 println!("  cannot be read: {e}");
             }
-            if rows.is_empty() && error.is_none() {
+            if !previewed(kind) {
+                println!("  not previewed: its bundles are checked when they arrive");
+            } else if rows.is_empty() && error.is_none() {
                 println!("  nothing to install now");
             }
             for r in rows {

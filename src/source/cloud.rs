@@ -684,6 +684,56 @@ mod tests {
         assert!(!i.covers("example.com"));
     }
 
+    fn parse(extra: &str) -> Result<Config, String> {
+        let t = format!(
+            "state_dir = \"/tmp/st\"\n[server]\nkind = \"nginx\"\n[[site]]\nname = \"a.test\"\n\
+             cert = \"/c/a.pem\"\nkey = \"/c/a.key\"\nendpoints = [\"127.0.0.1:443\"]\n[[source]]\n{extra}"
+        );
+        Config::parse(&t, Path::new("/x.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn vendor_sources_are_configured_with_a_key_id_a_secret_file_and_an_endpoint() {
+        let cfg = parse(
+            "kind = \"tencent-ssl\"\nsecret_id = \"AKIDx\"\nsecret_key_file = \"/etc/certswap/t.secret\"\n",
+        )
+        .expect("tencent");
+        let crate::config::SourceConfig::Cloud(c) = &cfg.sources[0] else {
+            panic!("not a cloud source");
+        };
+        assert_eq!(c.endpoint.as_str(), "https://ssl.tencentcloudapi.com/");
+        assert_eq!(c.name, "tencent-ssl:AKIDx");
+        let cfg = parse(
+            "kind = \"aliyun-cas\"\naccess_key_id = \"LTAIx\"\naccess_key_secret_file = \"/s\"\nendpoint = \"https://proxy.example:8443/\"\n",
+        )
+        .expect("aliyun");
+        let crate::config::SourceConfig::Cloud(c) = &cfg.sources[0] else {
+            panic!("not a cloud source");
+        };
+        assert_eq!(c.vendor, Vendor::Aliyun);
+        assert_eq!(host_header(&c.endpoint), "proxy.example:8443");
+
+        let e = parse("kind = \"tencent-ssl\"\nsecret_id = \"AKIDx\"\n").expect_err("no file");
+        assert!(
+            e.contains("secret_key_file") && e.contains("missing"),
+            "{e}"
+        );
+        let e = parse("kind = \"tencent-ssl\"\nsecret_id = \"x\"\nsecret_key_file = \"/s\"\naccess_key_id = \"y\"\n")
+            .expect_err("other vendor's key");
+        assert!(
+            e.contains("access_key_id") && e.contains("does not apply"),
+            "{e}"
+        );
+        let e = parse("kind = \"inbox\"\npath = \"/in\"\nsecret_id = \"x\"\n").expect_err("inbox");
+        assert!(
+            e.contains("secret_id") && e.contains("does not apply"),
+            "{e}"
+        );
+        let e = parse("kind = \"aliyun-cas\"\naccess_key_id = \"x\"\naccess_key_secret_file = \"/s\"\nendpoint = \"http://cas.example/\"\n")
+            .expect_err("http");
+        assert!(e.contains("endpoint"), "{e}");
+    }
+
     #[test]
     fn console_times_are_beijing_time() {
         let t = parse_vendor_time("2025-01-01 08:00:00").expect("time");
