@@ -381,8 +381,9 @@ impl Agent {
                 // Cheap when nothing was renewed (one read per lineage):
                 // every pass, as the inbox.
                 SourceConfig::Acme(a) => self.read_acme(a, &cfg, &work, &mut pending),
-                // An API call per look: once an interval (full passes).
-                SourceConfig::Cloud(c) if kind == PassKind::Full => {
+                // API calls per look: full passes (once an interval) and
+                // retry passes (a bundle of it may wait), not inbox events.
+                SourceConfig::Cloud(c) if kind != PassKind::Inbox => {
                     self.read_cloud(c, &cfg, &work, stop, &mut pending)
                 }
                 SourceConfig::Cloud(_) => {}
