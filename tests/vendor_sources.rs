@@ -395,3 +395,15 @@ fn an_sm2_certificate_is_refused_with_a_sentence_saying_so() {
     assert!(s.api.actions().iter().all(|a| !a.contains("Detail")));
     assert_eq!(s.w.served(SITE), s.w.site(SITE).old.sha256);
 }
+
+#[test]
+fn a_list_that_claims_a_later_end_than_the_certificate_has_is_not_believed() {
+    let s = setup(Api::Tencent);
+    let older = s.w.ca.leaf(&[SITE]).days(-300, 10).build();
+    let mut fake = FakeCert::of("tc-lies", &older);
+    fake.not_after = s.w.renewed(SITE).not_after;
+    s.api.add(fake);
+    let (_, log) = run_traced(&s.w);
+    assert!(log.contains("not later than the installed one"), "{log}");
+    assert_eq!(s.w.served(SITE), s.w.site(SITE).old.sha256);
+}

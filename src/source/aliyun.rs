@@ -146,13 +146,13 @@ async fn call(
         let code = v
             .get("Code")
             .and_then(|c| c.as_str())
-            .unwrap_or("?")
-            .to_string();
+            .map(cloud::vendor_text)
+            .unwrap_or_else(|| "?".into());
         let message = v
             .get("Message")
             .and_then(|c| c.as_str())
-            .unwrap_or("")
-            .to_string();
+            .map(cloud::vendor_text)
+            .unwrap_or_default();
         if AUTH_CODES.iter().any(|a| code.starts_with(a)) {
             return Err(CloudError::Auth {
                 name: src.name.clone(),

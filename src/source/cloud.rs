@@ -58,6 +58,19 @@ pub enum CloudError {
     Permanent { name: String, why: String },
 }
 
+/// A vendor's error message as shown in ours: one line, at most 200
+/// characters (it is outside input).
+pub fn vendor_text(s: &str) -> String {
+    let one: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match one.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &one[..i]),
+        None => one,
+    }
+}
+
 impl CloudError {
     pub fn transient(source: &str, why: impl Into<String>) -> CloudError {
         CloudError::Transient {
@@ -426,6 +439,19 @@ pub fn candidate(
             missing.join(", "),
             site.name,
             leaf.names.join(", ")
+        ))));
+    }
+    // The list's end date is not trusted either: the bytes must be newer.
+    let installed = bundle::read_certs(&site.cert)
+        .ok()
+        .and_then(|c| c.into_iter().next());
+    if let Some(i) = installed
+        && leaf.not_after <= i.not_after
+    {
+        return Ok(Err(Refusal(format!(
+            "{label}: the certificate ends {}, not later than the installed one ({}); it is not installed",
+            crate::cert::rfc3339(leaf.not_after),
+            crate::cert::rfc3339(i.not_after)
         ))));
     }
     let key_spki = match &detail.key_pem {

@@ -108,13 +108,13 @@ async fn call(
         let code = err
             .get("Code")
             .and_then(|c| c.as_str())
-            .unwrap_or("?")
-            .to_string();
+            .map(cloud::vendor_text)
+            .unwrap_or_else(|| "?".into());
         let message = err
             .get("Message")
             .and_then(|c| c.as_str())
-            .unwrap_or("")
-            .to_string();
+            .map(cloud::vendor_text)
+            .unwrap_or_default();
         if code.starts_with("AuthFailure") || code.starts_with("UnauthorizedOperation") {
             return Err(CloudError::Auth {
                 name: src.name.clone(),
