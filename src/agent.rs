@@ -44,7 +44,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::batch::{self, Item};
-use crate::config::{AcmeSource, Config, InboxSource, SourceConfig};
+use crate::config::{AcmeSource, CloudSource, Config, InboxSource, SourceConfig};
 use crate::install::{self, Env, InstallError};
 use crate::metrics::WaitingLabel;
 use crate::metrics::{EndpointLabel, Metrics, ResultLabel, SiteLabel};
@@ -52,6 +52,7 @@ use crate::probe::{self, Prober, Target};
 use crate::report::{Outcome, ResultKind, Retryable, Settlement};
 use crate::server;
 use crate::source::acme;
+use crate::source::cloud;
 use crate::source::http::{self, FetchError, HttpState};
 use crate::source::inbox::{self, Found};
 use crate::source::{self as src, Candidate, WorkDir};
@@ -293,7 +294,7 @@ impl Agent {
             .iter()
             .filter_map(|s| match s {
                 SourceConfig::Inbox(i) => Some(i.debounce),
-                SourceConfig::Http(_) | SourceConfig::Acme(_) => None,
+                SourceConfig::Http(_) | SourceConfig::Acme(_) | SourceConfig::Cloud(_) => None,
             })
             .max()
             .unwrap_or(Duration::from_secs(2))
@@ -380,6 +381,12 @@ impl Agent {
                 // Cheap when nothing was renewed (one read per lineage):
                 // every pass, as the inbox.
                 SourceConfig::Acme(a) => self.read_acme(a, &cfg, &work, &mut pending),
+                // API calls per look: full passes (once an interval) and
+                // retry passes (a bundle of it may wait), not inbox events.
+                SourceConfig::Cloud(c) if kind != PassKind::Inbox => {
+                    self.read_cloud(c, &cfg, &work, stop, &mut pending)
+                }
+                SourceConfig::Cloud(_) => {}
             }
         }
 
@@ -402,6 +409,7 @@ impl Agent {
             let (name, kept) = match s {
                 SourceConfig::Inbox(i) => (&i.name, "it stays in the inbox"),
                 SourceConfig::Acme(a) => (&a.name, "the ACME client's store keeps it"),
+                SourceConfig::Cloud(c) => (&c.name, "the vendor keeps it"),
                 SourceConfig::Http(_) => continue,
             };
             let waiting = inbox_waiting.remove(name).unwrap_or_default();
@@ -645,6 +653,78 @@ impl Agent {
             self.metrics.source_ok(&a.name);
         } else {
             self.metrics.source_error(&a.name);
+        }
+    }
+
+    /// Look at one vendor account (Alibaba Cloud CAS, Tencent Cloud SSL):
+    /// every site whose newest issued certificate ends later than the
+    /// installed one gets it in `pending`, checked. An authentication error
+    /// is one sentence naming the source, once per pass; the installed
+    /// certificates stay.
+    fn read_cloud(
+        &self,
+        c: &CloudSource,
+        cfg: &Config,
+        work: &WorkDir,
+        stop: &AtomicBool,
+        pending: &mut Vec<Pending>,
+    ) {
+        let secret = match cloud::read_secret(c) {
+            Ok(s) => s,
+            Err(e @ cloud::CloudError::Unsafe(_)) => {
+                tracing::error!(source = %c.name, "source skipped: {e}; nothing is fetched from it until that is fixed");
+                self.metrics.source_error(&c.name);
+                self.metrics.source_skipped(&c.name, "unsafe_file", true);
+                return;
+            }
+            Err(e) => {
+                tracing::error!(source = %c.name, "{e}");
+                self.metrics.source_error(&c.name);
+                return;
+            }
+        };
+        self.metrics.source_skipped(&c.name, "unsafe_file", false);
+        let refused = &self.acme_refused;
+        let skip = |site: &str, id: &str| refused.contains(&(site.to_string(), format!("id:{id}")));
+        let scanned = probe::block_on(or_stop(cloud::scan(c, cfg, &secret, work, &skip), stop));
+        drop(secret);
+        let scan = match scanned {
+            None => {
+                tracing::info!(source = %c.name, "stopping: the look at the vendor was abandoned");
+                return;
+            }
+            Some(Err(e @ cloud::CloudError::Transient { .. })) => {
+                tracing::warn!(source = %c.name, "{e}; keeping the installed certificates, trying again on the next pass");
+                self.metrics.source_error(&c.name);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::error!(source = %c.name, "{e}; the installed certificates stay");
+                self.metrics.source_error(&c.name);
+                return;
+            }
+            Some(Ok(s)) => s,
+        };
+        for (site, why) in &scan.skipped {
+            tracing::info!(source = %c.name, site = %site, "nothing to install: {why}");
+        }
+        for why in &scan.refused {
+            tracing::warn!(source = %c.name, "{why}");
+        }
+        if scan.refused.is_empty() {
+            self.metrics.source_ok(&c.name);
+        } else {
+            self.metrics.source_error(&c.name);
+        }
+        for (candidate, _sha, id) in scan.found {
+            tracing::info!(source = %c.name, site = %candidate.site, certificate = %id, "the vendor holds a newer certificate than the installed one");
+            pending.push(Pending {
+                candidate,
+                origin: Origin::Cloud {
+                    source: c.clone(),
+                    id,
+                },
+            });
         }
     }
 
@@ -990,6 +1070,13 @@ impl Agent {
                         .insert((p.candidate.site.clone(), cert_sha256.clone()));
                 }
             }
+            Origin::Cloud { source, id, .. } => {
+                if failure.is_some() {
+                    self.acme_refused
+                        .insert((p.candidate.site.clone(), format!("id:{id}")));
+                    cloud::refuse(&self.cfg.state_dir, source, id);
+                }
+            }
             Origin::Http {
                 run, cert_sha256, ..
             } => {
@@ -1026,6 +1113,10 @@ impl Agent {
                 why,
                 sentence.to_string(),
             )),
+            Origin::Cloud { source, .. } => inbox_waiting
+                .entry(source.name.clone())
+                .or_default()
+                .push((site, why, sentence.to_string())),
             Origin::Http {
                 run, not_before, ..
             } => {
@@ -1229,6 +1320,12 @@ enum Origin {
         cert_sha256: String,
         /// The leaf's notBefore: a certificate not valid yet is retried then.
         not_before: Option<SystemTime>,
+    },
+    /// A certificate of a vendor account (Alibaba Cloud, Tencent Cloud).
+    Cloud {
+        source: CloudSource,
+        /// The vendor's certificate id.
+        id: String,
     },
     /// A certbot lineage / acme.sh domain dir.
     Acme {

@@ -45,6 +45,8 @@ pub enum Command {
     DeployHook(DeployHookArgs),
     /// Move a site off certbot's live/ (or acme.sh's) files onto certswap's own copies.
     Adopt(AdoptArgs),
+    /// What each source would install now (site, certificate, notAfter, why); changes nothing.
+    Sources(SourcesArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
     /// Print the man page (roff).
@@ -155,6 +157,13 @@ pub struct StatusArgs {
     /// Also handshake with every endpoint: what is served, and drift from disk.
     #[arg(long)]
     pub probe: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SourcesArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

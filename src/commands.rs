@@ -33,6 +33,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Run(a) => run_cmd(&cli.config, a),
         Command::DeployHook(a) => deploy_hook_cmd(&cli.config, a),
         Command::Adopt(a) => adopt_cmd(&cli.config, a),
+        Command::Sources(a) => sources_cmd(&cli.config, a),
         Command::Completions(a) => completions_cmd(a),
         Command::Man => man_cmd(),
     };
@@ -306,6 +307,82 @@ fn discover_cmd(config: &Path, a: &crate::cli::DiscoverArgs) -> CmdResult {
         print!("{}", crate::discover::to_toml(&sites));
     }
     Ok(EXIT_OK)
+}
+
+/// `sources`: for each source, what it would install now, read-only (a
+/// vendor account's list call and the selection; certbot/acme.sh stores
+/// read as `status` does). Exit 1 when a source cannot be read.
+fn sources_cmd(config: &Path, a: &crate::cli::SourcesArgs) -> CmdResult {
+    use crate::config::SourceConfig;
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let waiting = crate::source::acme::waiting(&cfg);
+    let mut out = Vec::new();
+    let mut failed = false;
+    for s in &cfg.sources {
+        let (kind, rows, error) = match s {
+            SourceConfig::Cloud(c) => match probe::block_on(crate::source::cloud::plan(c, &cfg)) {
+                Ok(rows) => (c.vendor.kind(), rows, None),
+                Err(e) => {
+                    failed = true;
+                    (c.vendor.kind(), Vec::new(), Some(e.to_string()))
+                }
+            },
+            SourceConfig::Acme(acme) => {
+                let rows = waiting
+                    .iter()
+                    .filter(|w| w.source.starts_with(&acme.client.to_string()))
+                    .map(|w| crate::source::cloud::PlanRow {
+                        source: acme.name.clone(),
+                        kind: "acme",
+                        site: w.site.clone(),
+                        certificate_id: Some(w.source.clone()),
+                        not_after: Some(crate::cert::rfc3339(w.not_after)),
+                        install: true,
+                        why: "the ACME client holds a newer certificate than the installed one"
+                            .into(),
+                    })
+                    .collect();
+                ("acme", rows, None)
+            }
+            SourceConfig::Inbox(_) => ("inbox", Vec::new(), None),
+            SourceConfig::Http(_) => ("http", Vec::new(), None),
+        };
+        out.push((s.name().to_string(), kind, rows, error));
+    }
+    // An inbox or a manifest is judged when a bundle arrives: not previewed.
+    let previewed = |kind: &str| !matches!(kind, "inbox" | "http");
+    if a.json {
+        let v: Vec<serde_json::Value> = out
+            .iter()
+            .map(|(name, kind, rows, error)| {
+                serde_json::json!({
+                    "source": name, "kind": kind, "previewed": previewed(kind),
+                    "error": error, "sites": rows,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "sources": v }));
+    } else {
+        for (name, kind, rows, error) in &out {
+            println!("{name} ({kind})");
+            if let Some(e) = error {
+                println!("  cannot be read: {e}");
+            }
+            if !previewed(kind) {
+                println!("  not previewed: its bundles are checked when they arrive");
+            } else if rows.is_empty() && error.is_none() {
+                println!("  nothing to install now");
+            }
+            for r in rows {
+                let what = match (&r.certificate_id, &r.not_after) {
+                    (Some(id), Some(na)) if r.install => format!("installs {id} (notAfter {na})"),
+                    _ => "nothing to install".to_string(),
+                };
+                println!("  {}: {what}: {}", r.site, r.why);
+            }
+        }
+    }
+    Ok(if failed { EXIT_FAILED } else { EXIT_OK })
 }
 
 fn run_cmd(config: &Path, a: &RunArgs) -> CmdResult {

@@ -151,6 +151,10 @@ enum SourceKind {
     Certbot,
     #[serde(rename = "acme.sh")]
     AcmeSh,
+    #[serde(rename = "aliyun-cas")]
+    AliyunCas,
+    #[serde(rename = "tencent-ssl")]
+    TencentSsl,
 }
 
 /// One `[[source]]` as written; the keys allowed depend on `kind`, checked
@@ -171,6 +175,12 @@ struct RawSource {
     client_key: Option<PathBuf>,
     allow_insecure_http: Option<bool>,
     timeout: Option<String>,
+    // aliyun-cas / tencent-ssl
+    access_key_id: Option<String>,
+    access_key_secret_file: Option<PathBuf>,
+    secret_id: Option<String>,
+    secret_key_file: Option<PathBuf>,
+    endpoint: Option<String>,
 }
 
 /// The validated configuration.
@@ -211,6 +221,8 @@ pub enum SourceConfig {
     Http(HttpSource),
     /// `kind = "certbot"` or `kind = "acme.sh"`.
     Acme(AcmeSource),
+    /// `kind = "aliyun-cas"` or `kind = "tencent-ssl"`.
+    Cloud(CloudSource),
 }
 
 impl SourceConfig {
@@ -220,6 +232,7 @@ impl SourceConfig {
             SourceConfig::Inbox(s) => &s.name,
             SourceConfig::Http(s) => &s.name,
             SourceConfig::Acme(s) => &s.name,
+            SourceConfig::Cloud(s) => &s.name,
         }
     }
 }
@@ -233,6 +246,42 @@ pub struct AcmeSource {
     pub name: String,
     pub client: crate::hook::Client,
     pub path: PathBuf,
+}
+
+/// Which certificate vendor a [`CloudSource`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vendor {
+    /// Alibaba Cloud Certificate Management Service (CAS).
+    Aliyun,
+    /// Tencent Cloud SSL certificates.
+    Tencent,
+}
+
+impl Vendor {
+    /// The `kind` as written in the config.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Vendor::Aliyun => "aliyun-cas",
+            Vendor::Tencent => "tencent-ssl",
+        }
+    }
+}
+
+/// `kind = "aliyun-cas"` / `kind = "tencent-ssl"`: certificates issued in
+/// the vendor's console, pulled through its API ([`crate::source::cloud`]).
+#[derive(Debug, Clone)]
+pub struct CloudSource {
+    pub name: String,
+    pub vendor: Vendor,
+    /// `access_key_id` / `secret_id` (not a secret: shown in messages).
+    pub key_id: String,
+    /// `access_key_secret_file` / `secret_key_file`: root's, 0600.
+    pub secret_file: PathBuf,
+    /// `https://HOST[:PORT]/`.
+    pub endpoint: reqwest::Url,
+    pub ca_file: Option<PathBuf>,
+    /// Bound on each request, body included.
+    pub timeout: Duration,
 }
 
 /// `kind = "inbox"`: a directory watched for bundles and vendor zips.
@@ -662,7 +711,135 @@ fn resolve_sources(
                 Ok(())
             }
         };
+        let is_cloud = matches!(s.kind, SourceKind::AliyunCas | SourceKind::TencentSsl);
+        if !is_cloud {
+            let kind = match s.kind {
+                SourceKind::Inbox => "inbox",
+                SourceKind::Http => "http",
+                SourceKind::Certbot => "certbot",
+                _ => "acme.sh",
+            };
+            for (k, set) in [
+                ("access_key_id", s.access_key_id.is_some()),
+                ("access_key_secret_file", s.access_key_secret_file.is_some()),
+                ("secret_id", s.secret_id.is_some()),
+                ("secret_key_file", s.secret_key_file.is_some()),
+                ("endpoint", s.endpoint.is_some()),
+            ] {
+                not_for(k, set, kind)?;
+            }
+        }
         let source = match s.kind {
+            SourceKind::AliyunCas | SourceKind::TencentSsl => {
+                let (vendor, id_key, file_key, default_host) = if s.kind == SourceKind::AliyunCas {
+                    (
+                        Vendor::Aliyun,
+                        "access_key_id",
+                        "access_key_secret_file",
+                        "cas.aliyuncs.com",
+                    )
+                } else {
+                    (
+                        Vendor::Tencent,
+                        "secret_id",
+                        "secret_key_file",
+                        "ssl.tencentcloudapi.com",
+                    )
+                };
+                let kind = vendor.kind();
+                let (id, file, other_id, other_file) = if vendor == Vendor::Aliyun {
+                    (
+                        s.access_key_id,
+                        s.access_key_secret_file,
+                        ("secret_id", s.secret_id.is_some()),
+                        ("secret_key_file", s.secret_key_file.is_some()),
+                    )
+                } else {
+                    (
+                        s.secret_id,
+                        s.secret_key_file,
+                        ("access_key_id", s.access_key_id.is_some()),
+                        ("access_key_secret_file", s.access_key_secret_file.is_some()),
+                    )
+                };
+                for (k, set) in [
+                    other_id,
+                    other_file,
+                    ("path", s.path.is_some()),
+                    ("debounce", s.debounce.is_some()),
+                    ("url", s.url.is_some()),
+                    ("token_file", s.token_file.is_some()),
+                    ("client_cert", s.client_cert.is_some()),
+                    ("client_key", s.client_key.is_some()),
+                    ("allow_insecure_http", s.allow_insecure_http.is_some()),
+                ] {
+                    not_for(k, set, kind)?;
+                }
+                let Some(key_id) = id.map(|i| i.trim().to_string()).filter(|i| !i.is_empty())
+                else {
+                    return Err(invalid(
+                        &key(id_key),
+                        format!("is missing: a {kind} source needs the key id"),
+                    ));
+                };
+                let Some(secret_file) = file else {
+                    return Err(invalid(
+                        &key(file_key),
+                        format!(
+                            "is missing: a {kind} source reads its secret from a file (0600, root's)"
+                        ),
+                    ));
+                };
+                absolute(file_key, &Some(secret_file.clone()))?;
+                absolute("ca_file", &s.ca_file)?;
+                let ep = s.endpoint.unwrap_or_else(|| default_host.to_string());
+                let ep_url = if ep.contains("://") {
+                    ep.clone()
+                } else {
+                    format!("https://{ep}/")
+                };
+                let endpoint = match reqwest::Url::parse(&ep_url) {
+                    Ok(u)
+                        if u.scheme() == "https"
+                            && u.host_str().is_some()
+                            && u.query().is_none() =>
+                    {
+                        u
+                    }
+                    Ok(_) => {
+                        return Err(invalid(
+                            &key("endpoint"),
+                            format!(
+                                "{:?} is not a host or an https:// URL without a query",
+                                crate::redact::url_str(&ep)
+                            ),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(invalid(
+                            &key("endpoint"),
+                            format!(
+                                "{:?} is not a host or a URL: {e}",
+                                crate::redact::url_str(&ep)
+                            ),
+                        ));
+                    }
+                };
+                let timeout =
+                    parse_duration(&key("timeout"), s.timeout, Duration::from_secs(30), invalid)?;
+                if timeout.is_zero() {
+                    return Err(invalid(&key("timeout"), "must be above zero".into()));
+                }
+                SourceConfig::Cloud(CloudSource {
+                    name: s.name.unwrap_or_else(|| format!("{kind}:{key_id}")),
+                    vendor,
+                    key_id,
+                    secret_file,
+                    endpoint,
+                    ca_file: s.ca_file,
+                    timeout,
+                })
+            }
             SourceKind::Certbot | SourceKind::AcmeSh => {
                 let (client, default) = if s.kind == SourceKind::Certbot {
                     (crate::hook::Client::Certbot, "/etc/letsencrypt")

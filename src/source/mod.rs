@@ -10,8 +10,11 @@
 //! (invariant 8).
 
 pub mod acme;
+pub mod aliyun;
+pub mod cloud;
 pub mod http;
 pub mod inbox;
+pub mod tencent;
 
 use std::fs;
 use std::io;
