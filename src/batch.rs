@@ -130,6 +130,45 @@ pub fn install_items(
     force: bool,
     dry_run: bool,
 ) -> Result<Vec<Outcome>, InstallError> {
+    Ok(run_items(env, items, force, dry_run, false)?
+        .into_iter()
+        .map(|(out, _)| out)
+        .collect())
+}
+
+/// [`install_items`] with the per-site rule of `certswap install`, for
+/// the deploy hook: a site the batch refuses for its environment (an
+/// endpoint that does not answer, one that serves what the file does not
+/// hold, the installed certificate not proven served, a symlinked target,
+/// the store failing at staging) is that site's `Err`, not a rejection, and
+/// is refused before any of its files moves. The server steps are still
+/// done once for all the sites (one config test, one reload).
+pub fn install_each(
+    env: &Env<'_>,
+    items: &[Item<'_>],
+    force: bool,
+) -> Result<Vec<Result<Outcome, InstallError>>, InstallError> {
+    Ok(run_items(env, items, force, false, true)?
+        .into_iter()
+        .map(|(out, err)| match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        })
+        .collect())
+}
+
+/// An outcome, with the environment error that refused the site when the
+/// caller asked for install's rule (`strict`).
+type Run = (Outcome, Option<InstallError>);
+
+/// Resolve the pair of every dual-certificate item, then run the batch.
+fn run_items(
+    env: &Env<'_>,
+    items: &[Item<'_>],
+    force: bool,
+    dry_run: bool,
+    strict: bool,
+) -> Result<Vec<Run>, InstallError> {
     let pairs: Vec<Option<Result<Site, String>>> = items
         .iter()
         .map(|it| {
@@ -139,7 +178,7 @@ pub fn install_items(
             })
         })
         .collect();
-    let mut outs: Vec<Option<Outcome>> = items.iter().map(|_| None).collect();
+    let mut outs: Vec<Option<Run>> = items.iter().map(|_| None).collect();
     let mut batch = Vec::new();
     let mut in_batch = Vec::new();
     for (i, (it, pair)) in items.iter().zip(&pairs).enumerate() {
@@ -149,29 +188,32 @@ pub fn install_items(
             Some(Err(why)) => {
                 let mut out = Outcome::new(&it.site.name);
                 out.reject(why.clone());
-                outs[i] = Some(out);
+                outs[i] = Some((out, None));
                 continue;
             }
         };
         batch.push(Item { site, ..it.clone() });
         in_batch.push(i);
     }
-    for (i, out) in in_batch
-        .into_iter()
-        .zip(install_batch(env, &batch, force, dry_run)?)
-    {
-        outs[i] = Some(out);
+    let mut errs: Vec<Option<InstallError>> = batch.iter().map(|_| None).collect();
+    let done = install_batch(env, &batch, force, dry_run, strict, &mut errs)?;
+    for ((i, out), err) in in_batch.into_iter().zip(done).zip(errs) {
+        outs[i] = Some((out, err.filter(|_| strict)));
     }
     Ok(outs.into_iter().flatten().collect())
 }
 
 /// [`install_items`] once every item names the site (or pair) it replaces:
-/// the batch proper.
+/// the batch proper. `errs[i]`: the environment error that refused item
+/// `i`, kept for [`install_each`]; with `strict` a site whose endpoints
+/// refuse it is refused before staging, as `install` does.
 fn install_batch(
     env: &Env<'_>,
     items: &[Item<'_>],
     force: bool,
     dry_run: bool,
+    strict: bool,
+    errs: &mut [Option<InstallError>],
 ) -> Result<Vec<Outcome>, InstallError> {
     if items.is_empty() {
         return Ok(Vec::new());
@@ -196,6 +238,12 @@ fn install_batch(
         bundles.push(c.bundle);
         same.push(c.same);
         on_disk.push(c.on_disk);
+    }
+    // The real reason of a refused symlinked target, as install says it.
+    for (i, it) in items.iter().enumerate() {
+        if bundles[i].is_none() {
+            errs[i] = install::symlinked_target(it.site);
+        }
     }
     let accepted: Vec<bool> = bundles.iter().map(Option::is_some).collect();
     for (i, why) in conflicts(items, &accepted) {
@@ -222,6 +270,9 @@ fn install_batch(
             let c;
             (outs[i], c) = check_item(&items[i], force, trust);
             (bundles[i], same[i], on_disk[i]) = (c.bundle, c.same, c.on_disk);
+            if bundles[i].is_none() {
+                errs[i] = install::symlinked_target(items[i].site);
+            }
         }
     }
     // The installed certificate again: settled when every endpoint serves
@@ -253,6 +304,7 @@ fn install_batch(
                     .push(format!("{e} — installing anyway because of --force")),
                 Err(e) => {
                     outs[i].reject(e.to_string());
+                    errs[i] = Some(e);
                     bundles[i] = None;
                 }
             }
@@ -287,7 +339,32 @@ fn install_batch(
     // of a rollback, runs from here through the config test: the server
     // reads the new files only at the reload, and the handshakes use the
     // CPU that staging (fsync waits) and the config test (one core) leave.
-    let before_probe = BeforeProbe::start(&probers, &staging);
+    // With install's rule (`strict`) the probe ends before staging, and a
+    // site it refuses is refused before any of its files moves.
+    let mut judged: HashMap<usize, Before> = HashMap::new();
+    let before_probe = if strict {
+        let mut probed = BeforeProbe::start(&probers, &staging).results();
+        let mut kept = Vec::with_capacity(staging.len());
+        for st in staging {
+            let mine = probed.remove(&st.idx).unwrap_or_default();
+            let (same, on_disk) = (same[st.idx], on_disk[st.idx].as_ref());
+            match judge_before(st.site, mine, same, on_disk, force, &mut outs[st.idx]) {
+                Ok(before) => {
+                    judged.insert(st.idx, before);
+                    kept.push(st);
+                }
+                Err(e) => {
+                    outs[st.idx].reject(e.to_string());
+                    outs[st.idx].retry_because(Retryable::Endpoint);
+                    errs[st.idx] = Some(e);
+                }
+            }
+        }
+        staging = kept;
+        None
+    } else {
+        Some(BeforeProbe::start(&probers, &staging))
+    };
     let staged = par_map(staging, IO_THREADS, stage);
     clock.done("stage", staged.len());
 
@@ -308,6 +385,7 @@ fn install_batch(
                     "before changing anything: {why}; nothing was changed"
                 ));
                 out.retry_because(Retryable::Disk);
+                errs[st.idx] = Some(InstallError::Store(why));
             }
             Ok(txn) => to_swap.push((
                 Open {
@@ -362,7 +440,7 @@ fn install_batch(
     let tested = env.server.configtest();
     batch.each_open(|o| o.timings_ms.configtest = ms(t));
     clock.done("configtest", batch.open.len());
-    let mut probed = before_probe.results();
+    let mut probed = before_probe.map(BeforeProbe::results).unwrap_or_default();
     clock.done("probe-before", batch.open.len());
 
     // A site whose endpoint does not answer gets its old files back before
@@ -374,32 +452,35 @@ fn install_batch(
     let mut first_refusal = None;
     let mut answered = false;
     for (mut open, txn) in std::mem::take(&mut batch.open) {
+        // Judged before staging already (`strict`).
+        if let Some(before) = judged.remove(&open.idx) {
+            answered = true;
+            open.before = before;
+            batch.open.push((open, txn));
+            continue;
+        }
         let mine = probed.remove(&open.idx).unwrap_or_default();
-        match before_of(open.site, &mut mine.into_iter()) {
+        let (same, on_disk) = (same[open.idx], on_disk[open.idx].as_ref());
+        match judge_before(
+            open.site,
+            mine,
+            same,
+            on_disk,
+            force,
+            &mut batch.outs[open.idx],
+        ) {
             Ok(before) => {
                 answered = true;
-                let rows: Vec<ServedRow> = before.iter().map(|(_, r)| r.clone()).collect();
-                let untrue = match same[open.idx] {
-                    // Already found not served, and forced through.
-                    true => None,
-                    false => install::served_is_not_on_disk(on_disk[open.idx].as_ref(), &rows),
-                };
-                match untrue {
-                    Some(e) if !force => refused.push((open, txn, e.to_string())),
-                    untrue => {
-                        if let Some(e) = untrue {
-                            batch.outs[open.idx]
-                                .warnings
-                                .push(format!("{e} — installing anyway because of --force"));
-                        }
-                        open.before = before;
-                        batch.open.push((open, txn));
-                    }
-                }
+                open.before = before;
+                batch.open.push((open, txn));
             }
-            Err(e) => {
+            Err(e @ InstallError::NotServing { .. }) => {
                 refused.push((open, txn, e.to_string()));
                 first_refusal.get_or_insert(e);
+            }
+            Err(e) => {
+                answered = true;
+                refused.push((open, txn, e.to_string()));
             }
         }
     }
@@ -706,7 +787,7 @@ struct Staged<'a> {
     store: SiteStore,
     new_sha: String,
     ms: u64,
-    txn: Result<Txn, String>,
+    txn: Result<Txn, StoreError>,
 }
 
 /// Step 3 for one site (any thread: touches only its own files).
@@ -725,7 +806,7 @@ fn stage(s: Staging<'_>) -> Staged<'_> {
         store: s.store,
         new_sha: s.new_sha,
         ms: ms(t),
-        txn: txn.map_err(|e| e.to_string()),
+        txn,
     }
 }
 
@@ -1066,6 +1147,37 @@ impl Drop for BeforeProbe {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Step 5's judgment of one site on what its endpoints served before the
+/// change: what a rollback must prove; or the refusal — an endpoint that
+/// does not answer, or (preflight truth, unless --force, then a warning in
+/// `out`) one serving a leaf the site's file does not hold. `same`: the
+/// bundle is the installed certificate, already found not served and
+/// forced through.
+fn judge_before(
+    site: &Site,
+    probed: Vec<(Target, Result<probe::Served, probe::ProbeError>)>,
+    same: bool,
+    on_disk: Option<&install::OnDisk>,
+    force: bool,
+    out: &mut Outcome,
+) -> Result<Before, InstallError> {
+    let before = before_of(site, &mut probed.into_iter())?;
+    let rows: Vec<ServedRow> = before.iter().map(|(_, r)| r.clone()).collect();
+    let untrue = match same {
+        true => None,
+        false => install::served_is_not_on_disk(on_disk, &rows),
+    };
+    match untrue {
+        Some(e) if !force => Err(e),
+        Some(e) => {
+            out.warnings
+                .push(format!("{e} — installing anyway because of --force"));
+            Ok(before)
+        }
+        None => Ok(before),
     }
 }
 

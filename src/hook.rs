@@ -1,7 +1,10 @@
 //! `certswap deploy-hook`: the last step of a renewal by certbot or
 //! acme.sh. Reads the renewed files from the environment the client gives
 //! its hook, finds the configured sites the certificate belongs to, and
-//! installs + verifies it on each through the whole pipeline.
+//! installs + verifies it on all of them as ONE batch ([`crate::batch`]):
+//! one config test and one reload for every site a SAN certificate covers,
+//! each site still proven and reported on its own, with the per-site rule
+//! of `install` (a site its environment refuses is an error, exit 2).
 //!
 //! What the clients export (checked against their sources):
 //!
@@ -23,10 +26,11 @@
 
 use std::path::PathBuf;
 
+use crate::batch::{self, Item};
 use crate::bundle::{self, BundleError};
 use crate::cert::CertInfo;
 use crate::config::{Config, Site};
-use crate::install::{self, Env, InstallError, Request};
+use crate::install::{Env, InstallError};
 use crate::report::Outcome;
 
 /// Which ACME client handed over the renewal.
@@ -198,26 +202,45 @@ pub fn deploy_with(
         return Err(no_site(env.config, &renewal, &leaf));
     }
 
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(sites.len());
-    let mut failed: Option<(String, InstallError)> = None;
-    for site in sites {
+    for site in &sites {
         tracing::info!(
             client = %renewal.client,
             site = %site.name,
             cert = %describe(&renewal),
             "deploy-hook: installing the renewed certificate"
         );
-        let req = Request {
+    }
+    let items: Vec<Item<'_>> = sites
+        .iter()
+        .map(|site| Item {
             site,
-            cert: &renewal.cert,
-            key: Some(&renewal.key),
-            chain: renewal.chain.as_deref(),
-            force,
-            dry_run: false,
-        };
+            cert: renewal.cert.clone(),
+            key: Some(renewal.key.clone()),
+            chain: renewal.chain.clone(),
+        })
+        .collect();
+    // One run for every site: a failure of the host (lock held, a repair
+    // that failed, ...) is every site's failure.
+    let results = match batch::install_each(env, &items, force) {
+        Ok(results) => results,
+        Err(e) => {
+            let why = e.to_string();
+            for site in &sites {
+                record_failure(env, &renewal, &leaf, site, why.clone());
+            }
+            return Err(HookError::Install {
+                site: sites[0].name.clone(),
+                source: Box::new(e),
+                others: String::new(),
+            });
+        }
+    };
+
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(sites.len());
+    let mut failed: Option<(String, InstallError)> = None;
+    for (site, result) in sites.iter().zip(results) {
         // One site's environment error does not keep the others from their
-        // renewal; it is reported (exit 2) once all were tried.
-        let result = install::install(env, &req);
+        // renewal; it is reported (exit 2) with how the others ended.
         note_result(env, &renewal, &leaf, site, &result);
         match result {
             Ok(out) => outcomes.push(out),
@@ -316,6 +339,12 @@ fn note_result(
             .unwrap_or_else(|| "the certificate was not installed".into()),
         Err(e) => e.to_string(),
     };
+    record_failure(env, renewal, leaf, site, reason);
+}
+
+/// Write `state_dir/hook/SITE.json` for a failure the hook must be retried for.
+fn record_failure(env: &Env<'_>, renewal: &Renewal, leaf: &CertInfo, site: &Site, reason: String) {
+    let state_dir = &env.config.state_dir;
     let record = HookFailure {
         site: site.name.clone(),
         at: crate::cert::rfc3339(time::OffsetDateTime::now_utc()),

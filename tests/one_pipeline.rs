@@ -1,0 +1,149 @@
+//! The one pipeline (issue 13) on a real nginx: a deploy hook whose
+//! certificate covers three configured sites hands all three to ONE run —
+//! one config test, one reload — and each site is verified and served.
+//!
+//! Config tests are counted with `strace -f -e trace=execve` around the
+//! certswap process (every `nginx -t` it runs is an execve with `-t`);
+//! reloads are counted from nginx's own error log (each SIGHUP the master
+//! receives is logged at notice level).
+
+mod support;
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use support::nginx::Nginx;
+use support::pki::{self, Ca, Leaf};
+use support::{SiteSpec, served_sha256};
+
+const SITES: [&str; 3] = ["a.test", "b.test", "c.test"];
+
+/// Three sites on one nginx, logging every reload, with a certswap config.
+struct World {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    nginx: Nginx,
+    config: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ssl = dir.path().join("ssl");
+        std::fs::create_dir(&ssl).expect("mkdir ssl");
+        let ca = Ca::new("certswap one pipeline test root");
+        let mut specs = Vec::new();
+        let mut files = Vec::new();
+        for name in SITES {
+            let leaf = ca.leaf(&[name]).days(-345, 20).build();
+            let (cert, key) = pki::write(&ssl, name, &leaf);
+            specs.push(SiteSpec::new(name, &cert, &key));
+            files.push((name, cert, key));
+        }
+        let nginx = Nginx::start(&specs);
+        nginx.log_reloads();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).expect("write ca");
+        let text = nginx.certswap_config(&dir.path().join("state"), &files, Some(&ca_file));
+        let config = dir.path().join("certswap.toml");
+        std::fs::write(&config, text).expect("write config");
+        World {
+            dir,
+            ca,
+            nginx,
+            config,
+        }
+    }
+
+    /// certbot's `live/NAME` lineage (links into `archive/`) for `leaf`.
+    fn lineage(&self, leaf: &Leaf) -> PathBuf {
+        let root = self.dir.path().join("letsencrypt");
+        let archive = root.join("archive/san");
+        let live = root.join("live/san");
+        std::fs::create_dir_all(&archive).expect("mkdir archive");
+        std::fs::create_dir_all(&live).expect("mkdir live");
+        std::fs::write(archive.join("fullchain1.pem"), leaf.fullchain_pem()).expect("write");
+        pki::write_key(&archive.join("privkey1.pem"), &leaf.key_pem);
+        symlink(
+            "../../archive/san/fullchain1.pem",
+            live.join("fullchain.pem"),
+        )
+        .expect("link");
+        symlink("../../archive/san/privkey1.pem", live.join("privkey.pem")).expect("link");
+        live
+    }
+
+    /// `certswap deploy-hook --json` for `lineage` under strace: the output
+    /// and how many `nginx -t` it ran.
+    fn hook_traced(&self, lineage: &Path) -> (Output, usize) {
+        let trace = self.dir.path().join("execve.trace");
+        let out = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=execve", "-o"])
+            .arg(&trace)
+            .arg(env!("CARGO_BIN_EXE_certswap"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["deploy-hook", "--json"])
+            .env_remove("CERTSWAP_CONFIG")
+            .env_remove("CERT_PATH")
+            .env_remove("CERT_FULLCHAIN_PATH")
+            .env("RENEWED_LINEAGE", lineage)
+            .env("RENEWED_DOMAINS", SITES.join(" "))
+            .output()
+            .expect("run strace certswap deploy-hook");
+        let text = std::fs::read_to_string(&trace).expect("read the execve trace");
+        let tests = text
+            .lines()
+            .filter(|l| l.contains("execve(") && l.contains("nginx") && l.contains("\"-t\""))
+            .count();
+        (out, tests)
+    }
+}
+
+fn outcomes(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn deploy_hook_for_one_san_certificate_tests_and_reloads_once_for_all_its_sites() {
+    let w = World::new();
+    let new = w.ca.leaf(&SITES).days(-1, 385).build();
+    let lineage = w.lineage(&new);
+    let reloads = w.nginx.reloads();
+
+    let (out, configtests) = w.hook_traced(&lineage);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let v = outcomes(&out);
+    let sites: Vec<&str> = v.iter().map(|o| o["site"].as_str().unwrap_or("")).collect();
+    assert_eq!(sites, SITES, "{said}");
+    for o in &v {
+        assert_eq!(o["result"], "verified", "{o}");
+    }
+    assert_eq!(
+        configtests, 1,
+        "one config test for the three sites: {said}"
+    );
+    assert_eq!(
+        w.nginx.reloads(),
+        reloads + 1,
+        "one reload for the three sites: {}",
+        w.nginx.error_log()
+    );
+    for name in SITES {
+        assert_eq!(
+            served_sha256(w.nginx.port(), name).expect("s_client sees a certificate"),
+            new.sha256,
+            "{name} serves the renewed leaf"
+        );
+    }
+}
