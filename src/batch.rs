@@ -321,7 +321,6 @@ fn install_batch(
         env.server.preflight().map_err(InstallError::Server)?;
     }
 
-    // 3. stage every site (I/O threads).
     let mut staging = Vec::new();
     for &i in &accepted {
         if let Some(bundle) = bundles[i].take() {
@@ -330,11 +329,122 @@ fn install_batch(
                 idx: i,
                 site,
                 store: env.store.site(&site.store_key),
+                op: Op::Install,
                 new_sha: bundle.leaf.sha256.clone(),
                 files: install::new_files(site, &bundle),
             });
         }
     }
+    let run = Run3 {
+        probers,
+        same: &same,
+        on_disk: &on_disk,
+        force,
+        strict,
+    };
+    apply_staged(env, run, outs, errs, staging, clock)
+}
+
+/// `certswap rollback --site A --site B …`: put the newest saved version
+/// of every site back as ONE batch — one config test, one reload, one
+/// wait, and the sites that do not verify restored with one second reload
+/// — each proven on its own. `sites` are stored sites (a dual site's pair
+/// as [`install::pair_site`] gives it). One outcome per site, in order; a
+/// site without a saved version, or two entries sharing a file, is
+/// rejected with the reason. Err only for a failure of the host (lock,
+/// repair, the server's pid file).
+pub fn rollback_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Outcome>, InstallError> {
+    let clock = Clock::start();
+    let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
+    let _lock = env.store.lock()?;
+    recover_host(env)?;
+    let items: Vec<Item<'_>> = sites
+        .iter()
+        .map(|site| Item {
+            site,
+            cert: site.cert.clone(),
+            key: None,
+            chain: None,
+        })
+        .collect();
+    let mut outs: Vec<Outcome> = sites.iter().map(|s| Outcome::new(&s.name)).collect();
+    let mut saved = Vec::with_capacity(sites.len());
+    for (i, site) in sites.iter().enumerate() {
+        let store = env.store.site(&site.store_key);
+        saved.push(match install::saved_version(site, &store, &mut outs[i]) {
+            Ok(found) => found.map(|f| (store, f)),
+            Err(e) => {
+                outs[i].reject(e.to_string());
+                None
+            }
+        });
+    }
+    let accepted: Vec<bool> = saved.iter().map(Option::is_some).collect();
+    for (i, why) in conflicts(&items, &accepted) {
+        saved[i] = None;
+        outs[i].reject(why);
+    }
+    let mut staging = Vec::new();
+    for (i, found) in saved.into_iter().enumerate() {
+        if let Some((store, (op, files, new_sha))) = found {
+            staging.push(Staging {
+                idx: i,
+                site: sites[i],
+                store,
+                op,
+                new_sha,
+                files,
+            });
+        }
+    }
+    if staging.is_empty() {
+        return Ok(outs);
+    }
+    env.server.preflight().map_err(InstallError::Server)?;
+    // No preflight truth check: the site's file is what goes away.
+    let n = sites.len();
+    let (same, on_disk) = (vec![false; n], vec![None; n]);
+    let mut errs: Vec<Option<InstallError>> = (0..n).map(|_| None).collect();
+    let run = Run3 {
+        probers,
+        same: &same,
+        on_disk: &on_disk,
+        force: false,
+        strict: false,
+    };
+    apply_staged(env, run, outs, &mut errs, staging, clock)
+}
+
+/// What steps 3–8 of a batch need besides the sites: a prober per key
+/// type, and per outcome index whether the bundle is the installed
+/// certificate and what the site's file holds (the preflight truth check).
+struct Run3<'r> {
+    probers: probe::Probers,
+    same: &'r [bool],
+    on_disk: &'r [Option<install::OnDisk>],
+    force: bool,
+    /// Install's rule: see [`install_each`].
+    strict: bool,
+}
+
+/// Steps 3–8 for every staged site, the server steps once for all of
+/// them (install and rollback alike: the module docs).
+fn apply_staged(
+    env: &Env<'_>,
+    run: Run3<'_>,
+    mut outs: Vec<Outcome>,
+    errs: &mut [Option<InstallError>],
+    mut staging: Vec<Staging<'_>>,
+    mut clock: Clock,
+) -> Result<Vec<Outcome>, InstallError> {
+    let Run3 {
+        probers,
+        same,
+        on_disk,
+        force,
+        strict,
+    } = run;
+    // 3. stage every site (I/O threads).
     // ONE bulk probe of what every endpoint serves now, the proof target
     // of a rollback, runs from here through the config test: the server
     // reads the new files only at the reload, and the handshakes use the
@@ -775,6 +885,8 @@ struct Staging<'a> {
     idx: usize,
     site: &'a Site,
     store: SiteStore,
+    /// Install, or back to a saved version.
+    op: Op,
     new_sha: String,
     files: Vec<NewFile>,
 }
@@ -794,11 +906,10 @@ struct Staged<'a> {
 fn stage(s: Staging<'_>) -> Staged<'_> {
     let t = Instant::now();
     let txn = match s.site.mode {
-        Mode::InPlace => s.store.begin(Op::Install, s.files),
-        Mode::Managed => {
-            s.store
-                .begin_managed(Op::Install, s.files, &install::site_targets(s.site))
-        }
+        Mode::InPlace => s.store.begin(s.op, s.files),
+        Mode::Managed => s
+            .store
+            .begin_managed(s.op, s.files, &install::site_targets(s.site)),
     };
     Staged {
         idx: s.idx,

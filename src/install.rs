@@ -639,6 +639,21 @@ pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
     let site_store = env.store.site(&site.store_key);
     recover_site(env, site)?;
 
+    let Some((op, files, sha)) = saved_version(site, &site_store, &mut out)? else {
+        return Ok(out);
+    };
+    apply(env, site, &site_store, op, files, &sha, None, out)
+}
+
+/// What a rollback of `site` installs: its newest saved version, as the
+/// op, the files and the sha256 of their leaf; `out` gets the old and new
+/// leaves. None when the saved version holds no readable certificate
+/// (then `out` is rejected with why).
+pub(crate) fn saved_version(
+    site: &Site,
+    site_store: &SiteStore,
+    out: &mut Outcome,
+) -> Result<Option<(Op, Vec<NewFile>, String)>, InstallError> {
     let (version, files) = match site.mode {
         Mode::InPlace => site_store.previous(&site_targets(site))?,
         Mode::Managed => site_store.previous_managed()?,
@@ -652,23 +667,15 @@ pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
             "the saved version {} of {} holds no readable certificate",
             version.id, site.name
         ));
-        return Ok(out);
+        return Ok(None);
     };
     let (installed, _) = read_installed(site);
     out.old = installed.leaf.as_ref().map(Leaf::of);
     out.new = Some(Leaf::of(&leaf));
-    apply(
-        env,
-        site,
-        &site_store,
-        Op::Rollback {
-            version: version.id,
-        },
-        files,
-        &leaf.sha256,
-        None,
-        out,
-    )
+    let op = Op::Rollback {
+        version: version.id,
+    };
+    Ok(Some((op, files, leaf.sha256)))
 }
 
 /// Steps 3–8: stage, swap, config test, reload, probe, commit — or undo.

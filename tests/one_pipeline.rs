@@ -1,6 +1,8 @@
 //! The one pipeline (issue 13) on a real nginx: a deploy hook whose
 //! certificate covers three configured sites hands all three to ONE run —
-//! one config test, one reload — and each site is verified and served.
+//! one config test, one reload — and each site is verified and served;
+//! `rollback --site A --site B` puts two sites back with one config test
+//! and one reload, each serving its previous leaf.
 //!
 //! Config tests are counted with `strace -f -e trace=execve` around the
 //! certswap process (every `nginx -t` it runs is an execve with `-t`);
@@ -23,6 +25,8 @@ const SITES: [&str; 3] = ["a.test", "b.test", "c.test"];
 struct World {
     dir: tempfile::TempDir,
     ca: Ca,
+    /// The leaf each site serves at the start, in the order of SITES.
+    old: Vec<Leaf>,
     nginx: Nginx,
     config: PathBuf,
 }
@@ -35,11 +39,13 @@ impl World {
         let ca = Ca::new("certswap one pipeline test root");
         let mut specs = Vec::new();
         let mut files = Vec::new();
+        let mut old = Vec::new();
         for name in SITES {
             let leaf = ca.leaf(&[name]).days(-345, 20).build();
             let (cert, key) = pki::write(&ssl, name, &leaf);
             specs.push(SiteSpec::new(name, &cert, &key));
             files.push((name, cert, key));
+            old.push(leaf);
         }
         let nginx = Nginx::start(&specs);
         nginx.log_reloads();
@@ -51,6 +57,7 @@ impl World {
         World {
             dir,
             ca,
+            old,
             nginx,
             config,
         }
@@ -77,21 +84,34 @@ impl World {
     /// `certswap deploy-hook --json` for `lineage` under strace: the output
     /// and how many `nginx -t` it ran.
     fn hook_traced(&self, lineage: &Path) -> (Output, usize) {
+        let domains = SITES.join(" ");
+        self.traced(
+            &["deploy-hook", "--json"],
+            &[
+                ("RENEWED_LINEAGE", lineage.to_str().expect("utf-8 path")),
+                ("RENEWED_DOMAINS", &domains),
+            ],
+        )
+    }
+
+    /// `certswap ARGS` (with `env`) under strace: the output and how many
+    /// `nginx -t` it ran.
+    fn traced(&self, args: &[&str], env: &[(&str, &str)]) -> (Output, usize) {
         let trace = self.dir.path().join("execve.trace");
-        let out = std::process::Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=execve", "-o"])
+        let mut cmd = std::process::Command::new("strace");
+        cmd.args(["-f", "-qq", "-e", "trace=execve", "-o"])
             .arg(&trace)
             .arg(env!("CARGO_BIN_EXE_certswap"))
             .arg("--config")
             .arg(&self.config)
-            .args(["deploy-hook", "--json"])
+            .args(args)
             .env_remove("CERTSWAP_CONFIG")
             .env_remove("CERT_PATH")
-            .env_remove("CERT_FULLCHAIN_PATH")
-            .env("RENEWED_LINEAGE", lineage)
-            .env("RENEWED_DOMAINS", SITES.join(" "))
-            .output()
-            .expect("run strace certswap deploy-hook");
+            .env_remove("CERT_FULLCHAIN_PATH");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run strace certswap");
         let text = std::fs::read_to_string(&trace).expect("read the execve trace");
         let tests = text
             .lines()
@@ -146,4 +166,55 @@ fn deploy_hook_for_one_san_certificate_tests_and_reloads_once_for_all_its_sites(
             "{name} serves the renewed leaf"
         );
     }
+}
+
+#[test]
+fn rollback_of_two_sites_tests_and_reloads_once_and_both_serve_their_previous_leaf() {
+    let w = World::new();
+    let new = w.ca.leaf(&SITES).days(-1, 385).build();
+    let lineage = w.lineage(&new);
+    let (out, _) = w.hook_traced(&lineage);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reloads = w.nginx.reloads();
+
+    let (out, configtests) = w.traced(
+        &["rollback", "--site", SITES[0], "--site", SITES[1], "--json"],
+        &[],
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let v = outcomes(&out);
+    let sites: Vec<&str> = v.iter().map(|o| o["site"].as_str().unwrap_or("")).collect();
+    assert_eq!(sites, SITES[..2], "{said}");
+    for o in &v {
+        assert_eq!(o["result"], "verified", "{o}");
+    }
+    assert_eq!(configtests, 1, "one config test for the two sites: {said}");
+    assert_eq!(
+        w.nginx.reloads(),
+        reloads + 1,
+        "one reload for the two sites: {}",
+        w.nginx.error_log()
+    );
+    for (i, name) in SITES[..2].iter().enumerate() {
+        assert_eq!(
+            served_sha256(w.nginx.port(), name).expect("s_client sees a certificate"),
+            w.old[i].sha256,
+            "{name} serves its previous leaf"
+        );
+    }
+    assert_eq!(
+        served_sha256(w.nginx.port(), SITES[2]).expect("s_client sees a certificate"),
+        new.sha256,
+        "the site not named keeps the renewed leaf"
+    );
 }
