@@ -344,7 +344,7 @@ fn key_material(path: &Path, der: PrivateKeyDer<'static>) -> Result<KeyMaterial,
     // instead, from the modulus, before handing the key to ring. (A modulus
     // of a few bits is a corrupt key, not a weak one: ring says so.)
     if let Some(bits) = rsa_modulus_bits(&der) {
-        if (MIN_PLAUSIBLE_RSA_BITS..crate::validate::MIN_RSA_BITS).contains(&bits) {
+        if (MIN_PLAUSIBLE_RSA_BITS..MIN_RSA_BITS).contains(&bits) {
             return Err(BundleError::WeakKey {
                 path: path.to_path_buf(),
                 bits,
@@ -388,6 +388,10 @@ fn key_material(path: &Path, der: PrivateKeyDer<'static>) -> Result<KeyMaterial,
 const MAX_RSA_BITS: usize = 8192;
 /// Below this an "RSA key" is damaged bytes rather than a weak key.
 const MIN_PLAUSIBLE_RSA_BITS: usize = 256;
+/// Smallest RSA modulus certswap installs (CA/B Forum baseline). Here,
+/// not in `validate`: reading a key already names a weak one, and
+/// `validate` uses `bundle` (issue 13: no import cycle).
+pub const MIN_RSA_BITS: usize = 2048;
 
 /// The modulus size of an RSA private key: PKCS#1 `RSAPrivateKey`, or PKCS#8
 /// wrapping one (rsaEncryption or RSASSA-PSS). None for other key types and

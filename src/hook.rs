@@ -33,23 +33,9 @@ use crate::config::{Config, Site};
 use crate::install::{Env, InstallError};
 use crate::report::Outcome;
 
-/// Which ACME client handed over the renewal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Client {
-    #[serde(rename = "certbot")]
-    Certbot,
-    #[serde(rename = "acme.sh")]
-    AcmeSh,
-}
-
-impl std::fmt::Display for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Client::Certbot => "certbot",
-            Client::AcmeSh => "acme.sh",
-        })
-    }
-}
+/// Which ACME client handed over the renewal (defined with the config's
+/// sources, below this module).
+pub use crate::config::Client;
 
 /// The renewed files and names, as the client's environment gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,7 +340,7 @@ fn record_failure(env: &Env<'_>, renewal: &Renewal, leaf: &CertInfo, site: &Site
         reason,
     };
     let dir = state_dir.join("hook");
-    let written = crate::source::mkdir_private_all(&dir).and_then(|()| {
+    let written = crate::fsio::mkdir_private_all(&dir).and_then(|()| {
         let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
         crate::fsio::write_atomic(
             &failure_path(state_dir, &site.name),

@@ -14,6 +14,7 @@
 //! - [`server`]    the web servers behind one trait: config test and reload.
 //! - [`probe`]     TLS handshake probe, served-chain facts, wait-until-served.
 //! - [`trust`]     trust anchors and the verdict on a chain (trusted, complete).
+//! - [`wait`]      step 7's wait: many endpoints until each serves its leaf.
 //! - [`install`]   the pipeline of DESIGN.md as one readable function.
 //! - [`discover`]  the TLS sites in the nginx/apache config, as [[site]] blocks.
 //! - [`adopt`]     move a site off certbot's `live/` (or acme.sh's) files onto own copies.
@@ -52,3 +53,4 @@ pub mod status;
 pub mod store;
 pub mod trust;
 pub mod validate;
+pub mod wait;

@@ -111,13 +111,9 @@ impl Drop for WorkDir {
     }
 }
 
-/// Create `dir` and its missing parents with mode 0700.
-pub fn mkdir_private_all(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
+/// Create `dir` and its missing parents with mode 0700 (in `fsio`, which
+/// the deploy hook uses too).
+pub use crate::fsio::mkdir_private_all;
 
 /// Write one part of a bundle under its fixed name, 0600 from the first byte.
 pub fn write_part(dir: &Path, fixed_name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
