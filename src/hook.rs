@@ -173,15 +173,7 @@ pub fn deploy_with(
         client: renewal.client,
         source: Box::new(source),
     };
-    let leaf = bundle::read_certs(&renewal.cert)
-        .map_err(cert_err)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| {
-            cert_err(BundleError::NoCertificate {
-                path: renewal.cert.clone(),
-            })
-        })?;
+    let leaf = bundle::read_leaf(&renewal.cert).map_err(cert_err)?;
 
     let sites = sites_for(env.config, &leaf, &renewal.domains);
     if sites.is_empty() {

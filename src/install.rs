@@ -595,9 +595,9 @@ pub fn pair_site(site: &Site, family: KeyFamily) -> Result<Site, String> {
     let mut pairs = vec![(site.cert.clone(), site.key.clone())];
     pairs.extend(site.pairs.iter().cloned());
     let chosen = pairs.iter().find(|(cert, _)| {
-        bundle::read_certs(cert)
+        bundle::read_leaf(cert)
             .ok()
-            .and_then(|c| c.first().map(|leaf| KeyFamily::of(&leaf.key_kind)))
+            .map(|leaf| KeyFamily::of(&leaf.key_kind))
             == Some(family)
     });
     let Some((cert, key)) = chosen.cloned() else {
@@ -663,7 +663,7 @@ pub(crate) fn saved_version(
     let Some(leaf) = files
         .iter()
         .find(|f| f.role == Role::Cert)
-        .and_then(|f| leaf_of_pem(&f.bytes))
+        .and_then(|f| bundle::leaf_of(&f.bytes))
     else {
         out.reject(format!(
             "the saved version {} of {} holds no readable certificate",
@@ -1121,7 +1121,7 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
     let mut waits = Vec::new();
     let mut owners = Vec::new();
     for site in &reload {
-        let leaf = std::fs::read(&site.cert).ok().and_then(|b| leaf_of_pem(&b));
+        let leaf = bundle::read_leaf(&site.cert).ok();
         if let Some(leaf) = leaf {
             owners.push(*site);
             waits.push(Wait {
@@ -1248,13 +1248,6 @@ pub(crate) fn new_files(site: &Site, bundle: &Bundle) -> Vec<NewFile> {
         });
     }
     files
-}
-
-pub(crate) fn leaf_of_pem(bytes: &[u8]) -> Option<CertInfo> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let der = CertificateDer::pem_slice_iter(bytes).next()?.ok()?;
-    CertInfo::from_der(&der).ok()
 }
 
 fn ms(since: Instant) -> u64 {

@@ -122,16 +122,8 @@ pub fn write_part(dir: &Path, fixed_name: &str, bytes: &[u8]) -> io::Result<Path
     Ok(path)
 }
 
-/// The first certificate in PEM or DER `bytes`.
-pub fn leaf_of(bytes: &[u8]) -> Option<CertInfo> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    match CertificateDer::pem_slice_iter(bytes).next() {
-        Some(Ok(der)) => CertInfo::from_der(&der).ok(),
-        Some(Err(_)) => None,
-        None => CertInfo::from_der(bytes).ok(),
-    }
-}
+/// The first certificate in PEM or DER `bytes` (owned by `bundle`).
+pub use crate::bundle::leaf_of;
 
 /// SHA-256 of the leaf installed for `site` now, if it can be read.
 pub fn installed_leaf_sha256(site: &Site) -> Option<String> {
