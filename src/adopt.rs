@@ -57,7 +57,7 @@ use crate::store::Role;
 /// Largest config file adopt rewrites.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 /// Largest certificate or key file it copies.
-const MAX_CERT_BYTES: u64 = 1024 * 1024;
+const MAX_CERT_BYTES: u64 = crate::bundle::MAX_FILE_BYTES;
 const STAGED_SUFFIX: &str = ".certswap-new";
 
 /// Why adopt did nothing (exit 2): each names the site, file or line.
@@ -415,7 +415,7 @@ pub fn plan(cfg: &Config, site: &Site, managed: bool) -> Result<Plan, AdoptError
         let bytes = owner::read_trusted("certificate file", &real, MAX_CERT_BYTES)?;
         if *role == Role::Cert {
             let leaf =
-                install::leaf_of_pem(&bytes).ok_or(AdoptError::NoCert { path: path.clone() })?;
+                crate::bundle::leaf_of(&bytes).ok_or(AdoptError::NoCert { path: path.clone() })?;
             leaf_sha256 = Some(leaf.sha256);
         }
         let name = path.file_name().unwrap_or(path.as_os_str());
@@ -441,7 +441,7 @@ pub fn plan(cfg: &Config, site: &Site, managed: bool) -> Result<Plan, AdoptError
         None => {
             let bytes = fsio::read_limited(&site.cert, MAX_CERT_BYTES)
                 .map_err(io_err(&site.cert, "read"))?;
-            install::leaf_of_pem(&bytes)
+            crate::bundle::leaf_of(&bytes)
                 .ok_or(AdoptError::NoCert {
                     path: site.cert.clone(),
                 })?
@@ -1255,7 +1255,7 @@ fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outc
         .unwrap_or_else(|| site.clone());
     let expect = fsio::read_limited(&restored.cert, MAX_CERT_BYTES)
         .ok()
-        .and_then(|b| install::leaf_of_pem(&b));
+        .and_then(|b| crate::bundle::leaf_of(&b));
     out.new = expect.as_ref().map(Leaf::of);
     let mut tested = true;
     if reload {

@@ -33,42 +33,26 @@
 //! `batch phase phase=wait ms=1834 sites=1000`; docs/performance.md says
 //! where the time of a 1000-site batch goes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::bundle::Bundle;
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
-use crate::install::{self, Env, InstallError, Waited};
+use crate::install::{self, Env, InstallError};
+pub use crate::install::{recover_host, recover_sites, stored_sites};
 use crate::probe::{self, Target};
 use crate::report::{Outcome, ResultKind, Retryable, ServedRow};
 use crate::store::{self, NewFile, Op, Recovery, SiteStore, StoreError, Txn};
 use crate::trust::TrustStore;
+use crate::wait::{PROBE_CONCURRENCY, Wait, lock, ms, wait_all};
 
-/// Sites waited on at once. Each site's wait makes `consecutive` handshakes
-/// spaced ~50 ms apart, so most of a wait is sleeping: 256 sites keep ~64
-/// handshakes in flight, the sweet spot measured in DESIGN.md.
-const SITES_IN_FLIGHT: usize = 256;
-/// The gate of the wait after the reload ([`first_new_answer`]): sites
-/// sampled, pause between their rounds, and the batch size from which it
-/// is worth it.
-const GATE_SAMPLE: usize = 4;
-const GATE_EVERY: Duration = Duration::from_millis(20);
-const GATE_MIN_SITES: usize = 16;
-/// The per-address gate may use at most this fraction of the deadline.
-const GATE_DEADLINE_SHARE: u32 = 3;
-/// Handshakes in flight for the one-shot probe of what is served before.
-const PROBE_CONCURRENCY: usize = 64;
 /// Threads for staging, swapping, committing and restoring: each site costs
 /// ~10–20 fsyncs, and concurrent fsyncs share the filesystem journal's
 /// commits (≈4× the throughput of one thread on this box's ext4).
 const IO_THREADS: usize = 16;
-/// How often the wait looks at the server: one that died on its reload
-/// (apache) ends the wait within this time, not at the deadline.
-const ALIVE_EVERY: Duration = Duration::from_secs(1);
-
 /// One bundle of a batch, for one configured site.
 #[derive(Debug, Clone)]
 pub struct Item<'a> {
@@ -130,6 +114,45 @@ pub fn install_items(
     force: bool,
     dry_run: bool,
 ) -> Result<Vec<Outcome>, InstallError> {
+    Ok(run_items(env, items, force, dry_run, false)?
+        .into_iter()
+        .map(|(out, _)| out)
+        .collect())
+}
+
+/// [`install_items`] with the per-site rule of `certswap install`, for
+/// the deploy hook: a site the batch refuses for its environment (an
+/// endpoint that does not answer, one that serves what the file does not
+/// hold, the installed certificate not proven served, a symlinked target,
+/// the store failing at staging) is that site's `Err`, not a rejection, and
+/// is refused before any of its files moves. The server steps are still
+/// done once for all the sites (one config test, one reload).
+pub fn install_each(
+    env: &Env<'_>,
+    items: &[Item<'_>],
+    force: bool,
+) -> Result<Vec<Result<Outcome, InstallError>>, InstallError> {
+    Ok(run_items(env, items, force, false, true)?
+        .into_iter()
+        .map(|(out, err)| match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        })
+        .collect())
+}
+
+/// An outcome, with the environment error that refused the site when the
+/// caller asked for install's rule (`strict`).
+type Run = (Outcome, Option<InstallError>);
+
+/// Resolve the pair of every dual-certificate item, then run the batch.
+fn run_items(
+    env: &Env<'_>,
+    items: &[Item<'_>],
+    force: bool,
+    dry_run: bool,
+    strict: bool,
+) -> Result<Vec<Run>, InstallError> {
     let pairs: Vec<Option<Result<Site, String>>> = items
         .iter()
         .map(|it| {
@@ -139,7 +162,7 @@ pub fn install_items(
             })
         })
         .collect();
-    let mut outs: Vec<Option<Outcome>> = items.iter().map(|_| None).collect();
+    let mut outs: Vec<Option<Run>> = items.iter().map(|_| None).collect();
     let mut batch = Vec::new();
     let mut in_batch = Vec::new();
     for (i, (it, pair)) in items.iter().zip(&pairs).enumerate() {
@@ -149,29 +172,32 @@ pub fn install_items(
             Some(Err(why)) => {
                 let mut out = Outcome::new(&it.site.name);
                 out.reject(why.clone());
-                outs[i] = Some(out);
+                outs[i] = Some((out, None));
                 continue;
             }
         };
         batch.push(Item { site, ..it.clone() });
         in_batch.push(i);
     }
-    for (i, out) in in_batch
-        .into_iter()
-        .zip(install_batch(env, &batch, force, dry_run)?)
-    {
-        outs[i] = Some(out);
+    let mut errs: Vec<Option<InstallError>> = batch.iter().map(|_| None).collect();
+    let done = install_batch(env, &batch, force, dry_run, strict, &mut errs)?;
+    for ((i, out), err) in in_batch.into_iter().zip(done).zip(errs) {
+        outs[i] = Some((out, err.filter(|_| strict)));
     }
     Ok(outs.into_iter().flatten().collect())
 }
 
 /// [`install_items`] once every item names the site (or pair) it replaces:
-/// the batch proper.
+/// the batch proper. `errs[i]`: the environment error that refused item
+/// `i`, kept for [`install_each`]; with `strict` a site whose endpoints
+/// refuse it is refused before staging, as `install` does.
 fn install_batch(
     env: &Env<'_>,
     items: &[Item<'_>],
     force: bool,
     dry_run: bool,
+    strict: bool,
+    errs: &mut [Option<InstallError>],
 ) -> Result<Vec<Outcome>, InstallError> {
     if items.is_empty() {
         return Ok(Vec::new());
@@ -196,6 +222,12 @@ fn install_batch(
         bundles.push(c.bundle);
         same.push(c.same);
         on_disk.push(c.on_disk);
+    }
+    // The real reason of a refused symlinked target, as install says it.
+    for (i, it) in items.iter().enumerate() {
+        if bundles[i].is_none() {
+            errs[i] = install::symlinked_target(it.site);
+        }
     }
     let accepted: Vec<bool> = bundles.iter().map(Option::is_some).collect();
     for (i, why) in conflicts(items, &accepted) {
@@ -222,6 +254,9 @@ fn install_batch(
             let c;
             (outs[i], c) = check_item(&items[i], force, trust);
             (bundles[i], same[i], on_disk[i]) = (c.bundle, c.same, c.on_disk);
+            if bundles[i].is_none() {
+                errs[i] = install::symlinked_target(items[i].site);
+            }
         }
     }
     // The installed certificate again: settled when every endpoint serves
@@ -253,6 +288,7 @@ fn install_batch(
                     .push(format!("{e} — installing anyway because of --force")),
                 Err(e) => {
                     outs[i].reject(e.to_string());
+                    errs[i] = Some(e);
                     bundles[i] = None;
                 }
             }
@@ -269,7 +305,6 @@ fn install_batch(
         env.server.preflight().map_err(InstallError::Server)?;
     }
 
-    // 3. stage every site (I/O threads).
     let mut staging = Vec::new();
     for &i in &accepted {
         if let Some(bundle) = bundles[i].take() {
@@ -278,16 +313,152 @@ fn install_batch(
                 idx: i,
                 site,
                 store: env.store.site(&site.store_key),
+                op: Op::Install,
                 new_sha: bundle.leaf.sha256.clone(),
                 files: install::new_files(site, &bundle),
             });
         }
     }
+    let run = Run3 {
+        probers,
+        same: &same,
+        on_disk: &on_disk,
+        force,
+        strict,
+    };
+    apply_staged(env, run, outs, errs, staging, clock)
+}
+
+/// `certswap rollback --site A --site B …`: put the newest saved version
+/// of every site back as ONE batch — one config test, one reload, one
+/// wait, and the sites that do not verify restored with one second reload
+/// — each proven on its own. `sites` are stored sites (a dual site's pair
+/// as [`install::pair_site`] gives it). One outcome per site, in order; a
+/// site without a saved version, or two entries sharing a file, is
+/// rejected with the reason. Err only for a failure of the host (lock,
+/// repair, the server's pid file).
+pub fn rollback_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Outcome>, InstallError> {
+    let clock = Clock::start();
+    let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
+    let _lock = env.store.lock()?;
+    recover_host(env)?;
+    let items: Vec<Item<'_>> = sites
+        .iter()
+        .map(|site| Item {
+            site,
+            cert: site.cert.clone(),
+            key: None,
+            chain: None,
+        })
+        .collect();
+    let mut outs: Vec<Outcome> = sites.iter().map(|s| Outcome::new(&s.name)).collect();
+    let mut saved = Vec::with_capacity(sites.len());
+    for (i, site) in sites.iter().enumerate() {
+        let store = env.store.site(&site.store_key);
+        saved.push(match install::saved_version(site, &store, &mut outs[i]) {
+            Ok(found) => found.map(|f| (store, f)),
+            Err(e) => {
+                outs[i].reject(e.to_string());
+                None
+            }
+        });
+    }
+    let accepted: Vec<bool> = saved.iter().map(Option::is_some).collect();
+    for (i, why) in conflicts(&items, &accepted) {
+        saved[i] = None;
+        outs[i].reject(why);
+    }
+    let mut staging = Vec::new();
+    for (i, found) in saved.into_iter().enumerate() {
+        if let Some((store, (op, files, new_sha))) = found {
+            staging.push(Staging {
+                idx: i,
+                site: sites[i],
+                store,
+                op,
+                new_sha,
+                files,
+            });
+        }
+    }
+    if staging.is_empty() {
+        return Ok(outs);
+    }
+    env.server.preflight().map_err(InstallError::Server)?;
+    // No preflight truth check: the site's file is what goes away.
+    let n = sites.len();
+    let (same, on_disk) = (vec![false; n], vec![None; n]);
+    let mut errs: Vec<Option<InstallError>> = (0..n).map(|_| None).collect();
+    let run = Run3 {
+        probers,
+        same: &same,
+        on_disk: &on_disk,
+        force: false,
+        strict: false,
+    };
+    apply_staged(env, run, outs, &mut errs, staging, clock)
+}
+
+/// What steps 3–8 of a batch need besides the sites: a prober per key
+/// type, and per outcome index whether the bundle is the installed
+/// certificate and what the site's file holds (the preflight truth check).
+struct Run3<'r> {
+    probers: probe::Probers,
+    same: &'r [bool],
+    on_disk: &'r [Option<install::OnDisk>],
+    force: bool,
+    /// Install's rule: see [`install_each`].
+    strict: bool,
+}
+
+/// Steps 3–8 for every staged site, the server steps once for all of
+/// them (install and rollback alike: the module docs).
+fn apply_staged(
+    env: &Env<'_>,
+    run: Run3<'_>,
+    mut outs: Vec<Outcome>,
+    errs: &mut [Option<InstallError>],
+    mut staging: Vec<Staging<'_>>,
+    mut clock: Clock,
+) -> Result<Vec<Outcome>, InstallError> {
+    let Run3 {
+        probers,
+        same,
+        on_disk,
+        force,
+        strict,
+    } = run;
+    // 3. stage every site (I/O threads).
     // ONE bulk probe of what every endpoint serves now, the proof target
     // of a rollback, runs from here through the config test: the server
     // reads the new files only at the reload, and the handshakes use the
     // CPU that staging (fsync waits) and the config test (one core) leave.
-    let before_probe = BeforeProbe::start(&probers, &staging);
+    // With install's rule (`strict`) the probe ends before staging, and a
+    // site it refuses is refused before any of its files moves.
+    let mut judged: HashMap<usize, Before> = HashMap::new();
+    let before_probe = if strict {
+        let mut probed = BeforeProbe::start(&probers, &staging).results();
+        let mut kept = Vec::with_capacity(staging.len());
+        for st in staging {
+            let mine = probed.remove(&st.idx).unwrap_or_default();
+            let (same, on_disk) = (same[st.idx], on_disk[st.idx].as_ref());
+            match judge_before(st.site, mine, same, on_disk, force, &mut outs[st.idx]) {
+                Ok(before) => {
+                    judged.insert(st.idx, before);
+                    kept.push(st);
+                }
+                Err(e) => {
+                    outs[st.idx].reject(e.to_string());
+                    outs[st.idx].retry_because(Retryable::Endpoint);
+                    errs[st.idx] = Some(e);
+                }
+            }
+        }
+        staging = kept;
+        None
+    } else {
+        Some(BeforeProbe::start(&probers, &staging))
+    };
     let staged = par_map(staging, IO_THREADS, stage);
     clock.done("stage", staged.len());
 
@@ -308,6 +479,7 @@ fn install_batch(
                     "before changing anything: {why}; nothing was changed"
                 ));
                 out.retry_because(Retryable::Disk);
+                errs[st.idx] = Some(InstallError::Store(why));
             }
             Ok(txn) => to_swap.push((
                 Open {
@@ -362,7 +534,7 @@ fn install_batch(
     let tested = env.server.configtest();
     batch.each_open(|o| o.timings_ms.configtest = ms(t));
     clock.done("configtest", batch.open.len());
-    let mut probed = before_probe.results();
+    let mut probed = before_probe.map(BeforeProbe::results).unwrap_or_default();
     clock.done("probe-before", batch.open.len());
 
     // A site whose endpoint does not answer gets its old files back before
@@ -374,32 +546,35 @@ fn install_batch(
     let mut first_refusal = None;
     let mut answered = false;
     for (mut open, txn) in std::mem::take(&mut batch.open) {
+        // Judged before staging already (`strict`).
+        if let Some(before) = judged.remove(&open.idx) {
+            answered = true;
+            open.before = before;
+            batch.open.push((open, txn));
+            continue;
+        }
         let mine = probed.remove(&open.idx).unwrap_or_default();
-        match before_of(open.site, &mut mine.into_iter()) {
+        let (same, on_disk) = (same[open.idx], on_disk[open.idx].as_ref());
+        match judge_before(
+            open.site,
+            mine,
+            same,
+            on_disk,
+            force,
+            &mut batch.outs[open.idx],
+        ) {
             Ok(before) => {
                 answered = true;
-                let rows: Vec<ServedRow> = before.iter().map(|(_, r)| r.clone()).collect();
-                let untrue = match same[open.idx] {
-                    // Already found not served, and forced through.
-                    true => None,
-                    false => install::served_is_not_on_disk(on_disk[open.idx].as_ref(), &rows),
-                };
-                match untrue {
-                    Some(e) if !force => refused.push((open, txn, e.to_string())),
-                    untrue => {
-                        if let Some(e) = untrue {
-                            batch.outs[open.idx]
-                                .warnings
-                                .push(format!("{e} — installing anyway because of --force"));
-                        }
-                        open.before = before;
-                        batch.open.push((open, txn));
-                    }
-                }
+                open.before = before;
+                batch.open.push((open, txn));
             }
-            Err(e) => {
+            Err(e @ InstallError::NotServing { .. }) => {
                 refused.push((open, txn, e.to_string()));
                 first_refusal.get_or_insert(e);
+            }
+            Err(e) => {
+                answered = true;
+                refused.push((open, txn, e.to_string()));
             }
         }
     }
@@ -472,7 +647,7 @@ fn install_batch(
             prober: batch.probers.of(o.site.key_family).clone(),
         })
         .collect();
-    let waited = wait_all(env, &waits, true);
+    let waited = wait_all(env.server, &env.config.probe, &waits, true);
     clock.done("wait", waits.len());
 
     // 8. commit the sites that verified; restore the others. (Committing
@@ -535,144 +710,6 @@ fn install_batch(
     Ok(batch.finish())
 }
 
-/// Every site of the config as the store keeps them: a dual-certificate
-/// site once per pair (each has its own journal), the others as they are.
-/// A pair whose files cannot be read now is left to its own commands.
-pub fn stored_sites(config: &Config) -> Vec<Site> {
-    let mut out = Vec::new();
-    for s in &config.sites {
-        if s.pairs.is_empty() {
-            out.push(s.clone());
-            continue;
-        }
-        for family in [probe::KeyFamily::Rsa, probe::KeyFamily::Ecdsa] {
-            if let Ok(pair) = install::pair_site(s, family) {
-                out.push(pair);
-            }
-        }
-    }
-    out
-}
-
-/// Repair every open change on the host ([`recover_sites`] over
-/// [`stored_sites`]): the sites share one server config, so a site that a
-/// crashed batch left half-swapped fails the config test of any other
-/// site's repair until it is repaired too. What was done, by store key.
-pub fn recover_host(env: &Env<'_>) -> Result<HashMap<String, Recovery>, InstallError> {
-    let sites = stored_sites(env.config);
-    let refs: Vec<&Site> = sites.iter().collect();
-    let found = recover_sites(env, &refs)?;
-    Ok(sites
-        .iter()
-        .map(|s| s.store_key.clone())
-        .zip(found)
-        .collect())
-}
-
-/// Repair every site in `sites` from its journal, with ONE config test and
-/// reload for all the sites whose server may have loaded an interrupted
-/// change (a crash in the middle of a batch leaves one journal per site),
-/// then prove their restored leaves are served. The caller holds the host lock. Returns
-/// what recovery did, per site, in order.
-pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, InstallError> {
-    let targets_of = |site: &Site| -> Vec<PathBuf> {
-        install::site_targets(site)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect()
-    };
-    // Every journal is checked against the config before any site is
-    // repaired: a forged one stops the repair with nothing changed.
-    for site in sites {
-        env.store
-            .site(&site.store_key)
-            .check_journal(&targets_of(site))?;
-    }
-    // A repair may end in a reload (or a start): before it restores a
-    // file, the pid file must not name another process. A server that is
-    // not running is fine here: it may have died on the interrupted
-    // change's reload, and is started once the old files are back.
-    if let Some(open) = sites
-        .iter()
-        .find(|s| env.store.site(&s.store_key).has_open_change())
-        && let Err(e) = env.server.preflight()
-        && !crate::server::is_not_running(&e)
-    {
-        return Err(InstallError::Recover {
-            site: open.name.clone(),
-            source: e,
-        });
-    }
-    let mut found = Vec::with_capacity(sites.len());
-    let mut reload = Vec::new();
-    for site in sites {
-        let targets = targets_of(site);
-        let r = env.store.site(&site.store_key).recover(&targets)?;
-        match &r {
-            Recovery::Clean => {}
-            Recovery::RolledBack { op, reload: again } => {
-                tracing::warn!(
-                    site = %site.name,
-                    "an interrupted {} was rolled back: the previous files are restored",
-                    op_name(op)
-                );
-                if *again {
-                    reload.push(*site);
-                }
-            }
-            Recovery::Completed { op } => tracing::warn!(
-                site = %site.name,
-                "an interrupted {} had committed; finished it",
-                op_name(op)
-            ),
-        }
-        found.push(r);
-    }
-    if reload.is_empty() {
-        return Ok(found);
-    }
-    let map = |source| InstallError::Recover {
-        site: name_list(reload.iter().map(|s| s.name.as_str())),
-        source,
-    };
-    env.server.configtest().map_err(map)?;
-    match env.server.check_alive() {
-        Ok(()) => env.server.reload().map_err(map)?,
-        // Died on the interrupted change's reload: start it on the old files.
-        Err(e) if crate::server::is_not_running(&e) => env.server.start().map_err(map)?,
-        Err(e) => return Err(map(e)),
-    }
-    for site in &reload {
-        if let Some(p) = install::close_reloaded(&env.store.site(&site.store_key)) {
-            tracing::warn!(site = %site.name, "{p}");
-        }
-    }
-    let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
-    // As after any rollback, prove the restored leaves are what is served
-    // before the batch goes on (invariant 6).
-    let mut waits = Vec::new();
-    let mut owners = Vec::new();
-    for site in &reload {
-        let leaf = std::fs::read(&site.cert)
-            .ok()
-            .and_then(|b| install::leaf_of_pem(&b));
-        if let Some(leaf) = leaf {
-            owners.push(*site);
-            waits.push(Wait {
-                targets: site.endpoints.clone(),
-                sha: leaf.sha256,
-                prober: probers.of(site.key_family).clone(),
-            });
-        }
-    }
-    for (site, w) in owners.into_iter().zip(wait_all(env, &waits, false)) {
-        if let Some(why) = w.waited.failure {
-            tracing::warn!(site = %site.name, "after recovery: {why}");
-        }
-    }
-    Ok(found)
-}
-
 /// What each endpoint of a site served before the change, with the
 /// verdict on it (the proof target of a rollback, and what the served
 /// chain must not get worse than).
@@ -694,6 +731,8 @@ struct Staging<'a> {
     idx: usize,
     site: &'a Site,
     store: SiteStore,
+    /// Install, or back to a saved version.
+    op: Op,
     new_sha: String,
     files: Vec<NewFile>,
 }
@@ -706,18 +745,17 @@ struct Staged<'a> {
     store: SiteStore,
     new_sha: String,
     ms: u64,
-    txn: Result<Txn, String>,
+    txn: Result<Txn, StoreError>,
 }
 
 /// Step 3 for one site (any thread: touches only its own files).
 fn stage(s: Staging<'_>) -> Staged<'_> {
     let t = Instant::now();
     let txn = match s.site.mode {
-        Mode::InPlace => s.store.begin(Op::Install, s.files),
-        Mode::Managed => {
-            s.store
-                .begin_managed(Op::Install, s.files, &install::site_targets(s.site))
-        }
+        Mode::InPlace => s.store.begin(s.op, s.files),
+        Mode::Managed => s
+            .store
+            .begin_managed(s.op, s.files, &install::site_targets(s.site)),
     };
     Staged {
         idx: s.idx,
@@ -725,7 +763,7 @@ fn stage(s: Staging<'_>) -> Staged<'_> {
         store: s.store,
         new_sha: s.new_sha,
         ms: ms(t),
-        txn: txn.map_err(|e| e.to_string()),
+        txn,
     }
 }
 
@@ -831,7 +869,12 @@ impl Batch<'_, '_> {
                 });
             }
         }
-        for (idx, w) in owners.into_iter().zip(wait_all(self.env, &waits, false)) {
+        for (idx, w) in owners.into_iter().zip(wait_all(
+            self.env.server,
+            &self.env.config.probe,
+            &waits,
+            false,
+        )) {
             let out = &mut self.outs[idx];
             out.served.extend(w.waited.rows);
             if let Some(why) = w.waited.failure {
@@ -933,7 +976,10 @@ fn already_installed(
             },
         }
     }
-    for (k, w) in waiting.into_iter().zip(wait_all(env, &waits, false)) {
+    for (k, w) in waiting
+        .into_iter()
+        .zip(wait_all(env.server, &env.config.probe, &waits, false))
+    {
         let i = idx[k];
         found[k] = Some(match w.waited.failure {
             None => Ok(w.waited.rows),
@@ -1069,6 +1115,37 @@ impl Drop for BeforeProbe {
     }
 }
 
+/// Step 5's judgment of one site on what its endpoints served before the
+/// change: what a rollback must prove; or the refusal — an endpoint that
+/// does not answer, or (preflight truth, unless --force, then a warning in
+/// `out`) one serving a leaf the site's file does not hold. `same`: the
+/// bundle is the installed certificate, already found not served and
+/// forced through.
+fn judge_before(
+    site: &Site,
+    probed: Vec<(Target, Result<probe::Served, probe::ProbeError>)>,
+    same: bool,
+    on_disk: Option<&install::OnDisk>,
+    force: bool,
+    out: &mut Outcome,
+) -> Result<Before, InstallError> {
+    let before = before_of(site, &mut probed.into_iter())?;
+    let rows: Vec<ServedRow> = before.iter().map(|(_, r)| r.clone()).collect();
+    let untrue = match same {
+        true => None,
+        false => install::served_is_not_on_disk(on_disk, &rows),
+    };
+    match untrue {
+        Some(e) if !force => Err(e),
+        Some(e) => {
+            out.warnings
+                .push(format!("{e} — installing anyway because of --force"));
+            Ok(before)
+        }
+        None => Ok(before),
+    }
+}
+
 /// What the endpoints of `site` served, taken from the bulk probe's
 /// results (in the order of the sites' endpoints); the first endpoint that
 /// did not answer refuses the site.
@@ -1094,271 +1171,6 @@ fn before_of(
         None => Ok(before),
         Some(e) => Err(e),
     }
-}
-
-/// Targets that must all serve the leaf `sha`, as `prober` (the site's
-/// key type) sees them.
-struct Wait {
-    targets: Vec<Target>,
-    sha: String,
-    prober: probe::Prober,
-}
-
-struct WaitResult {
-    waited: Waited,
-    /// From the start of the wait until this one ended.
-    ms: u64,
-}
-
-/// ONE concurrent wait over every `waits` entry (each: every target serves
-/// its sha on `consecutive` fresh handshakes in a row), with at most
-/// [`SITES_IN_FLIGHT`] entries waited on at once, all within the configured
-/// deadline, on one current-thread runtime. The server is looked at every
-/// [`ALIVE_EVERY`]: if it died, every entry still waiting fails with why.
-///
-/// `new`: the wait for the new leaves after the reload, which first passes
-/// the gate of [`first_new_answer`].
-fn wait_all(env: &Env<'_>, waits: &[Wait], new: bool) -> Vec<WaitResult> {
-    let pc = &env.config.probe;
-    let started = Instant::now();
-    let until = started + pc.deadline;
-    let consecutive = pc.consecutive;
-    let slots: Mutex<Vec<Option<(probe::WaitOutcome, u64)>>> =
-        Mutex::new(waits.iter().map(|_| None).collect());
-
-    let work = async {
-        if new && waits.len() >= GATE_MIN_SITES {
-            let opened = first_new_answer(waits, started + pc.deadline / 2).await;
-            tracing::info!(phase = %"settle", ms = ms(started), opened, "batch phase");
-        }
-        if new {
-            failpoint::hit("mid-probe");
-        }
-        // Old workers answering after a reload are a property of a socket,
-        // not of a name: once `consecutive` fresh handshakes in a row for
-        // several names on one address served their new leaves, the old
-        // workers there no longer accept, and one matching fresh handshake
-        // per site proves the rest. A site whose single check saw anything
-        // else first is held to the full rule.
-        let gated = new && consecutive > 1 && waits.len() >= GATE_MIN_SITES;
-        let (settled, first_looks) = if gated {
-            // The gate only saves time: it must never eat the deadline of
-            // the sites behind an address that does not settle (a load
-            // balancer, a wrong port) — those get the full rule instead.
-            let gate_until = until.min(Instant::now() + pc.deadline / GATE_DEADLINE_SHARE);
-            // Meanwhile every site's single check. A match can only come
-            // from a new worker (old ones hold the old config in memory),
-            // so it counts once its address has settled; anything else is
-            // checked again below.
-            let all: Vec<(probe::Prober, Target)> = waits
-                .iter()
-                .flat_map(|w| w.targets.iter().map(|t| (w.prober.clone(), t.clone())))
-                .collect();
-            tokio::join!(
-                settled_addrs(waits, consecutive, gate_until),
-                probe::probe_each(&all, PROBE_CONCURRENCY)
-            )
-        } else {
-            (HashSet::new(), Vec::new())
-        };
-        let mut first_looks = first_looks.into_iter();
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut pending = waits.iter().enumerate();
-        loop {
-            while tasks.len() < SITES_IN_FLIGHT {
-                let Some((i, w)) = pending.next() else { break };
-                let looked: Vec<_> = first_looks.by_ref().take(w.targets.len()).collect();
-                let settled_here = w.targets.iter().all(|t| settled.contains(&t.addr));
-                let matched = !looked.is_empty()
-                    && looked.len() == w.targets.len()
-                    && looked
-                        .iter()
-                        .all(|r| r.as_ref().is_ok_and(|served| served.leaf.sha256 == w.sha));
-                if settled_here && matched {
-                    let o = probe::WaitOutcome {
-                        ok: true,
-                        handshakes: looked.len(),
-                        last: looked,
-                    };
-                    lock(&slots)[i] = Some((o, ms(started)));
-                    continue;
-                }
-                let prober = w.prober.clone();
-                let targets = w.targets.clone();
-                let sha = w.sha.clone();
-                let left = until.saturating_duration_since(Instant::now());
-                let quick = targets.iter().all(|t| settled.contains(&t.addr));
-                tasks.spawn(async move {
-                    if quick {
-                        let o = probe::wait_until_served(&prober, &targets, &sha, 1, left).await;
-                        // One handshake per target, each a match: proven.
-                        if o.ok && o.handshakes == targets.len() {
-                            return (i, o, ms(started));
-                        }
-                    }
-                    let left = until.saturating_duration_since(Instant::now());
-                    let o =
-                        probe::wait_until_served(&prober, &targets, &sha, consecutive, left).await;
-                    (i, o, ms(started))
-                });
-            }
-            let Some(joined) = tasks.join_next().await else {
-                break;
-            };
-            match joined {
-                Ok((i, o, took)) => lock(&slots)[i] = Some((o, took)),
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => {}
-            }
-        }
-    };
-    let watchdog = async {
-        loop {
-            tokio::time::sleep(ALIVE_EVERY).await;
-            if let Err(e) = env.server.check_alive() {
-                return e;
-            }
-        }
-    };
-    let died = probe::block_on(async {
-        tokio::select! {
-            () = work => None,
-            e = watchdog => Some(e.to_string()),
-        }
-    });
-
-    let slots = slots.into_inner().unwrap_or_else(|p| p.into_inner());
-    waits
-        .iter()
-        .zip(slots)
-        .map(|(w, slot)| {
-            let Some((o, took)) = slot else {
-                let why = died
-                    .clone()
-                    .unwrap_or_else(|| "the wait was cancelled".to_string());
-                return WaitResult {
-                    waited: Waited {
-                        rows: Vec::new(),
-                        failure: Some(why),
-                    },
-                    ms: ms(started),
-                };
-            };
-            let rows = rows_of(&o, &w.targets);
-            let failure = match (&died, o.ok) {
-                // Seen served on consecutive handshakes before the server
-                // died: proven.
-                (_, true) => None,
-                (Some(why), false) => Some(why.clone()),
-                (None, false) => Some(install::describe_mismatch(
-                    &o.last,
-                    &w.targets,
-                    &w.sha,
-                    pc.deadline,
-                    consecutive,
-                )),
-            };
-            WaitResult {
-                waited: Waited { rows, failure },
-                ms: took,
-            }
-        })
-        .collect()
-}
-
-fn rows_of(o: &probe::WaitOutcome, targets: &[Target]) -> Vec<ServedRow> {
-    o.last
-        .iter()
-        .zip(targets)
-        .map(|(r, t)| ServedRow::of(t, r))
-        .collect()
-}
-
-/// The gate of a big wait after a reload: poll a few sites, spread over
-/// the batch, lightly until one of them answers with its new leaf (the
-/// reloaded config is live), or until `until`. nginx and apache switch
-/// every virtual host at once, and until then hundreds of waits polling
-/// the old workers would take CPU from the server while it loads the new
-/// config. Only an optimisation: every site is still proven on its own.
-/// The addresses where old workers are gone: for each address, up to
-/// `consecutive` sampled sites each served their new leaf on `consecutive`
-/// fresh handshakes in a row (checked concurrently, bounded by `until`).
-async fn settled_addrs(waits: &[Wait], consecutive: u32, until: Instant) -> HashSet<String> {
-    let mut samples: HashMap<String, Vec<(Target, String, probe::Prober)>> = HashMap::new();
-    for w in waits {
-        for t in &w.targets {
-            let list = samples.entry(t.addr.clone()).or_default();
-            if list.len() < consecutive as usize {
-                list.push((t.clone(), w.sha.clone(), w.prober.clone()));
-            }
-        }
-    }
-    // Every sample concurrently: each alone spans the time old workers
-    // may linger (`consecutive` handshakes spaced by the probe engine).
-    let mut checks = tokio::task::JoinSet::new();
-    for (addr, list) in samples {
-        for (t, sha, prober) in list {
-            let addr = addr.clone();
-            checks.spawn(async move {
-                let left = until.saturating_duration_since(Instant::now());
-                let o = probe::wait_until_served(
-                    &prober,
-                    std::slice::from_ref(&t),
-                    &sha,
-                    consecutive,
-                    left,
-                )
-                .await;
-                (addr, o.ok)
-            });
-        }
-    }
-    let mut failed = HashSet::new();
-    let mut seen = HashSet::new();
-    while let Some(r) = checks.join_next().await {
-        if let Ok((addr, ok)) = r {
-            if !ok {
-                failed.insert(addr.clone());
-            }
-            seen.insert(addr);
-        }
-    }
-    let settled: HashSet<String> = seen.difference(&failed).cloned().collect();
-    settled
-}
-
-async fn first_new_answer(waits: &[Wait], until: Instant) -> bool {
-    let step = (waits.len() / GATE_SAMPLE).max(1);
-    let sample: Vec<(Target, String, probe::Prober)> = waits
-        .iter()
-        .step_by(step)
-        .take(GATE_SAMPLE)
-        .filter_map(|w| {
-            w.targets
-                .first()
-                .map(|t| (t.clone(), w.sha.clone(), w.prober.clone()))
-        })
-        .collect();
-    while Instant::now() < until {
-        let mut round = tokio::task::JoinSet::new();
-        for (t, sha, prober) in &sample {
-            let (prober, t, sha) = (prober.clone(), t.clone(), sha.clone());
-            round.spawn(async move {
-                let left = until.saturating_duration_since(Instant::now());
-                matches!(
-                    tokio::time::timeout(left, prober.probe(&t)).await,
-                    Ok(Ok(s)) if s.leaf.sha256.eq_ignore_ascii_case(&sha)
-                )
-            });
-        }
-        while let Some(r) = round.join_next().await {
-            if matches!(r, Ok(true)) {
-                return true;
-            }
-        }
-        tokio::time::sleep(GATE_EVERY).await;
-    }
-    false
 }
 
 /// The bundles in `dir`: items for configured sites, and rejected outcomes
@@ -1505,32 +1317,11 @@ fn cpu_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// A poisoned lock only means another worker panicked, which is re-raised.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn add_problem(out: &mut Outcome, why: String) {
     out.error = Some(match out.error.take() {
         Some(e) => format!("{e}; {why}"),
         None => why,
     });
-}
-
-/// `a, b, c and 17 more`.
-fn name_list<'n>(names: impl Iterator<Item = &'n str>) -> String {
-    let names: Vec<&str> = names.collect();
-    match names.len() {
-        0..=5 => names.join(", "),
-        n => format!("{} and {} more", names[..5].join(", "), n - 5),
-    }
-}
-
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Install => "install",
-        Op::Rollback { .. } => "rollback",
-    }
 }
 
 /// Wall time per phase of a batch, logged at info level (`-v`) for
@@ -1546,10 +1337,6 @@ impl Clock {
         tracing::info!(phase = %phase, ms = ms(self.0), sites, "batch phase");
         self.0 = Instant::now();
     }
-}
-
-fn ms(since: Instant) -> u64 {
-    since.elapsed().as_millis() as u64
 }
 
 #[cfg(test)]
@@ -1707,6 +1494,7 @@ mod tests {
 
     #[test]
     fn name_list_is_short() {
+        use crate::install::name_list;
         assert_eq!(name_list(["a", "b"].into_iter()), "a, b");
         let many: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
         assert_eq!(

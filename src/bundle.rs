@@ -8,8 +8,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::{self, PemObject, SectionKind};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::cert::{self, CertInfo, KeyKind};
 
@@ -138,6 +138,29 @@ pub fn load(cert: &Path, chain: Option<&Path>, key: Option<&Path>) -> Result<Bun
 pub fn read_certs(path: &Path) -> Result<Vec<CertInfo>, BundleError> {
     let bytes = read_limited(path)?;
     Ok(parse_certs(path, &bytes)?.certs)
+}
+
+/// The first certificate in the bytes of a file, PEM or DER: the leaf a
+/// server serves from it. None when there is none or it does not parse.
+/// The one reader of "the first certificate" (issue 13); the chain after
+/// it is not decoded.
+pub fn leaf_of(bytes: &[u8]) -> Option<CertInfo> {
+    match CertificateDer::pem_slice_iter(bytes).next() {
+        Some(Ok(der)) => CertInfo::from_der(&der).ok(),
+        Some(Err(_)) => None,
+        None => CertInfo::from_der(bytes).ok(),
+    }
+}
+
+/// The first certificate of the file at `path`, read with the size cap
+/// ([`MAX_FILE_BYTES`]) and the messages of [`read_certs`].
+pub fn read_leaf(path: &Path) -> Result<CertInfo, BundleError> {
+    read_certs(path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| BundleError::NoCertificate {
+            path: path.to_path_buf(),
+        })
 }
 
 /// Read one private key file.
@@ -344,7 +367,7 @@ fn key_material(path: &Path, der: PrivateKeyDer<'static>) -> Result<KeyMaterial,
     // instead, from the modulus, before handing the key to ring. (A modulus
     // of a few bits is a corrupt key, not a weak one: ring says so.)
     if let Some(bits) = rsa_modulus_bits(&der) {
-        if (MIN_PLAUSIBLE_RSA_BITS..crate::validate::MIN_RSA_BITS).contains(&bits) {
+        if (MIN_PLAUSIBLE_RSA_BITS..MIN_RSA_BITS).contains(&bits) {
             return Err(BundleError::WeakKey {
                 path: path.to_path_buf(),
                 bits,
@@ -388,6 +411,10 @@ fn key_material(path: &Path, der: PrivateKeyDer<'static>) -> Result<KeyMaterial,
 const MAX_RSA_BITS: usize = 8192;
 /// Below this an "RSA key" is damaged bytes rather than a weak key.
 const MIN_PLAUSIBLE_RSA_BITS: usize = 256;
+/// Smallest RSA modulus certswap installs (CA/B Forum baseline). Here,
+/// not in `validate`: reading a key already names a weak one, and
+/// `validate` uses `bundle` (issue 13: no import cycle).
+pub const MIN_RSA_BITS: usize = 2048;
 
 /// The modulus size of an RSA private key: PKCS#1 `RSAPrivateKey`, or PKCS#8
 /// wrapping one (rsaEncryption or RSASSA-PSS). None for other key types and
@@ -538,6 +565,37 @@ mod tests {
 
     use super::*;
     use crate::cert::testpki::*;
+
+    #[test]
+    fn the_one_leaf_reader_takes_pem_or_der_and_caps_the_file() {
+        let ca = root("leaf reader root");
+        let leaf = sign_leaf(&leaf_params(&["a.test"]), &p256(), &ca);
+        let chain = format!("{}{}", leaf.to_pem(), ca.cert.to_pem());
+        assert_eq!(
+            leaf_of(chain.as_bytes()).map(|l| l.sha256),
+            Some(leaf.sha256.clone())
+        );
+        assert!(leaf_of(b"not a certificate").is_none());
+        assert_eq!(
+            leaf_of(&leaf.der).map(|l| l.sha256),
+            Some(leaf.sha256.clone())
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("a.pem");
+        std::fs::write(&file, &chain).expect("write");
+        assert_eq!(read_leaf(&file).expect("leaf").sha256, leaf.sha256);
+        // Over the cap: refused by name before it is parsed.
+        let big = dir.path().join("big.pem");
+        let mut bytes = chain.into_bytes();
+        bytes.resize(MAX_FILE_BYTES as usize + 1, b'\n');
+        std::fs::write(&big, &bytes).expect("write");
+        let e = read_leaf(&big).expect_err("too large");
+        assert!(e.to_string().contains("big.pem"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "\n").expect("write");
+        assert!(read_leaf(&empty).is_err());
+    }
 
     struct Fixture {
         dir: TempDir,

@@ -148,6 +148,20 @@ const OID_POLICY_EV: &str = "2.23.140.1.1";
 const OID_POLICY_DV: &str = "2.23.140.1.2.1";
 const OID_POLICY_OV: &str = "2.23.140.1.2.2";
 
+const NANOS_PER_DAY: i128 = 86_400 * 1_000_000_000;
+
+/// Whole days from `now` until `not_after`, rounded down: 30 days and 23
+/// hours is 30, one second past notAfter is -1. So `days_left < 0` exactly
+/// when the certificate has expired. The one days-left of certswap:
+/// `status`, the agent's `certswap_cert_days_left` and its expiry log.
+pub fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
+    let days = (not_after - now)
+        .whole_nanoseconds()
+        .div_euclid(NANOS_PER_DAY);
+    // Certificate dates end in 9999: the clamp is for the type, not for data.
+    i64::try_from(days).unwrap_or(if days < 0 { i64::MIN } else { i64::MAX })
+}
+
 impl CertInfo {
     /// Parse one DER certificate.
     pub fn from_der(der: &[u8]) -> Result<CertInfo, CertError> {
@@ -208,9 +222,9 @@ impl CertInfo {
             .any(|have| dns_name_matches(&normalize_name(have), &wanted))
     }
 
-    /// Whole days from `now` until notAfter (negative once expired).
+    /// Whole days from `now` until notAfter, rounded down ([`days_left`]).
     pub fn days_left(&self, now: OffsetDateTime) -> i64 {
-        (self.not_after - now).whole_days()
+        days_left(self.not_after, now)
     }
 
     /// Whether `issuer` signed this certificate (signature check with the
@@ -873,6 +887,19 @@ mod tests {
         c.not_after = datetime!(2027-06-01 00:00:00 UTC);
         assert_eq!(c.days_left(datetime!(2027-05-01 12:00:00 UTC)), 30);
         assert_eq!(c.days_left(datetime!(2027-06-03 00:00:00 UTC)), -2);
+    }
+
+    #[test]
+    fn days_left_is_negative_as_soon_as_the_certificate_expired() {
+        // The metric used to truncate toward zero (12 hours past notAfter
+        // was 0 days left) while `status` said -1 (expired): one rule now.
+        let mut c = with_names(&["www.example.com"]);
+        c.not_after = datetime!(2027-06-01 00:00:00 UTC);
+        let now = datetime!(2027-06-01 12:00:00 UTC);
+        assert_eq!(c.days_left(now), -1);
+        assert_eq!(days_left(c.not_after, now), -1);
+        assert_eq!(c.days_left(datetime!(2027-06-01 00:00:01 UTC)), -1);
+        assert_eq!(c.days_left(datetime!(2027-05-31 23:59:59 UTC)), 0);
     }
 
     #[test]

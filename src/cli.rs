@@ -141,9 +141,10 @@ pub struct InstallArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// The site to roll back.
-    #[arg(long)]
-    pub site: String,
+    /// The site to roll back; repeat it to roll back several sites in one
+    /// run (one config test, one reload).
+    #[arg(long, required = true)]
+    pub site: Vec<String>,
     /// For a site with an RSA and an ECDSA pair: which one.
     #[arg(long, value_enum)]
     pub key_type: Option<KeyType>,

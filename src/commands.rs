@@ -264,7 +264,10 @@ fn emit_many(outcomes: &[Outcome], json: bool) -> CmdResult {
 
 fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
-    let site = cfg.site(&a.site).map_err(|e| e.to_string())?;
+    let [name] = a.site.as_slice() else {
+        return rollback_many(&cfg, a);
+    };
+    let site = cfg.site(name).map_err(|e| e.to_string())?;
     // Undoing `certswap adopt`, while it is the site's last change.
     if site.pairs.is_empty() {
         let parts = EnvParts::build(&cfg)?;
@@ -283,6 +286,54 @@ fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
         )),
         (_, true) => with_env(&cfg, a.json, |env| install::rollback(env, site)),
     }
+}
+
+/// `rollback --site A --site B …`: every site through one batch run (one
+/// config test, one reload); a site whose last change is `certswap adopt`
+/// is undone by adopt, as with one site. Every name is checked before
+/// anything changes.
+fn rollback_many(cfg: &Config, a: &RollbackArgs) -> CmdResult {
+    let mut names: Vec<&str> = Vec::new();
+    for n in &a.site {
+        if !names.contains(&n.as_str()) {
+            names.push(n);
+        }
+    }
+    let mut sites = Vec::new();
+    for n in names {
+        let site = cfg.site(n).map_err(|e| e.to_string())?;
+        if !site.pairs.is_empty() && a.key_type.is_none() {
+            return Err(format!(
+                "site {} has several cert/key pairs: say which with --key-type rsa|ecdsa",
+                site.name
+            ));
+        }
+        sites.push(site);
+    }
+    let parts = EnvParts::build(cfg)?;
+    let env = parts.env(cfg);
+    let mut adopted = Vec::new();
+    let mut batch = Vec::new();
+    for site in sites {
+        if site.pairs.is_empty() {
+            if crate::adopt::is_last_change(&env, site).map_err(|e| e.to_string())? {
+                adopted.push(site);
+            } else {
+                batch.push(site.clone());
+            }
+        } else if let Some(kt) = a.key_type {
+            batch.push(install::pair_site(site, key_family(kt))?);
+        }
+    }
+    let mut outcomes = Vec::new();
+    for site in adopted {
+        outcomes.push(crate::adopt::rollback(&env, site).map_err(|e| e.to_string())?);
+    }
+    let refs: Vec<&crate::config::Site> = batch.iter().collect();
+    if !refs.is_empty() {
+        outcomes.extend(crate::batch::rollback_sites(&env, &refs).map_err(|e| e.to_string())?);
+    }
+    emit_many(&outcomes, a.json)
 }
 
 fn status_cmd(config: &Path, a: &StatusArgs) -> CmdResult {

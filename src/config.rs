@@ -244,7 +244,7 @@ impl SourceConfig {
 #[derive(Debug, Clone)]
 pub struct AcmeSource {
     pub name: String,
-    pub client: crate::hook::Client,
+    pub client: Client,
     pub path: PathBuf,
 }
 
@@ -282,6 +282,26 @@ pub struct CloudSource {
     pub ca_file: Option<PathBuf>,
     /// Bound on each request, body included.
     pub timeout: Duration,
+}
+
+/// Which ACME client renewed a certificate (a source's `kind`, the deploy
+/// hook's caller). Here and not in `hook`, which uses the config: no
+/// import cycle (issue 13); `hook::Client` names the same type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Client {
+    #[serde(rename = "certbot")]
+    Certbot,
+    #[serde(rename = "acme.sh")]
+    AcmeSh,
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Client::Certbot => "certbot",
+            Client::AcmeSh => "acme.sh",
+        })
+    }
 }
 
 /// `kind = "inbox"`: a directory watched for bundles and vendor zips.
@@ -842,9 +862,9 @@ fn resolve_sources(
             }
             SourceKind::Certbot | SourceKind::AcmeSh => {
                 let (client, default) = if s.kind == SourceKind::Certbot {
-                    (crate::hook::Client::Certbot, "/etc/letsencrypt")
+                    (Client::Certbot, "/etc/letsencrypt")
                 } else {
-                    (crate::hook::Client::AcmeSh, "/root/.acme.sh")
+                    (Client::AcmeSh, "/root/.acme.sh")
                 };
                 let kind = if s.kind == SourceKind::Certbot {
                     "certbot"

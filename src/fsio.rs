@@ -11,6 +11,15 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Uid, fchown};
 
+/// Create `dir` and its missing parents with mode 0700.
+pub fn mkdir_private_all(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Mode and owner a new file should get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Perms {

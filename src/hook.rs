@@ -1,7 +1,10 @@
 //! `certswap deploy-hook`: the last step of a renewal by certbot or
 //! acme.sh. Reads the renewed files from the environment the client gives
 //! its hook, finds the configured sites the certificate belongs to, and
-//! installs + verifies it on each through the whole pipeline.
+//! installs + verifies it on all of them as ONE batch ([`crate::batch`]):
+//! one config test and one reload for every site a SAN certificate covers,
+//! each site still proven and reported on its own, with the per-site rule
+//! of `install` (a site its environment refuses is an error, exit 2).
 //!
 //! What the clients export (checked against their sources):
 //!
@@ -23,29 +26,16 @@
 
 use std::path::PathBuf;
 
+use crate::batch::{self, Item};
 use crate::bundle::{self, BundleError};
 use crate::cert::CertInfo;
 use crate::config::{Config, Site};
-use crate::install::{self, Env, InstallError, Request};
+use crate::install::{Env, InstallError};
 use crate::report::Outcome;
 
-/// Which ACME client handed over the renewal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Client {
-    #[serde(rename = "certbot")]
-    Certbot,
-    #[serde(rename = "acme.sh")]
-    AcmeSh,
-}
-
-impl std::fmt::Display for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Client::Certbot => "certbot",
-            Client::AcmeSh => "acme.sh",
-        })
-    }
-}
+/// Which ACME client handed over the renewal (defined with the config's
+/// sources, below this module).
+pub use crate::config::Client;
 
 /// The renewed files and names, as the client's environment gives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,41 +173,52 @@ pub fn deploy_with(
         client: renewal.client,
         source: Box::new(source),
     };
-    let leaf = bundle::read_certs(&renewal.cert)
-        .map_err(cert_err)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| {
-            cert_err(BundleError::NoCertificate {
-                path: renewal.cert.clone(),
-            })
-        })?;
+    let leaf = bundle::read_leaf(&renewal.cert).map_err(cert_err)?;
 
     let sites = sites_for(env.config, &leaf, &renewal.domains);
     if sites.is_empty() {
         return Err(no_site(env.config, &renewal, &leaf));
     }
 
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(sites.len());
-    let mut failed: Option<(String, InstallError)> = None;
-    for site in sites {
+    for site in &sites {
         tracing::info!(
             client = %renewal.client,
             site = %site.name,
             cert = %describe(&renewal),
             "deploy-hook: installing the renewed certificate"
         );
-        let req = Request {
+    }
+    let items: Vec<Item<'_>> = sites
+        .iter()
+        .map(|site| Item {
             site,
-            cert: &renewal.cert,
-            key: Some(&renewal.key),
-            chain: renewal.chain.as_deref(),
-            force,
-            dry_run: false,
-        };
+            cert: renewal.cert.clone(),
+            key: Some(renewal.key.clone()),
+            chain: renewal.chain.clone(),
+        })
+        .collect();
+    // One run for every site: a failure of the host (lock held, a repair
+    // that failed, ...) is every site's failure.
+    let results = match batch::install_each(env, &items, force) {
+        Ok(results) => results,
+        Err(e) => {
+            let why = e.to_string();
+            for site in &sites {
+                record_failure(env, &renewal, &leaf, site, why.clone());
+            }
+            return Err(HookError::Install {
+                site: sites[0].name.clone(),
+                source: Box::new(e),
+                others: String::new(),
+            });
+        }
+    };
+
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(sites.len());
+    let mut failed: Option<(String, InstallError)> = None;
+    for (site, result) in sites.iter().zip(results) {
         // One site's environment error does not keep the others from their
-        // renewal; it is reported (exit 2) once all were tried.
-        let result = install::install(env, &req);
+        // renewal; it is reported (exit 2) with how the others ended.
         note_result(env, &renewal, &leaf, site, &result);
         match result {
             Ok(out) => outcomes.push(out),
@@ -316,15 +317,18 @@ fn note_result(
             .unwrap_or_else(|| "the certificate was not installed".into()),
         Err(e) => e.to_string(),
     };
+    record_failure(env, renewal, leaf, site, reason);
+}
+
+/// Write `state_dir/hook/SITE.json` for a failure the hook must be retried for.
+fn record_failure(env: &Env<'_>, renewal: &Renewal, leaf: &CertInfo, site: &Site, reason: String) {
     // The renewal is the installed certificate (refused as not proven
     // served, say): nothing is waiting, so there is nothing to record, and
     // the refusal's "nothing was changed" holds for the state dir too.
-    let installed = crate::bundle::read_certs(&site.cert)
-        .ok()
-        .and_then(|c| c.into_iter().next());
-    if installed.is_some_and(|c| c.sha256 == leaf.sha256) {
+    if crate::bundle::read_leaf(&site.cert).is_ok_and(|c| c.sha256 == leaf.sha256) {
         return;
     }
+    let state_dir = &env.config.state_dir;
     let record = HookFailure {
         site: site.name.clone(),
         at: crate::cert::rfc3339(time::OffsetDateTime::now_utc()),
@@ -334,7 +338,7 @@ fn note_result(
         reason,
     };
     let dir = state_dir.join("hook");
-    let written = crate::source::mkdir_private_all(&dir).and_then(|()| {
+    let written = crate::fsio::mkdir_private_all(&dir).and_then(|()| {
         let bytes = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
         crate::fsio::write_atomic(
             &failure_path(state_dir, &site.name),

@@ -11,21 +11,23 @@
 //! handshakes: "verified" (invariant 5), or the old leaf served again
 //! (invariant 6).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
 use crate::bundle::{self, Bundle};
-use crate::cert::{self, CertInfo};
+use crate::cert::CertInfo;
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
-use crate::probe::{self, KeyFamily, Prober, Served, Target};
+use crate::probe::{self, KeyFamily, Prober, Target};
 use crate::report::{Leaf, Outcome, ResultKind, Retryable, ServedRow};
 use crate::server::{ServerError, WebServer};
 use crate::store::{self, NewFile, Op, Recovery, Role, SiteStore, Store, StoreError, Txn};
 use crate::trust::TrustStore;
 use crate::validate::{self, Installed};
+use crate::wait::{Wait, Waited, describe_mismatch, wait_all};
 
 /// How long one probe slice may run before install looks at the server
 /// again: a server that died on its reload is found within this time
@@ -607,9 +609,9 @@ pub fn pair_site(site: &Site, family: KeyFamily) -> Result<Site, String> {
     let mut pairs = vec![(site.cert.clone(), site.key.clone())];
     pairs.extend(site.pairs.iter().cloned());
     let chosen = pairs.iter().find(|(cert, _)| {
-        bundle::read_certs(cert)
+        bundle::read_leaf(cert)
             .ok()
-            .and_then(|c| c.first().map(|leaf| KeyFamily::of(&leaf.key_kind)))
+            .map(|leaf| KeyFamily::of(&leaf.key_kind))
             == Some(family)
     });
     let Some((cert, key)) = chosen.cloned() else {
@@ -653,6 +655,21 @@ pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
     let site_store = env.store.site(&site.store_key);
     recover_site(env, site)?;
 
+    let Some((op, files, sha)) = saved_version(site, &site_store, &mut out)? else {
+        return Ok(out);
+    };
+    apply(env, site, &site_store, op, files, &sha, None, out)
+}
+
+/// What a rollback of `site` installs: its newest saved version, as the
+/// op, the files and the sha256 of their leaf; `out` gets the old and new
+/// leaves. None when the saved version holds no readable certificate
+/// (then `out` is rejected with why).
+pub(crate) fn saved_version(
+    site: &Site,
+    site_store: &SiteStore,
+    out: &mut Outcome,
+) -> Result<Option<(Op, Vec<NewFile>, String)>, InstallError> {
     let (version, files) = match site.mode {
         Mode::InPlace => site_store.previous(&site_targets(site))?,
         Mode::Managed => site_store.previous_managed()?,
@@ -660,29 +677,21 @@ pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
     let Some(leaf) = files
         .iter()
         .find(|f| f.role == Role::Cert)
-        .and_then(|f| leaf_of_pem(&f.bytes))
+        .and_then(|f| bundle::leaf_of(&f.bytes))
     else {
         out.reject(format!(
             "the saved version {} of {} holds no readable certificate",
             version.id, site.name
         ));
-        return Ok(out);
+        return Ok(None);
     };
     let (installed, _) = read_installed(site);
     out.old = installed.leaf.as_ref().map(Leaf::of);
     out.new = Some(Leaf::of(&leaf));
-    apply(
-        env,
-        site,
-        &site_store,
-        Op::Rollback {
-            version: version.id,
-        },
-        files,
-        &leaf.sha256,
-        None,
-        out,
-    )
+    let op = Op::Rollback {
+        version: version.id,
+    };
+    Ok(Some((op, files, leaf.sha256)))
 }
 
 /// Steps 3–8: stage, swap, config test, reload, probe, commit — or undo.
@@ -892,12 +901,6 @@ pub(crate) fn undo(
     Ok(out)
 }
 
-pub(crate) struct Waited {
-    pub(crate) rows: Vec<ServedRow>,
-    /// None when every target served the expected leaf.
-    pub(crate) failure: Option<String>,
-}
-
 /// Probe `targets` until they serve `sha` (in slices, looking at the server
 /// between slices so a dead server ends the wait early).
 pub(crate) fn wait_served(env: &Env<'_>, targets: &[Target], sha: &str, new: bool) -> Waited {
@@ -943,36 +946,6 @@ pub(crate) fn wait_served(env: &Env<'_>, targets: &[Target], sha: &str, new: boo
             };
         }
     }
-}
-
-pub(crate) fn describe_mismatch(
-    last: &[Result<Served, probe::ProbeError>],
-    targets: &[Target],
-    sha: &str,
-    deadline: Duration,
-    consecutive: u32,
-) -> String {
-    let mut parts = Vec::new();
-    for (r, t) in last.iter().zip(targets) {
-        match r {
-            Ok(s) if s.leaf.sha256 == sha => {}
-            Ok(s) => parts.push(format!(
-                "{t} serves {} (sha256 {}, notAfter {})",
-                s.leaf.subject,
-                short(&s.leaf.sha256),
-                cert::rfc3339(s.leaf.not_after)
-            )),
-            Err(e) => parts.push(e.to_string()),
-        }
-    }
-    if parts.is_empty() {
-        parts.push("it was served, but not on enough consecutive handshakes".into());
-    }
-    format!(
-        "the expected certificate (sha256 {}) was not served on {consecutive} consecutive handshakes within {deadline:?}: {}",
-        short(sha),
-        parts.join("; ")
-    )
 }
 
 /// One handshake per endpoint before anything changes: what each serves,
@@ -1034,18 +1007,169 @@ pub(crate) fn group_by_sha(before: &[(Target, String)]) -> Vec<(String, Vec<Targ
 }
 
 /// Finish or undo a change a crash interrupted, for every site of the host
-/// with an open change, not only `site` ([`crate::batch::recover_host`]):
+/// with an open change, not only `site` ([`recover_host`]):
 /// one config test and reload if the server may have loaded any of them,
 /// then the restored leaves proven served. What was done for `site`.
 pub fn recover_site(env: &Env<'_>, site: &Site) -> Result<Recovery, InstallError> {
     // Every open change on the host first: a site that a crashed batch left
     // half-swapped would fail this one's config test.
-    if let Some(r) = crate::batch::recover_host(env)?.remove(&site.store_key) {
+    if let Some(r) = recover_host(env)?.remove(&site.store_key) {
         return Ok(r);
     }
     // A pair whose files the host-wide pass could not read.
-    let mut found = crate::batch::recover_sites(env, &[site])?;
+    let mut found = recover_sites(env, &[site])?;
     Ok(found.pop().unwrap_or(Recovery::Clean))
+}
+
+/// Every site of the config as the store keeps them: a dual-certificate
+/// site once per pair (each has its own journal), the others as they are.
+/// A pair whose files cannot be read now is left to its own commands.
+pub fn stored_sites(config: &Config) -> Vec<Site> {
+    let mut out = Vec::new();
+    for s in &config.sites {
+        if s.pairs.is_empty() {
+            out.push(s.clone());
+            continue;
+        }
+        for family in [probe::KeyFamily::Rsa, probe::KeyFamily::Ecdsa] {
+            if let Ok(pair) = pair_site(s, family) {
+                out.push(pair);
+            }
+        }
+    }
+    out
+}
+
+/// Repair every open change on the host ([`recover_sites`] over
+/// [`stored_sites`]): the sites share one server config, so a site that a
+/// crashed batch left half-swapped fails the config test of any other
+/// site's repair until it is repaired too. What was done, by store key.
+pub fn recover_host(env: &Env<'_>) -> Result<HashMap<String, Recovery>, InstallError> {
+    let sites = stored_sites(env.config);
+    let refs: Vec<&Site> = sites.iter().collect();
+    let found = recover_sites(env, &refs)?;
+    Ok(sites
+        .iter()
+        .map(|s| s.store_key.clone())
+        .zip(found)
+        .collect())
+}
+
+/// Repair every site in `sites` from its journal, with ONE config test and
+/// reload for all the sites whose server may have loaded an interrupted
+/// change (a crash in the middle of a batch leaves one journal per site),
+/// then prove their restored leaves are served. The caller holds the host lock. Returns
+/// what recovery did, per site, in order.
+pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, InstallError> {
+    let targets_of =
+        |site: &Site| -> Vec<PathBuf> { site_targets(site).into_iter().map(|(_, p)| p).collect() };
+    // Every journal is checked against the config before any site is
+    // repaired: a forged one stops the repair with nothing changed.
+    for site in sites {
+        env.store
+            .site(&site.store_key)
+            .check_journal(&targets_of(site))?;
+    }
+    // A repair may end in a reload (or a start): before it restores a
+    // file, the pid file must not name another process. A server that is
+    // not running is fine here: it may have died on the interrupted
+    // change's reload, and is started once the old files are back.
+    if let Some(open) = sites
+        .iter()
+        .find(|s| env.store.site(&s.store_key).has_open_change())
+        && let Err(e) = env.server.preflight()
+        && !crate::server::is_not_running(&e)
+    {
+        return Err(InstallError::Recover {
+            site: open.name.clone(),
+            source: e,
+        });
+    }
+    let mut found = Vec::with_capacity(sites.len());
+    let mut reload = Vec::new();
+    for site in sites {
+        let targets = targets_of(site);
+        let r = env.store.site(&site.store_key).recover(&targets)?;
+        match &r {
+            Recovery::Clean => {}
+            Recovery::RolledBack { op, reload: again } => {
+                tracing::warn!(
+                    site = %site.name,
+                    "an interrupted {} was rolled back: the previous files are restored",
+                    op_name(op)
+                );
+                if *again {
+                    reload.push(*site);
+                }
+            }
+            Recovery::Completed { op } => tracing::warn!(
+                site = %site.name,
+                "an interrupted {} had committed; finished it",
+                op_name(op)
+            ),
+        }
+        found.push(r);
+    }
+    if reload.is_empty() {
+        return Ok(found);
+    }
+    let map = |source| InstallError::Recover {
+        site: name_list(reload.iter().map(|s| s.name.as_str())),
+        source,
+    };
+    env.server.configtest().map_err(map)?;
+    match env.server.check_alive() {
+        Ok(()) => env.server.reload().map_err(map)?,
+        // Died on the interrupted change's reload: start it on the old files.
+        Err(e) if crate::server::is_not_running(&e) => env.server.start().map_err(map)?,
+        Err(e) => return Err(map(e)),
+    }
+    for site in &reload {
+        if let Some(p) = close_reloaded(&env.store.site(&site.store_key)) {
+            tracing::warn!(site = %site.name, "{p}");
+        }
+    }
+    let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
+    // As after any rollback, prove the restored leaves are what is served
+    // before the batch goes on (invariant 6).
+    let mut waits = Vec::new();
+    let mut owners = Vec::new();
+    for site in &reload {
+        let leaf = bundle::read_leaf(&site.cert).ok();
+        if let Some(leaf) = leaf {
+            owners.push(*site);
+            waits.push(Wait {
+                targets: site.endpoints.clone(),
+                sha: leaf.sha256,
+                prober: probers.of(site.key_family).clone(),
+            });
+        }
+    }
+    for (site, w) in owners
+        .into_iter()
+        .zip(wait_all(env.server, &env.config.probe, &waits, false))
+    {
+        if let Some(why) = w.waited.failure {
+            tracing::warn!(site = %site.name, "after recovery: {why}");
+        }
+    }
+    Ok(found)
+}
+
+/// `a, b, c and 17 more`.
+pub(crate) fn name_list<'n>(names: impl Iterator<Item = &'n str>) -> String {
+    let names: Vec<&str> = names.collect();
+    match names.len() {
+        0..=5 => names.join(", "),
+        n => format!("{} and {} more", names[..5].join(", "), n - 5),
+    }
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Install => "install",
+        Op::Rollback { .. } => "rollback",
+    }
 }
 
 /// Every file the server reads for `site`, with its role.
@@ -1138,17 +1262,6 @@ pub(crate) fn new_files(site: &Site, bundle: &Bundle) -> Vec<NewFile> {
         });
     }
     files
-}
-
-pub(crate) fn leaf_of_pem(bytes: &[u8]) -> Option<CertInfo> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    let der = CertificateDer::pem_slice_iter(bytes).next()?.ok()?;
-    CertInfo::from_der(&der).ok()
-}
-
-fn short(sha: &str) -> &str {
-    sha.get(..16).unwrap_or(sha)
 }
 
 fn ms(since: Instant) -> u64 {

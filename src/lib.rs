@@ -14,14 +14,14 @@
 //! - [`server`]    the web servers behind one trait: config test and reload.
 //! - [`probe`]     TLS handshake probe, served-chain facts, wait-until-served.
 //! - [`trust`]     trust anchors and the verdict on a chain (trusted, complete).
+//! - [`wait`]      step 7's wait: many endpoints until each serves its leaf.
 //! - [`install`]   the pipeline of DESIGN.md as one readable function.
 //! - [`discover`]  the TLS sites in the nginx/apache config, as [[site]] blocks.
 //! - [`adopt`]     move a site off certbot's `live/` (or acme.sh's) files onto own copies.
 //! - [`batch`]     many sites in one go: one config test, one reload.
 //! - [`status`]    every site at a glance: days left, state, drift.
 //! - [`agent`]     the daemon loop: sources, batches, expiry and drift watch.
-//! - [`source`]    where the agent's bundles come from: inbox dir, HTTPS manifest,
-//!                 certbot lineages and acme.sh domain dirs.
+//! - [`source`]    where the agent's bundles come from: inbox, manifest, ACME stores, vendors.
 //! - [`metrics`]   the agent's Prometheus metrics and its `/metrics` responder.
 //! - [`hook`]      certbot / acme.sh deploy hook.
 //! - [`report`]    text and JSON output of results.
@@ -53,3 +53,4 @@ pub mod status;
 pub mod store;
 pub mod trust;
 pub mod validate;
+pub mod wait;

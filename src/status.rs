@@ -52,7 +52,6 @@ pub const PROBE_CONCURRENCY: usize = 64;
 const ISSUER_COLUMN_MAX: usize = 32;
 /// Hex digits of a SHA-256 shown in a text problem line.
 const SHA_SHOWN: usize = 16;
-const NANOS_PER_DAY: i128 = 86_400 * 1_000_000_000;
 
 /// Why status could not be collected at all (per-site problems are rows).
 #[derive(Debug, thiserror::Error)]
@@ -117,16 +116,9 @@ impl State {
     }
 }
 
-/// Whole days from `now` until `not_after`, rounded down: 30 days and 23
-/// hours is 30, one second past notAfter is -1. So `days_left < 0` exactly
-/// when the certificate has expired.
-pub fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
-    let days = (not_after - now)
-        .whole_nanoseconds()
-        .div_euclid(NANOS_PER_DAY);
-    // Certificate dates end in 9999: the clamp is for the type, not for data.
-    i64::try_from(days).unwrap_or(if days < 0 { i64::MIN } else { i64::MAX })
-}
+/// Whole days from `now` until `not_after`, rounded down (one rule for
+/// `status`, the agent's metric and its expiry log: [`crate::cert::days_left`]).
+pub use crate::cert::days_left;
 
 /// The state for a number of days left (see [`days_left`]).
 pub fn state_of(days_left: i64) -> State {

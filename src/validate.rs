@@ -313,8 +313,9 @@ fn leaf_allows_server_auth(leaf: &CertInfo) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Smallest RSA modulus certswap installs (CA/B Forum baseline).
-pub const MIN_RSA_BITS: usize = 2048;
+/// Smallest RSA modulus certswap installs; owned by [`crate::bundle`],
+/// which reads keys and is below this module (no import cycle).
+pub use crate::bundle::MIN_RSA_BITS;
 
 /// (e) RSA below 2048 bits, on the leaf or the key that goes with it.
 fn key_is_strong(leaf: &CertInfo, key: Option<&KeyMaterial>) -> Result<(), ValidationError> {

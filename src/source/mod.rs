@@ -114,13 +114,9 @@ impl Drop for WorkDir {
     }
 }
 
-/// Create `dir` and its missing parents with mode 0700.
-pub fn mkdir_private_all(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
+/// Create `dir` and its missing parents with mode 0700 (in `fsio`, which
+/// the deploy hook uses too).
+pub use crate::fsio::mkdir_private_all;
 
 /// Write one part of a bundle under its fixed name, 0600 from the first byte.
 pub fn write_part(dir: &Path, fixed_name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
@@ -129,16 +125,8 @@ pub fn write_part(dir: &Path, fixed_name: &str, bytes: &[u8]) -> io::Result<Path
     Ok(path)
 }
 
-/// The first certificate in PEM or DER `bytes`.
-pub fn leaf_of(bytes: &[u8]) -> Option<CertInfo> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    match CertificateDer::pem_slice_iter(bytes).next() {
-        Some(Ok(der)) => CertInfo::from_der(&der).ok(),
-        Some(Err(_)) => None,
-        None => CertInfo::from_der(bytes).ok(),
-    }
-}
+/// The first certificate in PEM or DER `bytes` (owned by `bundle`).
+pub use crate::bundle::leaf_of;
 
 /// SHA-256 of the leaf installed for `site` now, if it can be read.
 pub fn installed_leaf_sha256(site: &Site) -> Option<String> {

@@ -31,7 +31,8 @@ use crate::failpoint;
 use crate::fsio::{self, Perms};
 
 const LINK_SUFFIX: &str = ".certswap-new";
-const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// The cap of every cert/key file certswap reads ([`crate::bundle`]).
+const MAX_FILE_BYTES: u64 = crate::bundle::MAX_FILE_BYTES;
 
 impl Role {
     /// The file's name inside a version directory.

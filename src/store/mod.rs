@@ -70,7 +70,7 @@ const UNDO_DONE: &str = "undo.done";
 /// flip and renamed over the journal at the commit point.
 const COMMIT_SUFFIX: &str = ".commit";
 /// Cert and key files are small; anything bigger is not ours to copy.
-const MAX_TARGET_BYTES: u64 = 1024 * 1024;
+const MAX_TARGET_BYTES: u64 = crate::bundle::MAX_FILE_BYTES;
 /// A journal names a few files; anything bigger was not written by us.
 const MAX_JOURNAL_BYTES: u64 = 1024 * 1024;
 /// How the state dir and its directories are named in a refusal.
