@@ -407,3 +407,56 @@ fn a_list_that_claims_a_later_end_than_the_certificate_has_is_not_believed() {
     assert!(log.contains("not later than the installed one"), "{log}");
     assert_eq!(s.w.served(SITE), s.w.site(SITE).old.sha256);
 }
+
+/// A key comes back in the form it was uploaded in: PKCS#1 (`BEGIN RSA
+/// PRIVATE KEY`) and SEC1 (`BEGIN EC PRIVATE KEY`) are installed like
+/// PKCS#8, from either vendor.
+#[test]
+fn keys_in_pkcs1_and_sec1_form_are_installed_and_verified() {
+    for (kind, form) in [
+        (Api::Tencent, "pkcs1"),
+        (Api::Aliyun, "sec1"),
+        (Api::Tencent, "sec1"),
+        (Api::Aliyun, "pkcs1"),
+    ] {
+        let s = setup(kind);
+        let dir = s.w.dir.path();
+        let (leaf, header, convert) = match form {
+            "pkcs1" => {
+                let pkcs8 = support::pki::rsa_key_pem(dir, "vendor");
+                let leaf = s.w.ca.leaf(&[SITE]).days(-1, 385).key(&pkcs8).build();
+                (
+                    leaf,
+                    "-----BEGIN RSA PRIVATE KEY-----",
+                    vec!["rsa", "-traditional"],
+                )
+            }
+            _ => (
+                s.w.renewed(SITE),
+                "-----BEGIN EC PRIVATE KEY-----",
+                vec!["ec"],
+            ),
+        };
+        let pkcs8 = dir.join("vendor.pkcs8.key");
+        let other = dir.join("vendor.other.key");
+        fs::write(&pkcs8, &leaf.key_pem).expect("write key");
+        let mut args: Vec<&std::ffi::OsStr> = convert.iter().map(std::ffi::OsStr::new).collect();
+        args.extend([
+            "-in".as_ref(),
+            pkcs8.as_os_str(),
+            "-out".as_ref(),
+            other.as_os_str(),
+        ]);
+        support::pki::openssl(&args);
+        let key_pem = fs::read_to_string(&other).expect("read converted key");
+        assert!(key_pem.starts_with(header), "{form}: {key_pem}");
+
+        let mut fake = FakeCert::of("4201", &leaf);
+        fake.key_pem = Some(key_pem.clone());
+        s.api.add(fake);
+        let (out, log) = run_traced(&s.w);
+        assert!(out.status.success(), "{kind:?} {form}: {log}");
+        assert_eq!(s.w.served(SITE), leaf.sha256, "{kind:?} {form}: {log}");
+        assert_no_secrets("the trace log", &log, &[&key_pem]);
+    }
+}
