@@ -2,19 +2,25 @@
 //! notAfter, days left, state, issuer, spec — and with `--probe` what each
 //! endpoint serves and whether that drifted from what is on disk.
 //!
-//! 1. **Disk.** For each site, its cert file is read once and only its
-//!    first certificate (what nginx and apache serve as the leaf) is parsed.
+//! 1. **Disk.** One row per slot: a site's `cert`, and for a dual-certificate
+//!    site each `[[site.pair]]` cert too (so its RSA leaf is visible beside
+//!    the ECDSA one). Each cert file is read once and only its
+//!    first certificate (what nginx and apache serve as the leaf) is parsed;
+//!    its key type is the row's `key_type`.
 //!    Days left are whole days until notAfter, rounded down, so a negative
 //!    number means expired. The state comes from DESIGN.md's thresholds:
 //!    `expiring` at ≤ [`EXPIRING_DAYS`] days (the renewal window is open),
 //!    `critical` at ≤ [`CRITICAL_DAYS`], `expired` after notAfter, and
 //!    `error` when the file cannot be read as a certificate.
-//! 2. **Probe** (optional). One fresh handshake per endpoint of every site,
-//!    all sites at once on one current-thread runtime with
+//! 2. **Probe** (optional). One fresh handshake per endpoint of every row,
+//!    a dual site's rows each offering only its slot's key type (the server
+//!    shows the leaf of the type the client allows), all rows at once on one current-thread runtime with
 //!    [`PROBE_CONCURRENCY`] handshakes in flight.
-//! 3. **Drift.** A site drifts when an endpoint serves a leaf other than the
+//! 3. **Drift.** A row drifts when an endpoint serves a leaf other than the
 //!    one on disk: renewed but never reloaded, the most common way a
-//!    renewal fails.
+//!    renewal fails. This is the one drift rule: the agent's drift check
+//!    calls [`probe_rows`] and turns [`SiteStatus::drifted`] into its
+//!    metrics and logs.
 //!
 //! 4. **Waiting.** A site is waiting when a certbot/acme.sh store (a
 //!    configured source, or the one a failed deploy hook named) holds a
@@ -37,7 +43,7 @@ use time::OffsetDateTime;
 use crate::bundle::MAX_FILE_BYTES;
 use crate::cert::{CertInfo, DomainType, Validation, rfc3339};
 use crate::config::{Config, Site};
-use crate::probe::{self, ProbeError, Prober, Served, Target};
+use crate::probe::{self, KeyFamily, ProbeError, Prober, Served, Target};
 
 /// At this many days left or fewer a site is `expiring`: the vendors open
 /// renewal 30 days before expiry.
@@ -144,6 +150,8 @@ pub struct Installed {
     pub issuer: String,
     pub domain_type: DomainType,
     pub validation: Validation,
+    /// The leaf's key type (`Any` for a key neither RSA nor ECDSA).
+    pub key_family: KeyFamily,
 }
 
 /// What one endpoint served on one fresh handshake.
@@ -165,17 +173,20 @@ pub struct ServedStatus {
     pub seen: Result<ServedLeaf, ProbeError>,
 }
 
-/// One row: a configured site.
+/// One row: one slot (cert/key pair) of a configured site — a plain site
+/// has one, a dual-certificate site one per pair.
 #[derive(Debug)]
 pub struct SiteStatus {
     pub name: String,
-    /// The cert file read (the site's `cert`).
+    /// The cert file read (the site's `cert`, or a `[[site.pair]]` cert).
     pub file: PathBuf,
+    /// The site has more than one slot: the text names the row's key type.
+    pub dual: bool,
     pub state: State,
     pub installed: Result<Installed, CertFileError>,
     /// One per endpoint with `--probe`, in config order; empty without.
     pub served: Vec<ServedStatus>,
-    /// `Some(true)` when a served leaf is not the one on disk, `Some(false)`
+    /// [`drift_of`]: `Some(true)` when a served leaf is not the one on disk, `Some(false)`
     /// when every answer matched; None without a probe, without a readable
     /// cert file, or when no endpoint answered.
     pub drift: Option<bool>,
@@ -184,6 +195,30 @@ pub struct SiteStatus {
 }
 
 impl SiteStatus {
+    /// The key type of this row's leaf on disk (None when unreadable).
+    pub fn key_family(&self) -> Option<KeyFamily> {
+        self.installed.as_ref().ok().map(|i| i.key_family)
+    }
+
+    /// The name in the text: the site's, and for a dual site its row's key
+    /// type (`shop.test [rsa]`), so the two rows can be told apart.
+    fn label(&self) -> String {
+        match (self.dual, self.key_family().and_then(key_type_word)) {
+            (true, Some(k)) => format!("{} [{k}]", self.name),
+            _ => self.name.clone(),
+        }
+    }
+
+    /// The endpoints that answered with a leaf other than the one on disk
+    /// (none when the cert file is unreadable): the one drift rule.
+    pub fn drifted(&self) -> impl Iterator<Item = (&ServedStatus, &ServedLeaf)> {
+        let disk = self.installed.as_ref().ok().map(|i| i.sha256.as_str());
+        self.served.iter().filter_map(move |e| {
+            let leaf = e.seen.as_ref().ok()?;
+            (!leaf.sha256.eq_ignore_ascii_case(disk?)).then_some((e, leaf))
+        })
+    }
+
     /// Not ok, drifted, or an endpoint that gave no handshake.
     pub fn needs_attention(&self) -> bool {
         self.state != State::Ok
@@ -229,8 +264,18 @@ impl StatusReport {
             out.push('\n');
             out.push_str(&problems);
         }
-        let attention = self.sites.iter().filter(|s| s.needs_attention()).count();
-        let total = self.sites.len();
+        // Counted by site, not by row: a dual site is one site.
+        let mut names: Vec<&str> = self.sites.iter().map(|s| s.name.as_str()).collect();
+        names.dedup();
+        let total = names.len();
+        let mut attention: Vec<&str> = self
+            .sites
+            .iter()
+            .filter(|s| s.needs_attention())
+            .map(|s| s.name.as_str())
+            .collect();
+        attention.dedup();
+        let attention = attention.len();
         let _ = if attention == 0 {
             writeln!(out, "\nall {total} sites ok")
         } else {
@@ -239,8 +284,9 @@ impl StatusReport {
         out
     }
 
-    /// `{"sites": [{"name", "file", "not_after", "days_left", "state",
-    /// "issuer", "spec", "served", "drift", "error"}]}`.
+    /// `{"sites": [{"name", "file", "key_type", "not_after", "days_left",
+    /// "state", "issuer", "spec", "served", "drift", "error"}]}`, one object
+    /// per slot (a dual site has one per pair, with the same name).
     pub fn to_json(&self) -> serde_json::Value {
         let sites: Vec<serde_json::Value> = self.sites.iter().map(site_json).collect();
         serde_json::json!({ "sites": sites })
@@ -248,7 +294,7 @@ impl StatusReport {
 
     fn text_row(&self, s: &SiteStatus) -> Vec<String> {
         let dash = || "-".to_string();
-        let mut row = vec![s.name.clone()];
+        let mut row = vec![s.label()];
         match &s.installed {
             Ok(i) => row.extend([
                 rfc3339(i.not_after),
@@ -293,57 +339,96 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
         None
     };
 
-    // 1. Disk: one read per file into one reused buffer.
-    let now = OffsetDateTime::now_utc();
-    let mut buf = Vec::new();
-    let mut families = Vec::with_capacity(cfg.sites.len());
-    let mut sites: Vec<SiteStatus> = cfg
-        .sites
-        .iter()
-        .map(|site| {
-            let leaf = read_leaf(&site.cert, &mut buf);
-            families.push(site.probe_family(leaf.as_ref().ok()));
-            site_from_disk(site, leaf, now)
-        })
-        .collect();
+    // 1. Disk.
+    let mut rows = disk_rows(cfg, OffsetDateTime::now_utc());
 
-    // 4. Waiting (before the probe: it reads files only).
+    // 4. Waiting (before the probe: it reads files only). On the site's
+    //    first row, its `cert`'s.
     for w in crate::source::acme::waiting(cfg) {
-        if let Some(status) = sites.iter_mut().find(|s| s.name == w.site) {
-            status.waiting = Some(w);
+        if let Some(status) = rows.iter_mut().find(|r| r.status.name == w.site) {
+            status.status.waiting = Some(w);
         }
     }
 
-    // 2. Probe: every endpoint of every site in one go, results in order,
-    //    each site with the key type of its cert on disk.
+    // 2. Probe and 3. drift.
     if let Some(prober) = prober {
-        let probers = probe::Probers::new(&prober)?;
-        let jobs: Vec<(Prober, Target)> = cfg
-            .sites
-            .iter()
-            .zip(&families)
-            .flat_map(|(s, family)| {
-                let prober = probers.of(*family);
-                s.endpoints.iter().map(|t| (prober.clone(), t.clone()))
-            })
-            .collect();
-        let results = probe::block_on(probe::probe_each(&jobs, PROBE_CONCURRENCY));
-        let mut results = jobs.into_iter().map(|(_, t)| t).zip(results);
-        for (status, site) in sites.iter_mut().zip(&cfg.sites) {
-            status.served = results
-                .by_ref()
-                .take(site.endpoints.len())
-                .map(|(target, seen)| served_status(target, seen))
-                .collect();
-            // 3. Drift.
-            status.drift = drift_of(&status.installed, &status.served);
-        }
+        probe_into(&mut rows, &prober, PROBE_CONCURRENCY)?;
     }
 
     Ok(StatusReport {
-        sites,
+        sites: rows.into_iter().map(|r| r.status).collect(),
         probed: probe,
     })
+}
+
+/// Steps 1–3 without the ACME stores: one row per slot of every site of
+/// `cfg`, each probed with its own key type through `prober` with
+/// `concurrency` handshakes in flight, and its drift. The agent's drift
+/// check is this.
+pub fn probe_rows(
+    cfg: &Config,
+    prober: &Prober,
+    concurrency: usize,
+) -> Result<Vec<SiteStatus>, ProbeError> {
+    let mut rows = disk_rows(cfg, OffsetDateTime::now_utc());
+    probe_into(&mut rows, prober, concurrency)?;
+    Ok(rows.into_iter().map(|r| r.status).collect())
+}
+
+/// A row and what its probe needs.
+struct Row<'c> {
+    status: SiteStatus,
+    endpoints: &'c [Target],
+    family: KeyFamily,
+}
+
+/// 1. Disk: one row per slot, one read per file into one reused buffer.
+fn disk_rows(cfg: &Config, now: OffsetDateTime) -> Vec<Row<'_>> {
+    let mut buf = Vec::new();
+    let mut rows = Vec::with_capacity(cfg.sites.len());
+    for site in &cfg.sites {
+        let dual = !site.pairs.is_empty();
+        let slots = std::iter::once(&site.cert).chain(site.pairs.iter().map(|(cert, _)| cert));
+        for file in slots {
+            let leaf = read_leaf(file, &mut buf);
+            // A dual site's slot is probed with its own leaf's key type
+            // (or the server may show the other pair's leaf).
+            let family = site.probe_family(leaf.as_ref().ok());
+            let mut status = site_from_disk(site, leaf, now);
+            status.file = file.clone();
+            status.dual = dual;
+            rows.push(Row {
+                status,
+                endpoints: &site.endpoints,
+                family,
+            });
+        }
+    }
+    rows
+}
+
+/// Step 2, the probe: every endpoint of every row in one go, results in
+/// order; then step 3, drift.
+fn probe_into(rows: &mut [Row<'_>], prober: &Prober, concurrency: usize) -> Result<(), ProbeError> {
+    let probers = probe::Probers::new(prober)?;
+    let jobs: Vec<(Prober, Target)> = rows
+        .iter()
+        .flat_map(|r| {
+            let prober = probers.of(r.family);
+            r.endpoints.iter().map(|t| (prober.clone(), t.clone()))
+        })
+        .collect();
+    let results = probe::block_on(probe::probe_each(&jobs, concurrency));
+    let mut results = jobs.into_iter().map(|(_, t)| t).zip(results);
+    for row in rows.iter_mut() {
+        row.status.served = results
+            .by_ref()
+            .take(row.endpoints.len())
+            .map(|(target, seen)| served_status(target, seen))
+            .collect();
+        row.status.drift = drift_of(&row.status);
+    }
+    Ok(())
 }
 
 fn site_from_disk(
@@ -359,6 +444,7 @@ fn site_from_disk(
     SiteStatus {
         name: site.name.clone(),
         file: site.cert.clone(),
+        dual: false,
         state,
         installed,
         served: Vec::new(),
@@ -376,6 +462,7 @@ fn installed_of(info: CertInfo, now: OffsetDateTime) -> Installed {
         not_after,
         domain_type,
         validation,
+        key_kind,
         ..
     } = info;
     Installed {
@@ -385,6 +472,7 @@ fn installed_of(info: CertInfo, now: OffsetDateTime) -> Installed {
         issuer: issuer_org.unwrap_or(issuer),
         domain_type,
         validation,
+        key_family: KeyFamily::of(&key_kind),
     }
 }
 
@@ -401,16 +489,24 @@ fn served_status(target: Target, seen: Result<Served, ProbeError>) -> ServedStat
     }
 }
 
-/// Some(true) when any answer is not the leaf on disk, Some(false) when all
-/// answers are; None when there is nothing to compare.
-fn drift_of(installed: &Result<Installed, CertFileError>, served: &[ServedStatus]) -> Option<bool> {
-    let disk = installed.as_ref().ok()?;
-    let mut answers = served
-        .iter()
-        .filter_map(|s| s.seen.as_ref().ok())
-        .peekable();
-    answers.peek()?;
-    Some(answers.any(|leaf| !leaf.sha256.eq_ignore_ascii_case(&disk.sha256)))
+/// Some(true) when any answer is not the leaf on disk
+/// ([`SiteStatus::drifted`]), Some(false) when all answers are; None when
+/// there is nothing to compare (no readable cert file, no answer).
+pub fn drift_of(row: &SiteStatus) -> Option<bool> {
+    row.installed.as_ref().ok()?;
+    if !row.served.iter().any(|e| e.seen.is_ok()) {
+        return None;
+    }
+    Some(row.drifted().next().is_some())
+}
+
+/// `"rsa"` / `"ecdsa"` for `status --json`'s `key_type` (None for `Any`).
+pub fn key_type_word(k: KeyFamily) -> Option<&'static str> {
+    match k {
+        KeyFamily::Rsa => Some("rsa"),
+        KeyFamily::Ecdsa => Some("ecdsa"),
+        KeyFamily::Any => None,
+    }
 }
 
 /// The first certificate of a cert file (PEM or DER), read with `buf` as
@@ -571,10 +667,12 @@ fn site_json_base(s: &SiteStatus) -> serde_json::Value {
         })
         .collect();
     let file = s.file.display().to_string();
+    let key_type = s.key_family().and_then(key_type_word);
     match &s.installed {
         Ok(i) => serde_json::json!({
             "name": s.name,
             "file": file,
+            "key_type": key_type,
             "not_after": rfc3339(i.not_after),
             "days_left": i.days_left,
             "state": s.state.as_str(),
@@ -590,6 +688,7 @@ fn site_json_base(s: &SiteStatus) -> serde_json::Value {
         Err(err) => serde_json::json!({
             "name": s.name,
             "file": file,
+            "key_type": key_type,
             "not_after": null,
             "days_left": null,
             "state": s.state.as_str(),
@@ -604,7 +703,7 @@ fn site_json_base(s: &SiteStatus) -> serde_json::Value {
 
 /// The lines below the table for one site: each problem, then notes.
 fn problem_lines(s: &SiteStatus, out: &mut String) {
-    let name = &s.name;
+    let name = &s.label();
     match &s.installed {
         Err(err) => {
             let _ = writeln!(out, "{name}: {}: {err}", s.file.display());
@@ -624,21 +723,17 @@ fn problem_lines(s: &SiteStatus, out: &mut String) {
                 State::Expired => writeln!(out, "{name}: expired: notAfter {when} has passed"),
                 State::Ok | State::Error => Ok(()),
             };
-            for e in &s.served {
-                if let Ok(leaf) = &e.seen
-                    && !leaf.sha256.eq_ignore_ascii_case(&i.sha256)
-                {
-                    let _ = writeln!(
-                        out,
-                        "{name}: drift: {}@{} serves {}… (notAfter {}) but {} holds {}… (notAfter {when}): renewed but not reloaded?",
-                        e.sni,
-                        e.endpoint,
-                        short_sha(&leaf.sha256),
-                        rfc3339(leaf.not_after),
-                        s.file.display(),
-                        short_sha(&i.sha256),
-                    );
-                }
+            for (e, leaf) in s.drifted() {
+                let _ = writeln!(
+                    out,
+                    "{name}: drift: {}@{} serves {}… (notAfter {}) but {} holds {}… (notAfter {when}): renewed but not reloaded?",
+                    e.sni,
+                    e.endpoint,
+                    short_sha(&leaf.sha256),
+                    rfc3339(leaf.not_after),
+                    s.file.display(),
+                    short_sha(&i.sha256),
+                );
             }
         }
     }
@@ -782,6 +877,7 @@ mod tests {
             issuer: "Example Trust Services".into(),
             domain_type: DomainType::Multi,
             validation: Validation::OV,
+            key_family: KeyFamily::Ecdsa,
         }
     }
 
@@ -793,6 +889,7 @@ mod tests {
         SiteStatus {
             name: name.into(),
             file: PathBuf::from(format!("/etc/nginx/ssl/{name}.pem")),
+            dual: false,
             state,
             installed,
             served: Vec::new(),
@@ -844,19 +941,24 @@ mod tests {
 
     #[test]
     fn drift_compares_every_answer_with_disk() {
-        let disk: Result<Installed, CertFileError> = Ok(installed(90, "a"));
-        assert_eq!(drift_of(&disk, &[served("a", true)]), Some(false));
+        let drift = |installed: Result<Installed, CertFileError>, served: Vec<ServedStatus>| {
+            let mut row = site("a.test", installed);
+            row.served = served;
+            (drift_of(&row), row.drifted().count())
+        };
+        let disk = || Ok(installed(90, "a"));
+        assert_eq!(drift(disk(), vec![served("a", true)]), (Some(false), 0));
         assert_eq!(
-            drift_of(&disk, &[served("a", true), served("b", true)]),
-            Some(true)
+            drift(disk(), vec![served("a", true), served("b", true)]),
+            (Some(true), 1)
         );
         assert_eq!(
-            drift_of(&disk, &[unreachable(), served("a", true)]),
-            Some(false)
+            drift(disk(), vec![unreachable(), served("a", true)]),
+            (Some(false), 0)
         );
-        assert_eq!(drift_of(&disk, &[unreachable()]), None);
-        assert_eq!(drift_of(&disk, &[]), None);
-        assert_eq!(drift_of(&Err(missing()), &[served("a", true)]), None);
+        assert_eq!(drift(disk(), vec![unreachable()]), (None, 0));
+        assert_eq!(drift(disk(), vec![]), (None, 0));
+        assert_eq!(drift(Err(missing()), vec![served("a", true)]), (None, 0));
     }
 
     #[test]
@@ -1056,6 +1158,7 @@ mod tests {
                 "error",
                 "file",
                 "issuer",
+                "key_type",
                 "name",
                 "not_after",
                 "served",
@@ -1075,6 +1178,7 @@ mod tests {
             serde_json::json!({"domain": "multi", "validation": "OV"})
         );
         assert_eq!(a["drift"], false);
+        assert_eq!(a["key_type"], "ecdsa");
         assert!(a["error"].is_null());
         let ok = &a["served"][0];
         let mut served_keys: Vec<&str> = ok
@@ -1109,7 +1213,14 @@ mod tests {
         assert!(sites[1]["drift"].is_null(), "no answers: no drift verdict");
         let e = &sites[4];
         assert_eq!(e["state"], "error");
-        for k in ["not_after", "days_left", "issuer", "spec", "drift"] {
+        for k in [
+            "not_after",
+            "days_left",
+            "issuer",
+            "spec",
+            "drift",
+            "key_type",
+        ] {
             assert!(e[k].is_null(), "{k}: {e}");
         }
         assert_eq!(e["served"], serde_json::json!([]));

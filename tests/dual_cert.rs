@@ -289,3 +289,60 @@ fn a_bundle_that_fits_no_pair_is_refused_naming_the_file_and_nothing_changes() {
         assert_eq!(w.snapshot(), before, "not one byte changed");
     }
 }
+
+#[test]
+fn status_shows_a_row_per_slot_each_probed_with_its_own_key_type() {
+    let Dual { w, rsa_old } = dual();
+    let port = w.server.port();
+    let rsa_cert = w.dir.path().join("ssl").join("shop.rsa.pem");
+
+    for probe in [false, true] {
+        let mut args = vec!["status", "--json"];
+        if probe {
+            args.push("--probe");
+        }
+        let out = w.run(&args);
+        // Both old leaves have under 20 days left: expiring (exit 1).
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let rows = v["sites"].as_array().expect("sites");
+        assert_eq!(rows.len(), 2, "one row per slot: {v}");
+        let ec = &rows[0];
+        let rsa = &rows[1];
+        for row in rows {
+            assert_eq!(row["name"], SITE, "{v}");
+        }
+        assert_eq!(ec["key_type"], "ecdsa", "{v}");
+        assert_eq!(ec["file"], path(&w.cert), "{v}");
+        assert_eq!(ec["state"], "expiring", "{v}");
+        assert_eq!(rsa["key_type"], "rsa", "{v}");
+        assert_eq!(rsa["file"], path(&rsa_cert), "{v}");
+        assert_eq!(rsa["state"], "expiring", "{v}");
+        if !probe {
+            assert_eq!(rsa["served"], serde_json::json!([]), "{v}");
+            continue;
+        }
+        // Each row's served leaf is its own slot's, as openssl sees it
+        // with only that key type's suite.
+        assert_eq!(ec["served"][0]["sha256"], w.old.sha256.as_str(), "{v}");
+        assert_eq!(ec["served"][0]["sha256"], served_with(port, ECDSA_SUITE));
+        assert_eq!(rsa["served"][0]["sha256"], rsa_old.sha256.as_str(), "{v}");
+        assert_eq!(rsa["served"][0]["sha256"], served_with(port, RSA_SUITE));
+        assert_eq!(ec["drift"], false, "{v}");
+        assert_eq!(rsa["drift"], false, "{v}");
+    }
+
+    // The text has both rows, told apart by key type, counted as one site.
+    let out = w.run(&["status", "--probe"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains(&format!("{SITE} [ecdsa] ")), "{shown}");
+    assert!(shown.contains(&format!("{SITE} [rsa] ")), "{shown}");
+    assert!(
+        shown.contains(&format!("{SITE} [rsa]: expiring: ")),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with("\n1 of 1 sites need attention\n"),
+        "{shown}"
+    );
+}
