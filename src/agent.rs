@@ -48,7 +48,7 @@ use crate::config::{AcmeSource, CloudSource, Config, InboxSource, SourceConfig};
 use crate::install::{self, Env, InstallError};
 use crate::metrics::WaitingLabel;
 use crate::metrics::{EndpointLabel, Metrics, ResultLabel, SiteLabel};
-use crate::probe::{self, Prober, Target};
+use crate::probe::{self, Prober};
 use crate::report::{Outcome, ResultKind, Retryable, Settlement};
 use crate::server;
 use crate::source::acme;
@@ -56,6 +56,7 @@ use crate::source::cloud;
 use crate::source::http::{self, FetchError, HttpState};
 use crate::source::inbox::{self, Found};
 use crate::source::{self as src, Candidate, WorkDir};
+use crate::status;
 use crate::store::{Store, StoreError};
 
 /// Why the agent could not start or had to stop.
@@ -1175,88 +1176,84 @@ impl Agent {
         }
     }
 
-    /// Drift: what each endpoint serves vs the leaf on disk. With
+    /// Drift: what each endpoint serves vs the leaf on disk, as `status
+    /// --probe` computes it ([`status::probe_rows`]: one row per slot, so
+    /// both pairs of a dual site), turned into metrics and log lines. With
     /// `fix_drift`, reload (after a config test) and verify.
     fn drift(&self, env: &Env<'_>) {
         let cfg = env.config;
-        let probers = match probe::Probers::new(env.prober) {
-            Ok(p) => p,
+        let rows = match status::probe_rows(cfg, env.prober, DRIFT_CONCURRENCY) {
+            Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!("drift not checked this pass: {e}");
                 return;
             }
         };
-        let mut jobs: Vec<(Prober, Target)> = Vec::new();
-        let mut owners: Vec<usize> = Vec::new();
-        let mut on_disk: Vec<Option<String>> = Vec::new();
-        let mut site_probers: Vec<Prober> = Vec::new();
-        for (i, site) in cfg.sites.iter().enumerate() {
-            let leaf = crate::bundle::read_certs(&site.cert)
-                .ok()
-                .and_then(|certs| certs.into_iter().next());
-            // A dual-certificate site is checked through its `cert`'s pair,
-            // with a probe asking for that pair's key type.
-            let prober = probers.of(site.probe_family(leaf.as_ref())).clone();
-            on_disk.push(leaf.map(|l| l.sha256));
-            for t in &site.endpoints {
-                jobs.push((prober.clone(), t.clone()));
-                owners.push(i);
-            }
-            site_probers.push(prober);
-        }
-        let results = probe::block_on(probe::probe_each(&jobs, DRIFT_CONCURRENCY));
-        let mut drifting = vec![false; cfg.sites.len()];
-        for (((_, t), owner), r) in jobs.iter().zip(&owners).zip(results) {
-            let site = &cfg.sites[*owner];
-            match r {
-                Ok(served) => {
-                    self.metrics
-                        .served_not_after
-                        .get_or_create(&EndpointLabel {
-                            site: site.name.clone(),
-                            endpoint: t.to_string(),
-                        })
-                        .set(served.leaf.not_after.unix_timestamp());
-                    if let Some(disk) = &on_disk[*owner]
-                        && &served.leaf.sha256 != disk
-                    {
-                        drifting[*owner] = true;
-                        tracing::warn!(
-                            site = %site.name, endpoint = %t,
-                            "drift: the endpoint serves {} (notAfter {}), not the certificate on disk",
-                            served.leaf.sha256,
-                            crate::cert::rfc3339(served.leaf.not_after)
-                        );
+        let mut drifting: Vec<&status::SiteStatus> = Vec::new();
+        let mut first_of_site: Option<&str> = None;
+        for row in &rows {
+            // The endpoint metric keeps its one series per (site,
+            // endpoint): the site's first row, its `cert`'s.
+            let first = first_of_site != Some(row.name.as_str());
+            first_of_site = Some(row.name.as_str());
+            for e in &row.served {
+                let endpoint = format!("{}@{}", e.sni, e.endpoint);
+                match &e.seen {
+                    Ok(leaf) if first => {
+                        self.metrics
+                            .served_not_after
+                            .get_or_create(&EndpointLabel {
+                                site: row.name.clone(),
+                                endpoint: endpoint.clone(),
+                            })
+                            .set(leaf.not_after.unix_timestamp());
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(site = %row.name, endpoint = %endpoint, "no handshake: {err}")
                     }
                 }
-                Err(e) => tracing::warn!(site = %site.name, endpoint = %t, "no handshake: {e}"),
+            }
+            for (e, leaf) in row.drifted() {
+                tracing::warn!(
+                    site = %row.name, endpoint = %format!("{}@{}", e.sni, e.endpoint),
+                    "drift: the endpoint serves {} (notAfter {}), not the certificate on disk",
+                    leaf.sha256,
+                    crate::cert::rfc3339(leaf.not_after)
+                );
+            }
+            if row.drift == Some(true) {
+                drifting.push(row);
             }
         }
-        for (site, d) in cfg.sites.iter().zip(&drifting) {
+        for site in &cfg.sites {
+            let d = drifting.iter().any(|r| r.name == site.name);
             self.metrics
                 .drift
                 .get_or_create(&SiteLabel {
                     site: site.name.clone(),
                 })
-                .set(i64::from(*d));
+                .set(i64::from(d));
         }
-        if cfg.agent.fix_drift && drifting.contains(&true) {
-            self.fix_drift(env, &drifting, &on_disk, &site_probers);
+        if cfg.agent.fix_drift && !drifting.is_empty() {
+            self.fix_drift(env, &drifting);
         }
     }
 
-    /// `probers`: each site's, as in [`Agent::drift`].
-    fn fix_drift(
-        &self,
-        env: &Env<'_>,
-        drifting: &[bool],
-        on_disk: &[Option<String>],
-        probers: &[Prober],
-    ) {
+    /// Reload once for every drifting row of [`Agent::drift`], then prove
+    /// each row's leaf on disk is served (probed with the row's key type).
+    fn fix_drift(&self, env: &Env<'_>, drifting: &[&status::SiteStatus]) {
         let _lock = match env.store.lock() {
             Ok(l) => l,
             Err(e) => {
                 tracing::info!("drift not fixed this pass: {e}");
+                return;
+            }
+        };
+        let probers = match probe::Probers::new(env.prober) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("drift not fixed: {e}");
                 return;
             }
         };
@@ -1273,32 +1270,37 @@ impl Agent {
             "fix_drift: reloaded {} to serve the certificates on disk",
             env.server.name()
         );
-        for (((site, d), sha), prober) in env
-            .config
-            .sites
-            .iter()
-            .zip(drifting)
-            .zip(on_disk)
-            .zip(probers)
-        {
-            let (true, Some(sha)) = (*d, sha) else {
+        let mut remains: HashSet<&str> = HashSet::new();
+        for row in drifting {
+            let (Some(site), Ok(disk)) = (
+                env.config.sites.iter().find(|s| s.name == row.name),
+                &row.installed,
+            ) else {
                 continue;
             };
-            let env = Env { prober, ..*env };
-            let w = install::wait_served(&env, &site.endpoints, sha, false);
+            let env = Env {
+                prober: probers.of(row.family),
+                ..*env
+            };
+            let w = install::wait_served(&env, &site.endpoints, &disk.sha256, false);
             match w.failure {
                 None => {
-                    tracing::info!(site = %site.name, "drift fixed: the certificate on disk is served");
-                    self.metrics
-                        .drift
-                        .get_or_create(&SiteLabel {
-                            site: site.name.clone(),
-                        })
-                        .set(0);
+                    tracing::info!(site = %site.name, "drift fixed: the certificate on disk is served")
                 }
                 Some(why) => {
+                    remains.insert(site.name.as_str());
                     tracing::error!(site = %site.name, "drift remains after the reload: {why}")
                 }
+            }
+        }
+        for row in drifting {
+            if !remains.contains(row.name.as_str()) {
+                self.metrics
+                    .drift
+                    .get_or_create(&SiteLabel {
+                        site: row.name.clone(),
+                    })
+                    .set(0);
             }
         }
     }

@@ -182,6 +182,10 @@ pub struct SiteStatus {
     pub file: PathBuf,
     /// The site has more than one slot: the text names the row's key type.
     pub dual: bool,
+    /// The key type its probe asks for ([`Site::probe_family`]): the
+    /// slot's for a dual site, so a re-probe (the agent's `fix_drift`)
+    /// asks for the same leaf.
+    pub family: KeyFamily,
     pub state: State,
     pub installed: Result<Installed, CertFileError>,
     /// One per endpoint with `--probe`, in config order; empty without.
@@ -379,7 +383,6 @@ pub fn probe_rows(
 struct Row<'c> {
     status: SiteStatus,
     endpoints: &'c [Target],
-    family: KeyFamily,
 }
 
 /// 1. Disk: one row per slot, one read per file into one reused buffer.
@@ -397,10 +400,10 @@ fn disk_rows(cfg: &Config, now: OffsetDateTime) -> Vec<Row<'_>> {
             let mut status = site_from_disk(site, leaf, now);
             status.file = file.clone();
             status.dual = dual;
+            status.family = family;
             rows.push(Row {
                 status,
                 endpoints: &site.endpoints,
-                family,
             });
         }
     }
@@ -414,7 +417,7 @@ fn probe_into(rows: &mut [Row<'_>], prober: &Prober, concurrency: usize) -> Resu
     let jobs: Vec<(Prober, Target)> = rows
         .iter()
         .flat_map(|r| {
-            let prober = probers.of(r.family);
+            let prober = probers.of(r.status.family);
             r.endpoints.iter().map(|t| (prober.clone(), t.clone()))
         })
         .collect();
@@ -445,6 +448,7 @@ fn site_from_disk(
         name: site.name.clone(),
         file: site.cert.clone(),
         dual: false,
+        family: site.key_family,
         state,
         installed,
         served: Vec::new(),
@@ -890,6 +894,7 @@ mod tests {
             name: name.into(),
             file: PathBuf::from(format!("/etc/nginx/ssl/{name}.pem")),
             dual: false,
+            family: KeyFamily::Any,
             state,
             installed,
             served: Vec::new(),

@@ -346,3 +346,37 @@ fn status_shows_a_row_per_slot_each_probed_with_its_own_key_type() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_agent_sees_and_fixes_drift_on_the_rsa_pair_of_a_dual_site() {
+    let Dual { w, rsa_old } = dual();
+    let port = w.server.port();
+    let ssl = w.dir.path().join("ssl");
+    // The RSA pair renewed on disk but never reloaded: the ECDSA `cert` is
+    // served as on disk, only the RSA slot drifts.
+    let (rsa_new, cert, key) = rsa_renewal(&w);
+    std::fs::copy(&cert, ssl.join("shop.rsa.pem")).expect("copy cert");
+    let key_pem = std::fs::read_to_string(&key).expect("key");
+    pki::write_key(&ssl.join("shop.rsa.key"), &key_pem);
+    assert_eq!(served_with(port, RSA_SUITE), rsa_old.sha256);
+
+    let mut cfg = std::fs::read_to_string(&w.config).expect("config");
+    cfg.push_str("\n[agent]\ninterval = \"1h\"\nfix_drift = true\n");
+    std::fs::write(&w.config, cfg).expect("write config");
+    let out = w.run(&["run", "--once"]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        log.contains(&format!("drift: the endpoint serves {}", rsa_old.sha256)),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !log.contains(&format!("drift: the endpoint serves {}", w.old.sha256)),
+        "the ECDSA slot does not drift: {}",
+        text(&out)
+    );
+    assert!(log.contains("drift fixed"), "{}", text(&out));
+    assert_eq!(served_with(port, RSA_SUITE), rsa_new.sha256);
+    assert_eq!(served_with(port, ECDSA_SUITE), w.old.sha256);
+}
