@@ -1136,19 +1136,16 @@ impl Agent {
         }
     }
 
-    /// Expiry of what is on disk: metrics, and (with `log`) a line at 30 /
-    /// 10 days and once expired.
+    /// Expiry of what is on disk: metrics, and (with `log`) a line in
+    /// status's `expiring` / `critical` / `expired` states ([`expiry_state`]).
     fn expiry(&self, cfg: &Config, log: bool) {
         let now = OffsetDateTime::now_utc();
         for site in &cfg.sites {
             let label = SiteLabel {
                 site: site.name.clone(),
             };
-            let leaf = match crate::bundle::read_certs(&site.cert) {
-                Ok(certs) => match certs.into_iter().next() {
-                    Some(l) => l,
-                    None => continue,
-                },
+            let leaf = match crate::bundle::read_leaf(&site.cert) {
+                Ok(leaf) => leaf,
                 Err(e) => {
                     if log {
                         tracing::warn!(site = %site.name, "the installed certificate cannot be read: {e}");
@@ -1156,7 +1153,7 @@ impl Agent {
                     continue;
                 }
             };
-            let days = leaf.days_left(now);
+            let (days, state) = expiry_state(leaf.not_after, now);
             self.metrics
                 .cert_not_after
                 .get_or_create(&label)
@@ -1166,12 +1163,17 @@ impl Agent {
             if !log {
                 continue;
             }
-            if now > leaf.not_after {
-                tracing::error!(site = %site.name, not_after = %na, "the installed certificate has EXPIRED");
-            } else if days <= 10 {
-                tracing::error!(site = %site.name, not_after = %na, days_left = days, "the installed certificate is critical: renew it now");
-            } else if days <= 30 {
-                tracing::warn!(site = %site.name, not_after = %na, days_left = days, "the installed certificate expires soon");
+            match state {
+                status::State::Expired => {
+                    tracing::error!(site = %site.name, not_after = %na, "the installed certificate has EXPIRED")
+                }
+                status::State::Critical => {
+                    tracing::error!(site = %site.name, not_after = %na, days_left = days, "the installed certificate is critical: renew it now")
+                }
+                status::State::Expiring => {
+                    tracing::warn!(site = %site.name, not_after = %na, days_left = days, "the installed certificate expires soon")
+                }
+                status::State::Ok | status::State::Error => {}
             }
         }
     }
@@ -1413,6 +1415,14 @@ async fn or_stop<F: std::future::Future>(f: F, stop: &AtomicBool) -> Option<F::O
         r = f => Some(r),
         () = stopped => None,
     }
+}
+
+/// Days left and state of a leaf expiring at `not_after`: status's
+/// [`status::days_left`] and [`status::state_of`], so the agent's metric,
+/// its expiry log and `status` cannot disagree.
+fn expiry_state(not_after: OffsetDateTime, now: OffsetDateTime) -> (i64, status::State) {
+    let days = status::days_left(not_after, now);
+    (days, status::state_of(days))
 }
 
 /// `interval` ± up to 10%, so a fleet's agents drift apart.
@@ -1811,6 +1821,24 @@ async fn run_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_uses_the_status_states_at_their_boundaries() {
+        use status::State;
+        use time::Duration as D;
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("time");
+        for (left, days, want) in [
+            (D::days(31), 31, State::Ok),
+            (D::days(31) - D::SECOND, 30, State::Expiring),
+            (D::days(11) - D::SECOND, 10, State::Critical),
+            (D::ZERO, 0, State::Critical),
+            (D::nanoseconds(-1), -1, State::Expired),
+            // 12 hours past expiry: −1 (the metric once said 0).
+            (D::hours(-12), -1, State::Expired),
+        ] {
+            assert_eq!(expiry_state(now + left, now), (days, want), "{left}");
+        }
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {
