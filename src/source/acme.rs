@@ -252,12 +252,12 @@ pub struct Newer<'a> {
 }
 
 /// For every site, the newest of `lineages` that belongs to it (the hook's
-/// rule) and ends later than the installed leaf (any, when the installed
+/// rule, [`crate::matcher::covered`]) and ends later than the installed leaf (any, when the installed
 /// one cannot be read). Config order.
 pub fn newer_for_sites<'a>(cfg: &'a Config, lineages: &[Lineage]) -> Vec<Newer<'a>> {
     let mut out: Vec<Newer<'a>> = Vec::new();
     for l in lineages {
-        for site in crate::hook::sites_for(cfg, &l.leaf, &[]) {
+        for site in crate::matcher::covered(cfg, &l.leaf, &[]) {
             let installed = installed_like(site, &l.leaf);
             let newer = match &installed {
                 Some(i) => i.sha256 != l.leaf.sha256 && l.leaf.not_after > i.not_after,
