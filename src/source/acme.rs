@@ -286,21 +286,14 @@ pub fn newer_for_sites<'a>(cfg: &'a Config, lineages: &[Lineage]) -> Vec<Newer<'
 /// its own lineage; the site's `cert` when no pair has that type), else
 /// the site's `cert`.
 fn installed_like(site: &Site, like: &CertInfo) -> Option<CertInfo> {
-    use crate::probe::KeyFamily;
-    let leaf_of = |p: &Path| {
-        bundle::read_certs(p)
-            .ok()
-            .and_then(|c| c.into_iter().next())
-    };
-    let first = leaf_of(&site.cert);
+    let first = bundle::read_leaf(&site.cert).ok();
     if site.pairs.is_empty() {
         return first;
     }
-    let family = KeyFamily::of(&like.key_kind);
-    std::iter::once(first.clone())
-        .chain(site.pairs.iter().map(|(cert, _)| leaf_of(cert)))
-        .flatten()
-        .find(|c| KeyFamily::of(&c.key_kind) == family)
+    let family = crate::probe::KeyFamily::of(&like.key_kind);
+    crate::matcher::pair_site(site, family)
+        .ok()
+        .and_then(|pair| bundle::read_leaf(&pair.cert).ok())
         .or(first)
 }
 
