@@ -68,9 +68,11 @@ pub struct Item<'a> {
 
 /// Install every bundle found in `dir` for the sites of the config, as one
 /// batch. A bundle is `SITE.pem` (or `SITE_public.crt`), with `SITE.key`
-/// and `SITE_chain.crt` when present, where SITE is the name of a
-/// configured site (`*` may be spelt `_wildcard_`). Files with other names
-/// and hidden files are ignored.
+/// and `SITE_chain.crt` when present, where SITE names a configured site
+/// as [`crate::matcher::by_stem`] reads it (`*` may be spelt `_wildcard_`
+/// or `STAR`), or, when it names none, the site the certificate covers
+/// ([`crate::matcher`]). Files with other names and hidden files are
+/// ignored.
 ///
 /// One outcome per site found, sorted by name. A bundle file for a name
 /// that is not a configured site, a key or chain without its cert, or two

@@ -16,7 +16,7 @@
 //!    next pass); acme.sh: the domain dir is trusted, its files are real
 //!    files (no symlink is followed);
 //! 3. the leaf is read (size-limited, on the open descriptor) and matched
-//!    to sites by the deploy hook's rule ([`crate::hook::sites_for`]);
+//!    to sites by the deploy hook's rule ([`crate::matcher::covered`]);
 //! 4. a site is given the newest lineage whose leaf ends later than the
 //!    installed one: a lineage already installed costs a read, no install;
 //! 5. only then is the key read (0600: [`owner::read_secret`]), checked
