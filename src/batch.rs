@@ -43,6 +43,7 @@ use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 use crate::install::{self, Env, InstallError};
 pub use crate::install::{recover_host, recover_sites, stored_sites};
+use crate::matcher::{self, Hint, MatchError};
 use crate::probe::{self, Target};
 use crate::report::{Outcome, ResultKind, Retryable, ServedRow};
 use crate::store::{self, NewFile, Op, Recovery, SiteStore, StoreError, Txn};
@@ -67,9 +68,11 @@ pub struct Item<'a> {
 
 /// Install every bundle found in `dir` for the sites of the config, as one
 /// batch. A bundle is `SITE.pem` (or `SITE_public.crt`), with `SITE.key`
-/// and `SITE_chain.crt` when present, where SITE is the name of a
-/// configured site (`*` may be spelt `_wildcard_`). Files with other names
-/// and hidden files are ignored.
+/// and `SITE_chain.crt` when present, where SITE names a configured site
+/// as [`crate::matcher::by_stem`] reads it (`*` may be spelt `_wildcard_`
+/// or `STAR`), or, when it names none, the site the certificate covers
+/// ([`crate::matcher`]). Files with other names and hidden files are
+/// ignored.
 ///
 /// One outcome per site found, sorted by name. A bundle file for a name
 /// that is not a configured site, a key or chain without its cert, or two
@@ -153,7 +156,7 @@ fn run_items(
     dry_run: bool,
     strict: bool,
 ) -> Result<Vec<Run>, InstallError> {
-    let pairs: Vec<Option<Result<Site, String>>> = items
+    let pairs: Vec<Option<Result<Site, MatchError>>> = items
         .iter()
         .map(|it| {
             (!it.site.pairs.is_empty()).then(|| {
@@ -171,7 +174,7 @@ fn run_items(
             Some(Ok(pair)) => pair,
             Some(Err(why)) => {
                 let mut out = Outcome::new(&it.site.name);
-                out.reject(why.clone());
+                out.reject(why.to_string());
                 outs[i] = Some((out, None));
                 continue;
             }
@@ -1239,17 +1242,33 @@ fn scan_dir<'c>(
             .chain(&f.chain)
             .map(|p| p.display().to_string())
             .collect();
-        let site = config
-            .sites
-            .iter()
-            .find(|s| s.name == stem || s.name.replace('*', "_wildcard_") == stem);
-        let Some(site) = site else {
-            reject(format!(
-                "{}: `{stem}` is not a site of {}; nothing was changed for it",
-                all.join(", "),
-                config.path.display()
-            ));
-            continue;
+        // The one matcher: the stem names the site, or the certificate's
+        // names cover it (read only when the stem names none).
+        let leaf = || match f.certs.as_slice() {
+            [cert] => crate::bundle::read_leaf(cert).ok(),
+            _ => None,
+        };
+        let site = match matcher::by_stem(config, &stem) {
+            Some(site) => Ok(site),
+            None => matcher::one(config, Hint::Stems(&[stem.as_str()]), leaf().as_ref()),
+        };
+        let site = match site {
+            Ok(site) => site,
+            Err(e @ MatchError::Several { .. }) => {
+                reject(format!(
+                    "{}: {e}; nothing was changed for it",
+                    all.join(", ")
+                ));
+                continue;
+            }
+            Err(_) => {
+                reject(format!(
+                    "{}: `{stem}` is not a site of {}; nothing was changed for it",
+                    all.join(", "),
+                    config.path.display()
+                ));
+                continue;
+            }
         };
         match f.certs.as_slice() {
             [cert] => items.push(Item {
@@ -1430,6 +1449,53 @@ mod tests {
         assert!(why["nosuch.test"].contains("nosuch.test.pem"), "{why:?}");
         assert!(why["nosuch.test"].contains("is not a site of"), "{why:?}");
         assert!(rejected.iter().all(|o| o.result == ResultKind::Rejected));
+    }
+
+    #[test]
+    fn scan_dir_maps_a_bundle_to_the_site_the_inbox_would() {
+        use crate::cert::testpki;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cfg = config(tmp.path());
+        let dir = tmp.path().join("batch");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        // A vendor's file name, and certbot's name with a b.test leaf in it.
+        touch(&dir, &["12345_a.test_nginx.pem", "STAR_w_test.pem"]);
+        let ca = testpki::root("scan root");
+        let leaf = testpki::sign_leaf(&testpki::leaf_params(&["b.test"]), &testpki::p256(), &ca);
+        std::fs::write(dir.join("fullchain.pem"), leaf.to_pem()).expect("write");
+        let two = testpki::sign_leaf(
+            &testpki::leaf_params(&["a.test", "c.test"]),
+            &testpki::p256(),
+            &ca,
+        );
+        std::fs::write(dir.join("cert.pem"), two.to_pem()).expect("write");
+        let (items, rejected) = scan_dir(&cfg, &dir).expect("scan");
+        let mut got: Vec<(&str, String)> = items
+            .iter()
+            .map(|it| {
+                let file = it
+                    .cert
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned());
+                (it.site.name.as_str(), file.unwrap_or_default())
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("*.w.test", "STAR_w_test.pem".to_string()),
+                ("a.test", "12345_a.test_nginx.pem".to_string()),
+                ("b.test", "fullchain.pem".to_string()),
+            ]
+        );
+        // A leaf that fits several sites needs a file named after one.
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        let why = rejected[0].error.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("fit several sites") && why.contains("cert.pem"),
+            "{why}"
+        );
     }
 
     #[test]

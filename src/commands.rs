@@ -322,7 +322,7 @@ fn rollback_many(cfg: &Config, a: &RollbackArgs) -> CmdResult {
                 batch.push(site.clone());
             }
         } else if let Some(kt) = a.key_type {
-            batch.push(install::pair_site(site, key_family(kt))?);
+            batch.push(install::pair_site(site, key_family(kt)).map_err(|e| e.to_string())?);
         }
     }
     let mut outcomes = Vec::new();

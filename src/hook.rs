@@ -175,10 +175,10 @@ pub fn deploy_with(
     };
     let leaf = bundle::read_leaf(&renewal.cert).map_err(cert_err)?;
 
-    let sites = sites_for(env.config, &leaf, &renewal.domains);
-    if sites.is_empty() {
+    let hint = crate::matcher::Hint::Domains(&renewal.domains);
+    let Ok(sites) = crate::matcher::sites(env.config, hint, Some(&leaf)) else {
         return Err(no_site(env.config, &renewal, &leaf));
-    }
+    };
 
     for site in &sites {
         tracing::info!(
@@ -349,18 +349,6 @@ fn record_failure(env: &Env<'_>, renewal: &Renewal, leaf: &CertInfo, site: &Site
     if let Err(e) = written {
         tracing::error!(site = %site.name, "cannot record the failed deploy in {}: {e}", dir.display());
     }
-}
-
-/// The configured sites `leaf` (named `domains` by the client) belongs to.
-pub fn sites_for<'a>(config: &'a Config, leaf: &CertInfo, domains: &[String]) -> Vec<&'a Site> {
-    config
-        .sites
-        .iter()
-        .filter(|s| {
-            let name = normalize(&s.name);
-            leaf.covers(&name) || domains.contains(&name)
-        })
-        .collect()
 }
 
 fn no_site(config: &Config, renewal: &Renewal, leaf: &CertInfo) -> HookError {
@@ -565,32 +553,6 @@ mod tests {
     fn leaf(names: &[&str]) -> CertInfo {
         let ca = testpki::root("hook test root");
         testpki::sign_leaf(&testpki::leaf_params(names), &testpki::p256(), &ca)
-    }
-
-    fn names(sites: Vec<&Site>) -> Vec<&str> {
-        sites.into_iter().map(|s| s.name.as_str()).collect()
-    }
-
-    #[test]
-    fn sites_match_by_san_wildcard_and_domain_list() {
-        let cfg = config(&[
-            "www.example.com",
-            "api.example.com",
-            "other.test",
-            "*.example.com",
-        ]);
-        let wild = leaf(&["example.com", "*.example.com"]);
-        assert_eq!(
-            names(sites_for(&cfg, &wild, &[])),
-            vec!["www.example.com", "api.example.com", "*.example.com"]
-        );
-        let one = leaf(&["www.example.com"]);
-        assert_eq!(names(sites_for(&cfg, &one, &[])), vec!["www.example.com"]);
-        // Named by the client but not in the cert: matched, so that install
-        // rejects it with its reason.
-        let by_name = sites_for(&cfg, &one, &["other.test".to_string()]);
-        assert_eq!(names(by_name), vec!["www.example.com", "other.test"]);
-        assert!(sites_for(&cfg, &leaf(&["unknown.test"]), &[]).is_empty());
     }
 
     #[test]

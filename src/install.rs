@@ -21,6 +21,7 @@ use crate::bundle::{self, Bundle};
 use crate::cert::CertInfo;
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
+pub use crate::matcher::{pair_family, pair_site};
 use crate::probe::{self, KeyFamily, Prober, Target};
 use crate::report::{Leaf, Outcome, ResultKind, Retryable, ServedRow};
 use crate::server::{ServerError, WebServer};
@@ -549,29 +550,13 @@ fn install_pair(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallErro
         Ok(f) => f,
         Err(why) => {
             let mut out = Outcome::new(&req.site.name);
-            out.reject(why);
+            out.reject(why.to_string());
             return Ok(out);
         }
     };
     with_pair(env, req.site, family, |env, site| {
         install(env, &Request { site, ..*req })
     })
-}
-
-/// The key type of the pair of dual-certificate `site` that the bundle's
-/// certificate file `cert` replaces: that of its leaf. Why not, naming the
-/// file, when it cannot be read or its key is neither RSA nor ECDSA.
-pub fn pair_family(site: &Site, cert: &Path) -> Result<KeyFamily, String> {
-    let certs = bundle::read_certs(cert).map_err(|e| e.to_string())?;
-    match certs.first().map(|leaf| KeyFamily::of(&leaf.key_kind)) {
-        Some(KeyFamily::Any) | None => Err(format!(
-            "{}: the certificate's key is neither RSA nor ECDSA, and site {} has one \
-             cert/key pair per key type",
-            cert.display(),
-            site.name
-        )),
-        Some(family) => Ok(family),
-    }
 }
 
 /// Run `f` on the pair of `site` with key type `family`, with a prober
@@ -586,7 +571,7 @@ fn with_pair(
         Ok(s) => s,
         Err(why) => {
             let mut out = Outcome::new(&site.name);
-            out.reject(why);
+            out.reject(why.to_string());
             return Ok(out);
         }
     };
@@ -601,42 +586,6 @@ fn with_pair(
         },
         &pair_site,
     )
-}
-
-/// The site as seen through its pair of key type `family`: that pair's
-/// files, and its own state (journal, versions) under `NAME__rsa` etc.
-pub fn pair_site(site: &Site, family: KeyFamily) -> Result<Site, String> {
-    let mut pairs = vec![(site.cert.clone(), site.key.clone())];
-    pairs.extend(site.pairs.iter().cloned());
-    let chosen = pairs.iter().find(|(cert, _)| {
-        bundle::read_leaf(cert)
-            .ok()
-            .map(|leaf| KeyFamily::of(&leaf.key_kind))
-            == Some(family)
-    });
-    let Some((cert, key)) = chosen.cloned() else {
-        return Err(format!(
-            "site {} has no cert/key pair with a {family:?} key (pairs: {})",
-            site.name,
-            pairs
-                .iter()
-                .map(|(c, _)| c.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    };
-    Ok(Site {
-        cert,
-        key,
-        pairs: Vec::new(),
-        store_key: format!(
-            "{}__{}",
-            site.name,
-            format!("{family:?}").to_ascii_lowercase()
-        ),
-        key_family: family,
-        ..site.clone()
-    })
 }
 
 /// Roll back the pair of key type `family` of a dual-certificate site.

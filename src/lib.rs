@@ -8,6 +8,7 @@
 //! - [`cert`]      facts of one certificate: names, dates, spec, fingerprints.
 //! - [`bundle`]    PEM/DER files → [`bundle::Bundle`] { leaf, chain, key }.
 //! - [`validate`]  the rules of pipeline step 2, each a named check.
+//! - [`matcher`]   which site (and dual-site pair) a bundle is for, for every source.
 //! - [`fsio`]      durable file primitives: create-exclusive, fsync, rename.
 //! - [`owner`]     who may have written a path: owner/mode checks before trust.
 //! - [`store`]     stage / swap / backup versions / journal / recovery.
@@ -42,6 +43,7 @@ pub mod failpoint;
 pub mod fsio;
 pub mod hook;
 pub mod install;
+pub mod matcher;
 pub mod metrics;
 pub mod owner;
 pub mod probe;

@@ -16,7 +16,7 @@
 //!    next pass); acme.sh: the domain dir is trusted, its files are real
 //!    files (no symlink is followed);
 //! 3. the leaf is read (size-limited, on the open descriptor) and matched
-//!    to sites by the deploy hook's rule ([`crate::hook::sites_for`]);
+//!    to sites by the deploy hook's rule ([`crate::matcher::covered`]);
 //! 4. a site is given the newest lineage whose leaf ends later than the
 //!    installed one: a lineage already installed costs a read, no install;
 //! 5. only then is the key read (0600: [`owner::read_secret`]), checked
@@ -252,12 +252,12 @@ pub struct Newer<'a> {
 }
 
 /// For every site, the newest of `lineages` that belongs to it (the hook's
-/// rule) and ends later than the installed leaf (any, when the installed
+/// rule, [`crate::matcher::covered`]) and ends later than the installed leaf (any, when the installed
 /// one cannot be read). Config order.
 pub fn newer_for_sites<'a>(cfg: &'a Config, lineages: &[Lineage]) -> Vec<Newer<'a>> {
     let mut out: Vec<Newer<'a>> = Vec::new();
     for l in lineages {
-        for site in crate::hook::sites_for(cfg, &l.leaf, &[]) {
+        for site in crate::matcher::covered(cfg, &l.leaf, &[]) {
             let installed = installed_like(site, &l.leaf);
             let newer = match &installed {
                 Some(i) => i.sha256 != l.leaf.sha256 && l.leaf.not_after > i.not_after,
@@ -286,21 +286,14 @@ pub fn newer_for_sites<'a>(cfg: &'a Config, lineages: &[Lineage]) -> Vec<Newer<'
 /// its own lineage; the site's `cert` when no pair has that type), else
 /// the site's `cert`.
 fn installed_like(site: &Site, like: &CertInfo) -> Option<CertInfo> {
-    use crate::probe::KeyFamily;
-    let leaf_of = |p: &Path| {
-        bundle::read_certs(p)
-            .ok()
-            .and_then(|c| c.into_iter().next())
-    };
-    let first = leaf_of(&site.cert);
+    let first = bundle::read_leaf(&site.cert).ok();
     if site.pairs.is_empty() {
         return first;
     }
-    let family = KeyFamily::of(&like.key_kind);
-    std::iter::once(first.clone())
-        .chain(site.pairs.iter().map(|(cert, _)| leaf_of(cert)))
-        .flatten()
-        .find(|c| KeyFamily::of(&c.key_kind) == family)
+    let family = crate::probe::KeyFamily::of(&like.key_kind);
+    crate::matcher::pair_site(site, family)
+        .ok()
+        .and_then(|pair| bundle::read_leaf(&pair.cert).ok())
         .or(first)
 }
 

@@ -283,7 +283,7 @@ pub async fn fetch(
 
     for b in &manifest.bundles {
         // 2. ours, not paused, in the wave, not refused before.
-        let Ok(site) = cfg.site(&b.site) else {
+        let Ok(site) = crate::matcher::one(cfg, crate::matcher::Hint::Site(&b.site), None) else {
             tracing::debug!(source = %src.name, site = %b.site, "not a site of this host");
             continue;
         };

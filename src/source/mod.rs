@@ -136,122 +136,12 @@ pub fn installed_leaf_sha256(site: &Site) -> Option<String> {
         .map(|c| c.sha256)
 }
 
-/// A name reduced for comparison with file names: lowercase, `.`/`-` as
-/// `_`, `*` as `star` (vendors write `www_example_com`, `STAR_example_com`).
-fn normalize(name: &str) -> String {
-    name.to_ascii_lowercase()
-        .replace('*', "star")
-        .replace(['.', '-'], "_")
-}
-
-/// The site whose name a file stem names: exactly, or as a `_`-separated
-/// part of it (`12345_www.example.com_nginx`); the longest such name wins.
-/// None when no site, or two equally long ones, match.
-pub fn site_by_stem<'a>(cfg: &'a Config, stem: &str) -> Option<&'a Site> {
-    if let Some(s) = cfg.sites.iter().find(|s| s.name.eq_ignore_ascii_case(stem)) {
-        return Some(s);
-    }
-    let stem = normalize(stem);
-    let mut best: Vec<&Site> = Vec::new();
-    for site in &cfg.sites {
-        let n = normalize(&site.name);
-        let found = stem.match_indices(&n).any(|(i, _)| {
-            let before = i == 0 || stem.as_bytes()[i - 1] == b'_';
-            let end = i + n.len();
-            let after = end == stem.len() || stem.as_bytes()[end] == b'_';
-            before && after
-        });
-        if !found {
-            continue;
-        }
-        match best.first() {
-            Some(b) if normalize(&b.name).len() > n.len() => {}
-            Some(b) if normalize(&b.name).len() == n.len() => best.push(site),
-            _ => best = vec![site],
-        }
-    }
-    match best.as_slice() {
-        [one] => Some(one),
-        _ => None,
-    }
-}
-
-/// The site whose every name the leaf covers. Err says why none or which
-/// several, as one sentence.
-pub fn site_by_names<'a>(cfg: &'a Config, leaf: &CertInfo) -> Result<&'a Site, String> {
-    let fits: Vec<&Site> = cfg
-        .sites
-        .iter()
-        .filter(|s| s.all_names().iter().all(|n| leaf.covers(n)))
-        .collect();
-    match fits.as_slice() {
-        [one] => Ok(one),
-        [] => Err(format!(
-            "no configured site matches: the file name names none, and the certificate's names ({}) do not cover every name of any site",
-            leaf.names.join(", ")
-        )),
-        several => Err(format!(
-            "the certificate's names fit several sites ({}); name the file after the site, e.g. {}.pem",
-            several
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            several[0].name
-        )),
-    }
-}
-
-/// Match by the stems first (in order), then by the leaf's names.
+/// The one site a bundle with file `stems` and `leaf` is for
+/// ([`crate::matcher`]'s rule), or the sentence why none is.
 pub fn match_site<'a>(
     cfg: &'a Config,
     stems: &[&str],
     leaf: Option<&CertInfo>,
 ) -> Result<&'a Site, String> {
-    for stem in stems {
-        if let Some(site) = site_by_stem(cfg, stem) {
-            return Ok(site);
-        }
-    }
-    match leaf {
-        Some(leaf) => site_by_names(cfg, leaf),
-        None => Err(format!(
-            "no configured site is named {} and the certificate cannot be read to match its names",
-            stems
-                .first()
-                .map(|s| format!("{s:?}"))
-                .unwrap_or_else(|| "by the file".into())
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(names: &[&str]) -> Config {
-        let mut t = String::from("state_dir = \"/tmp/st\"\n[server]\nkind = \"nginx\"\n");
-        for n in names {
-            t.push_str(&format!(
-                "[[site]]\nname = \"{n}\"\ncert = \"/c/{n}.pem\"\nkey = \"/c/{n}.key\"\nendpoints = [\"probe.test@127.0.0.1:443\"]\n"
-            ));
-        }
-        Config::parse(&t, Path::new("/x.toml")).expect("config")
-    }
-
-    #[test]
-    fn stems_with_vendor_prefixes_find_their_site() {
-        let c = cfg(&["www.example.com", "example.com", "*.example.org"]);
-        let name = |s: &str| site_by_stem(&c, s).map(|s| s.name.clone());
-        assert_eq!(name("www.example.com").as_deref(), Some("www.example.com"));
-        assert_eq!(
-            name("12345_www.example.com_nginx").as_deref(),
-            Some("www.example.com")
-        );
-        assert_eq!(name("www_example_com").as_deref(), Some("www.example.com"));
-        assert_eq!(name("example_com").as_deref(), Some("example.com"));
-        assert_eq!(name("STAR_example_org").as_deref(), Some("*.example.org"));
-        assert_eq!(name("wwwXexample.com"), None);
-        assert_eq!(name("other.test"), None);
-    }
+    crate::matcher::one(cfg, crate::matcher::Hint::Stems(stems), leaf).map_err(|e| e.to_string())
 }
