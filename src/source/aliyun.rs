@@ -272,23 +272,7 @@ pub async fn detail(
         &[("CertId", id.to_string())],
     )
     .await?;
-    let cert_pem = v
-        .get("Cert")
-        .and_then(|c| c.as_str())
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| {
-            CloudError::permanent(
-                &src.name,
-                format!("certificate {id}: the answer holds no certificate"),
-            )
-        })?
-        .to_string();
-    let key_pem = v
-        .get("Key")
-        .and_then(|c| c.as_str())
-        .filter(|c| !c.trim().is_empty())
-        .map(str::to_string);
-    Ok(Detail { cert_pem, key_pem })
+    Detail::from_answer(&src.name, id, &v, "Cert", "Key")
 }
 
 #[cfg(test)]

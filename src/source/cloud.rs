@@ -386,6 +386,37 @@ pub struct Detail {
     pub key_pem: Option<String>,
 }
 
+impl Detail {
+    /// The PEM fields `cert` and `key` of a detail answer `v` (each vendor
+    /// names them its own way). No certificate is a verdict on that id; an
+    /// empty key means the key stayed on the server (own CSR).
+    pub fn from_answer(
+        source: &str,
+        id: &str,
+        v: &serde_json::Value,
+        cert: &str,
+        key: &str,
+    ) -> Result<Detail, CloudError> {
+        let cert_pem = v
+            .get(cert)
+            .and_then(|c| c.as_str())
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                CloudError::permanent(
+                    source,
+                    format!("certificate {id}: the answer holds no certificate"),
+                )
+            })?
+            .to_string();
+        let key_pem = v
+            .get(key)
+            .and_then(|c| c.as_str())
+            .filter(|c| !c.trim().is_empty())
+            .map(str::to_string);
+        Ok(Detail { cert_pem, key_pem })
+    }
+}
+
 /// Why one certificate's detail cannot be installed: a verdict on those
 /// bytes (refused for good, remembered in the seen-state).
 #[derive(Debug)]

@@ -228,23 +228,13 @@ pub async fn detail(
         &serde_json::json!({"CertificateId": id}),
     )
     .await?;
-    let cert_pem = resp
-        .get("CertificatePublicKey")
-        .and_then(|c| c.as_str())
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| {
-            CloudError::permanent(
-                &src.name,
-                format!("certificate {id}: the answer holds no certificate"),
-            )
-        })?
-        .to_string();
-    let key_pem = resp
-        .get("CertificatePrivateKey")
-        .and_then(|c| c.as_str())
-        .filter(|c| !c.trim().is_empty())
-        .map(str::to_string);
-    Ok(Detail { cert_pem, key_pem })
+    Detail::from_answer(
+        &src.name,
+        id,
+        &resp,
+        "CertificatePublicKey",
+        "CertificatePrivateKey",
+    )
 }
 
 #[cfg(test)]
