@@ -207,22 +207,37 @@ pub fn trusted_dir(what: &'static str, path: &Path) -> Result<(), OwnerError> {
 
 /// `meta` (from an lstat) is a real directory only root can change.
 fn trusted_dir_meta(what: &'static str, path: &Path, meta: &Metadata) -> Result<(), OwnerError> {
+    of_kind(what, path, meta, meta.is_dir(), "directory", "directory")?;
+    owner_and_mode(what, path, meta, path)
+}
+
+/// `meta` is not a symlink and is of the expected kind (`is_kind`): the
+/// first two questions of every check here. `link_kind` names the real
+/// thing a symlink should be replaced with, `kind` what was expected.
+fn of_kind(
+    what: &'static str,
+    path: &Path,
+    meta: &Metadata,
+    is_kind: bool,
+    link_kind: &'static str,
+    kind: &'static str,
+) -> Result<(), OwnerError> {
     if meta.file_type().is_symlink() {
         return Err(OwnerError::Symlink {
             what,
             path: path.to_path_buf(),
-            kind: "directory",
+            kind: link_kind,
         });
     }
-    if !meta.is_dir() {
+    if !is_kind {
         return Err(OwnerError::Kind {
             what,
             path: path.to_path_buf(),
             found: kind_of(meta),
-            kind: "directory",
+            kind,
         });
     }
-    owner_and_mode(what, path, meta, path)
+    Ok(())
 }
 
 /// `meta` (from an lstat or an fstat of an open file) is a regular file
@@ -232,21 +247,7 @@ pub fn trusted_file_meta(
     path: &Path,
     meta: &Metadata,
 ) -> Result<(), OwnerError> {
-    if meta.file_type().is_symlink() {
-        return Err(OwnerError::Symlink {
-            what,
-            path: path.to_path_buf(),
-            kind: "file",
-        });
-    }
-    if !meta.is_file() {
-        return Err(OwnerError::Kind {
-            what,
-            path: path.to_path_buf(),
-            found: kind_of(meta),
-            kind: "regular file",
-        });
-    }
+    of_kind(what, path, meta, meta.is_file(), "file", "regular file")?;
     owner_and_mode(what, path, meta, path)
 }
 
