@@ -433,28 +433,7 @@ impl HttpsSource {
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
         let state = Arc::new(Mutex::new(SourceState::default()));
-        let st = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let acceptor = acceptor.clone();
-                    let st = st.clone();
-                    tokio::spawn(async move {
-                        if let Ok(tls) = acceptor.accept(tcp).await {
-                            serve_one(tls, st).await;
-                        }
-                    });
-                }
-            });
-        });
+        serve_tls(listener, acceptor, state.clone(), serve_one);
         HttpsSource {
             port,
             ca_file,
@@ -487,6 +466,43 @@ impl HttpsSource {
     pub fn clear_seen(&self) {
         self.state.lock().expect("state").seen.clear();
     }
+}
+
+/// Accept TLS connections on `listener` for the rest of the test process
+/// (a thread with a current-thread runtime of its own), each handed to
+/// `serve` with a clone of `state`. The in-process HTTPS servers of the
+/// agent tests and of the vendor API tests both run on it.
+pub fn serve_tls<S, F, Fut>(
+    listener: std::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: S,
+    serve: F,
+) where
+    S: Clone + Send + 'static,
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, S) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let state = state.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        serve(tls, state).await;
+                    }
+                });
+            }
+        });
+    });
 }
 
 async fn serve_one(

@@ -116,28 +116,7 @@ impl VendorApi {
             calls: Vec::new(),
             nonces: HashSet::new(),
         }));
-        let st = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let acceptor = acceptor.clone();
-                    let st = st.clone();
-                    tokio::spawn(async move {
-                        if let Ok(tls) = acceptor.accept(tcp).await {
-                            serve(tls, st).await;
-                        }
-                    });
-                }
-            });
-        });
+        crate::agent_util::serve_tls(listener, acceptor, state.clone(), serve);
         VendorApi {
             port,
             ca_file,
