@@ -34,22 +34,37 @@ struct World {
     config: PathBuf,
 }
 
+/// Every site of SITES with its own leaf (expiring in 20 days) written
+/// under `ssl`: the server's vhosts, the certswap site files, the leaves.
+#[allow(clippy::type_complexity)]
+fn site_files(
+    ssl: &Path,
+    ca: &Ca,
+) -> (
+    Vec<SiteSpec>,
+    Vec<(&'static str, PathBuf, PathBuf)>,
+    Vec<Leaf>,
+) {
+    let mut specs = Vec::new();
+    let mut files = Vec::new();
+    let mut old = Vec::new();
+    for name in SITES {
+        let leaf = ca.leaf(&[name]).days(-345, 20).build();
+        let (cert, key) = pki::write(ssl, name, &leaf);
+        specs.push(SiteSpec::new(name, &cert, &key));
+        files.push((name, cert, key));
+        old.push(leaf);
+    }
+    (specs, files, old)
+}
+
 impl World {
     fn new() -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         let ssl = dir.path().join("ssl");
         std::fs::create_dir(&ssl).expect("mkdir ssl");
         let ca = Ca::new("certswap one pipeline test root");
-        let mut specs = Vec::new();
-        let mut files = Vec::new();
-        let mut old = Vec::new();
-        for name in SITES {
-            let leaf = ca.leaf(&[name]).days(-345, 20).build();
-            let (cert, key) = pki::write(&ssl, name, &leaf);
-            specs.push(SiteSpec::new(name, &cert, &key));
-            files.push((name, cert, key));
-            old.push(leaf);
-        }
+        let (specs, files, old) = site_files(&ssl, &ca);
         let nginx = Nginx::start(&specs);
         nginx.log_reloads();
         let ca_file = dir.path().join("ca.pem");
@@ -107,14 +122,7 @@ impl ApacheWorld {
         let ssl = dir.path().join("ssl");
         std::fs::create_dir(&ssl).expect("mkdir ssl");
         let ca = Ca::new("certswap one pipeline apache root");
-        let mut specs = Vec::new();
-        let mut files = Vec::new();
-        for name in SITES {
-            let leaf = ca.leaf(&[name]).days(-345, 20).build();
-            let (cert, key) = pki::write(&ssl, name, &leaf);
-            specs.push(SiteSpec::new(name, &cert, &key));
-            files.push((name, cert, key));
-        }
+        let (specs, files, _) = site_files(&ssl, &ca);
         let apache = Apache::start(&specs);
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.cert_pem()).expect("write ca");
