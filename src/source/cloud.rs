@@ -315,10 +315,7 @@ pub fn select<'a>(
 ) -> Vec<Choice<'a>> {
     let mut out = Vec::new();
     for site in &cfg.sites {
-        let installed = bundle::read_certs(&site.cert)
-            .ok()
-            .and_then(|c| c.into_iter().next())
-            .map(|c| c.not_after);
+        let installed = bundle::read_leaf(&site.cert).ok().map(|c| c.not_after);
         let names = site.all_names();
         let covering: Vec<&Issued> = issued
             .iter()
@@ -473,9 +470,7 @@ pub fn candidate(
         ))));
     }
     // The list's end date is not trusted either: the bytes must be newer.
-    let installed = bundle::read_certs(&site.cert)
-        .ok()
-        .and_then(|c| c.into_iter().next());
+    let installed = bundle::read_leaf(&site.cert).ok();
     if let Some(i) = installed
         && leaf.not_after <= i.not_after
     {

@@ -130,10 +130,7 @@ pub use crate::bundle::leaf_of;
 
 /// SHA-256 of the leaf installed for `site` now, if it can be read.
 pub fn installed_leaf_sha256(site: &Site) -> Option<String> {
-    crate::bundle::read_certs(&site.cert)
-        .ok()
-        .and_then(|certs| certs.into_iter().next())
-        .map(|c| c.sha256)
+    crate::bundle::read_leaf(&site.cert).ok().map(|c| c.sha256)
 }
 
 /// The one site a bundle with file `stems` and `leaf` is for
