@@ -1069,7 +1069,13 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
     crate::failpoint::hit("adopt-after-reload");
 
     // 8. The same leaf, on consecutive fresh handshakes.
-    let waited = install::wait_served(env, &site.endpoints, &plan.leaf_sha256, false);
+    let waited = crate::wait::wait_one(
+        env.server,
+        &env.config.probe,
+        env.prober,
+        &site.endpoints,
+        &plan.leaf_sha256,
+    );
     report.served = waited.rows;
     if let Some(why) = waited.failure {
         return fail(rec, true, why, report);
@@ -1282,7 +1288,13 @@ fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outc
     let proven = match (&expect, tested) {
         (_, false) => false,
         (Some(leaf), true) => {
-            let w = install::wait_served(env, &site.endpoints, &leaf.sha256, false);
+            let w = crate::wait::wait_one(
+                env.server,
+                &env.config.probe,
+                env.prober,
+                &site.endpoints,
+                &leaf.sha256,
+            );
             out.served = w.rows;
             match w.failure {
                 None => true,
@@ -1357,7 +1369,7 @@ fn reapply(env: &Env<'_>, site: &Site, rec: &mut Record, reloaded: bool) -> Stri
         return format!("the adopted lines are back, but the record was not updated: {e}");
     }
     match rec.leaf_sha256.as_deref() {
-        Some(sha) => match install::wait_served(env, &site.endpoints, sha, false).failure {
+        Some(sha) => match crate::wait::wait_one(env.server, &env.config.probe, env.prober, &site.endpoints, sha).failure {
             None => "the rollback of the adopt was undone: the copies are served again (proven by fresh handshakes)".into(),
             Some(f) => format!("the adopted lines are back, but the copies' certificate is NOT served: {f}"),
         },

@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::batch::{self, Item};
 use crate::config::{AcmeSource, CloudSource, Config, InboxSource, SourceConfig};
-use crate::install::{self, Env, InstallError};
+use crate::install::{Env, InstallError};
 use crate::metrics::WaitingLabel;
 use crate::metrics::{EndpointLabel, Metrics, ResultLabel, SiteLabel};
 use crate::probe::{self, Prober};
@@ -1280,11 +1280,13 @@ impl Agent {
             ) else {
                 continue;
             };
-            let env = Env {
-                prober: probers.of(row.family),
-                ..*env
-            };
-            let w = install::wait_served(&env, &site.endpoints, &disk.sha256, false);
+            let w = crate::wait::wait_one(
+                env.server,
+                &env.config.probe,
+                probers.of(row.family),
+                &site.endpoints,
+                &disk.sha256,
+            );
             match w.failure {
                 None => {
                     tracing::info!(site = %site.name, "drift fixed: the certificate on disk is served")

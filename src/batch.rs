@@ -1,6 +1,6 @@
 //! `certswap install --batch DIR` and the agent's batches: the pipeline of
 //! DESIGN.md for many sites at once, with the server steps done ONCE for
-//! all of them. Numbers are the steps of DESIGN.md, as in [`crate::install`]:
+//! all of them. Numbers are the steps of DESIGN.md (steps 1–2 in [`crate::install`]):
 //!
 //! ```text
 //! 1–2  check every bundle (in parallel; touches nothing)
@@ -23,17 +23,33 @@
 //!      ONE second reload, prove their old leaves are served again (exit 3)
 //! ```
 //!
-//! A batch of one behaves like `certswap install`. The differences are
-//! per-site where install is all-or-nothing: a site whose endpoint does not
-//! answer before the change is *rejected* (install fails with exit 2 —
-//! a batch does too when no site answers at all), and a store error while
-//! staging one site refuses that site only.
+//! This is THE engine: `certswap install` is a batch of one
+//! ([`install_one`]), `rollback` one rollback change per site
+//! ([`rollback_one`], [`rollback_sites`]), the deploy hook every site the
+//! certificate covers ([`install_each`]), `install --batch` and the agent
+//! N ([`install_items`]). Steps 3–8 exist here only.
+//!
+//! **The one rule for a site whose endpoint does not answer before the
+//! change** (install, batch, hook and agent alike): the site is refused —
+//! `rejected`, retryable (`endpoint`), the sentence names the endpoint and
+//! says nothing was changed — before the server loads anything of it (no
+//! file of it is left changed, no reload is sent for it), and the other
+//! sites of the run go on. When no site of the run answers at all (a batch
+//! of one included), the server is down: the run fails with that sentence,
+//! exit 2.
+//!
+//! Install's rule ([`install_each`], `strict`: `certswap install`, the
+//! deploy hook, `rollback --site`) differs only in how a site's *other*
+//! environment refusals are reported — a served leaf its file does not
+//! hold, the installed certificate not proven served, a symlinked target,
+//! a store error at staging, no earlier version: that site's `Err` (exit
+//! 2), judged before any of its files moves — where a batch rejects it.
 //!
 //! Each phase logs its wall time at info level (`-v`), e.g.
 //! `batch phase phase=wait ms=1834 sites=1000`; docs/performance.md says
 //! where the time of a 1000-site batch goes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -125,11 +141,13 @@ pub fn install_items(
 
 /// [`install_items`] with the per-site rule of `certswap install`, for
 /// the deploy hook: a site the batch refuses for its environment (an
-/// endpoint that does not answer, one that serves what the file does not
-/// hold, the installed certificate not proven served, a symlinked target,
-/// the store failing at staging) is that site's `Err`, not a rejection, and
-/// is refused before any of its files moves. The server steps are still
-/// done once for all the sites (one config test, one reload).
+/// endpoint that serves what the file does not hold, the installed
+/// certificate not proven served, a symlinked target, the store failing at
+/// staging) is that site's `Err`, not a rejection, and is refused before
+/// any of its files moves. A site whose endpoint does not answer follows
+/// the one rule of the module docs (rejected; the run's `Err` when no site
+/// answers). The server steps are still done once for all the sites (one
+/// config test, one reload).
 pub fn install_each(
     env: &Env<'_>,
     items: &[Item<'_>],
@@ -142,6 +160,28 @@ pub fn install_each(
             None => Ok(out),
         })
         .collect())
+}
+
+/// `certswap install --site NAME`: a batch of one item with install's
+/// rule ([`install_each`]), so the one site goes through the same steps
+/// 3–8 as every batch. `dry_run` stops after steps 1–2.
+pub fn install_one(
+    env: &Env<'_>,
+    item: Item<'_>,
+    force: bool,
+    dry_run: bool,
+) -> Result<Outcome, InstallError> {
+    let mut runs = run_items(env, &[item], force, dry_run, true)?;
+    one(runs.pop())
+}
+
+/// The one result of a batch of one.
+fn one(run: Option<Run>) -> Result<Outcome, InstallError> {
+    match run {
+        Some((_, Some(e))) => Err(e),
+        Some((out, None)) => Ok(out),
+        None => unreachable!("a batch gives one outcome per item"),
+    }
 }
 
 /// An outcome, with the environment error that refused the site when the
@@ -233,25 +273,42 @@ fn install_batch(
         }
     }
     let accepted: Vec<bool> = bundles.iter().map(Option::is_some).collect();
-    for (i, why) in conflicts(items, &accepted) {
+    let collide = conflicts(items, &accepted);
+    let collided: HashSet<usize> = collide.iter().map(|(i, _)| *i).collect();
+    for (i, why) in collide {
         bundles[i] = None;
         outs[i].reject(why);
         // The config makes these bundles collide, not their bytes.
         outs[i].retry_because(Retryable::Busy);
     }
     clock.done("check", items.len());
-    if dry_run || bundles.iter().all(Option::is_none) {
+    // The installed certificate again: a dry run does not probe.
+    for i in (0..items.len()).filter(|&i| dry_run && same[i] && bundles[i].is_some()) {
+        outs[i].warnings.push(
+            "this is the certificate installed already; an install would only prove it is served"
+                .into(),
+        );
+    }
+    // A site a crash left half-changed may have rejected its bundle for
+    // the half-done files: it is repaired first and judged again (the
+    // retry of an interrupted install).
+    let interrupted = || {
+        items
+            .iter()
+            .any(|it| env.store.site(&it.site.store_key).has_open_change())
+    };
+    if dry_run || (bundles.iter().all(Option::is_none) && !interrupted()) {
         return Ok(outs);
     }
 
     let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
     let _lock = env.store.lock()?;
-    let accepted: Vec<usize> = (0..items.len()).filter(|&i| bundles[i].is_some()).collect();
 
     // Repair what a crash left, then check again the sites a repair
     // changed: the installed files the bundle was compared with are back.
-    let repaired = recover_host(env)?;
-    for &i in &accepted {
+    let sites: Vec<&Site> = items.iter().map(|it| it.site).collect();
+    let repaired = recover_for(env, &sites)?;
+    for i in (0..items.len()).filter(|i| !collided.contains(i)) {
         let r = repaired.get(&items[i].site.store_key);
         if r.is_some_and(|r| *r != Recovery::Clean) {
             let c;
@@ -261,6 +318,10 @@ fn install_batch(
                 errs[i] = install::symlinked_target(items[i].site);
             }
         }
+    }
+    let accepted: Vec<usize> = (0..items.len()).filter(|&i| bundles[i].is_some()).collect();
+    if accepted.is_empty() {
+        return Ok(outs);
     }
     // The installed certificate again: settled when every endpoint serves
     // it (nothing staged, no reload); otherwise refused, unless --force
@@ -302,11 +363,6 @@ fn install_batch(
         .filter(|&i| bundles[i].is_some())
         .collect();
     clock.done("repair", accepted.len());
-    // The one reload must reach the proven server: checked before any
-    // site is staged (as in `install::apply`).
-    if !accepted.is_empty() {
-        env.server.preflight().map_err(InstallError::Server)?;
-    }
 
     let mut staging = Vec::new();
     for &i in &accepted {
@@ -341,10 +397,27 @@ fn install_batch(
 /// rejected with the reason. Err only for a failure of the host (lock,
 /// repair, the server's pid file).
 pub fn rollback_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Outcome>, InstallError> {
+    Ok(rollback_run(env, sites, false)?
+        .into_iter()
+        .map(|(out, _)| out)
+        .collect())
+}
+
+/// `certswap rollback --site NAME` (or one pair of a dual site): a
+/// rollback batch of one, with install's rule (a site without an earlier
+/// version, or whose store fails, is the command's error, exit 2).
+pub fn rollback_one(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
+    let mut runs = rollback_run(env, &[site], true)?;
+    one(runs.pop())
+}
+
+/// [`rollback_sites`], keeping the environment error that refused a site
+/// when `strict`.
+fn rollback_run(env: &Env<'_>, sites: &[&Site], strict: bool) -> Result<Vec<Run>, InstallError> {
     let clock = Clock::start();
     let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
     let _lock = env.store.lock()?;
-    recover_host(env)?;
+    recover_for(env, sites)?;
     let items: Vec<Item<'_>> = sites
         .iter()
         .map(|site| Item {
@@ -355,6 +428,7 @@ pub fn rollback_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Outcome>, In
         })
         .collect();
     let mut outs: Vec<Outcome> = sites.iter().map(|s| Outcome::new(&s.name)).collect();
+    let mut errs: Vec<Option<InstallError>> = sites.iter().map(|_| None).collect();
     let mut saved = Vec::with_capacity(sites.len());
     for (i, site) in sites.iter().enumerate() {
         let store = env.store.site(&site.store_key);
@@ -362,6 +436,7 @@ pub fn rollback_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Outcome>, In
             Ok(found) => found.map(|f| (store, f)),
             Err(e) => {
                 outs[i].reject(e.to_string());
+                errs[i] = Some(e);
                 None
             }
         });
@@ -384,22 +459,42 @@ pub fn rollback_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Outcome>, In
             });
         }
     }
-    if staging.is_empty() {
-        return Ok(outs);
+    if !staging.is_empty() {
+        // No preflight truth check: the site's file is what goes away.
+        let n = sites.len();
+        let (same, on_disk) = (vec![false; n], vec![None; n]);
+        let run = Run3 {
+            probers,
+            same: &same,
+            on_disk: &on_disk,
+            force: false,
+            strict,
+        };
+        outs = apply_staged(env, run, outs, &mut errs, staging, clock)?;
     }
-    env.server.preflight().map_err(InstallError::Server)?;
-    // No preflight truth check: the site's file is what goes away.
-    let n = sites.len();
-    let (same, on_disk) = (vec![false; n], vec![None; n]);
-    let mut errs: Vec<Option<InstallError>> = (0..n).map(|_| None).collect();
-    let run = Run3 {
-        probers,
-        same: &same,
-        on_disk: &on_disk,
-        force: false,
-        strict: false,
-    };
-    apply_staged(env, run, outs, &mut errs, staging, clock)
+    Ok(outs
+        .into_iter()
+        .zip(errs)
+        .map(|(out, e)| (out, e.filter(|_| strict)))
+        .collect())
+}
+
+/// Repair every open change on the host before a run touches `sites`
+/// ([`recover_host`]), and the sites of the run the host-wide pass could
+/// not list (a pair whose files cannot be read now). What was done, by
+/// store key.
+fn recover_for(env: &Env<'_>, sites: &[&Site]) -> Result<HashMap<String, Recovery>, InstallError> {
+    let mut found = recover_host(env)?;
+    let rest: Vec<&Site> = sites
+        .iter()
+        .copied()
+        .filter(|s| !found.contains_key(&s.store_key))
+        .collect();
+    if !rest.is_empty() {
+        let done = recover_sites(env, &rest)?;
+        found.extend(rest.iter().map(|s| s.store_key.clone()).zip(done));
+    }
+    Ok(found)
 }
 
 /// What steps 3–8 of a batch need besides the sites: a prober per key
@@ -439,29 +534,50 @@ fn apply_staged(
     // With install's rule (`strict`) the probe ends before staging, and a
     // site it refuses is refused before any of its files moves.
     let mut judged: HashMap<usize, Before> = HashMap::new();
-    let before_probe = if strict {
+    if strict {
         let mut probed = BeforeProbe::start(&probers, &staging).results();
         let mut kept = Vec::with_capacity(staging.len());
+        let mut silent = None;
+        let mut answered = answered_already(&outs);
         for st in staging {
             let mine = probed.remove(&st.idx).unwrap_or_default();
             let (same, on_disk) = (same[st.idx], on_disk[st.idx].as_ref());
             match judge_before(st.site, mine, same, on_disk, force, &mut outs[st.idx]) {
                 Ok(before) => {
+                    answered = true;
                     judged.insert(st.idx, before);
                     kept.push(st);
                 }
                 Err(e) => {
                     outs[st.idx].reject(e.to_string());
                     outs[st.idx].retry_because(Retryable::Endpoint);
-                    errs[st.idx] = Some(e);
+                    match e {
+                        // The one rule for a site that does not answer:
+                        // rejected, as in any batch (module docs).
+                        InstallError::NotServing { .. } => {
+                            silent.get_or_insert(e);
+                        }
+                        e => {
+                            answered = true;
+                            errs[st.idx] = Some(e);
+                        }
+                    }
                 }
             }
         }
+        if let Some(e) = silent
+            && !answered
+        {
+            return Err(e);
+        }
         staging = kept;
-        None
-    } else {
-        Some(BeforeProbe::start(&probers, &staging))
-    };
+    }
+    // The one reload must reach the proven server: checked before any
+    // site is staged.
+    if !staging.is_empty() {
+        env.server.preflight().map_err(InstallError::Server)?;
+    }
+    let before_probe = (!strict).then(|| BeforeProbe::start(&probers, &staging));
     let staged = par_map(staging, IO_THREADS, stage);
     clock.done("stage", staged.len());
 
@@ -547,7 +663,7 @@ fn apply_staged(
     // the same way (preflight truth), unless --force.
     let mut refused = Vec::new();
     let mut first_refusal = None;
-    let mut answered = false;
+    let mut answered = answered_already(&batch.outs);
     for (mut open, txn) in std::mem::take(&mut batch.open) {
         // Judged before staging already (`strict`).
         if let Some(before) = judged.remove(&open.idx) {
@@ -668,7 +784,7 @@ fn apply_staged(
         let failure = w
             .waited
             .failure
-            .or_else(|| install::got_worse(&open.before, &out.served));
+            .or_else(|| got_worse(&open.before, &out.served));
         match failure {
             None => verified.push((open, txn)),
             Some(why) => unverified.push((open, txn, why)),
@@ -711,6 +827,14 @@ fn apply_staged(
     clock.done("commit", batch.outs.len());
     batch.restore(unverified, true);
     Ok(batch.finish())
+}
+
+/// A site of the run was proven serving its certificate already: the
+/// server answers, so a silent endpoint is that site's refusal, not the
+/// run's error.
+fn answered_already(outs: &[Outcome]) -> bool {
+    outs.iter()
+        .any(|o| o.result == ResultKind::AlreadyInstalled)
 }
 
 /// What each endpoint of a site served before the change, with the
@@ -863,7 +987,7 @@ impl Batch<'_, '_> {
                 .iter()
                 .map(|(t, row)| (t.clone(), row.sha256.clone().unwrap_or_default()))
                 .collect();
-            for (sha, targets) in install::group_by_sha(&shas) {
+            for (sha, targets) in group_by_sha(&shas) {
                 owners.push(r.idx);
                 waits.push(Wait {
                     targets,
@@ -872,6 +996,7 @@ impl Batch<'_, '_> {
                 });
             }
         }
+        let mut unproven = HashSet::new();
         for (idx, w) in owners.into_iter().zip(wait_all(
             self.env.server,
             &self.env.config.probe,
@@ -881,15 +1006,63 @@ impl Batch<'_, '_> {
             let out = &mut self.outs[idx];
             out.served.extend(w.waited.rows);
             if let Some(why) = w.waited.failure {
+                unproven.insert(idx);
                 add_problem(
                     out,
                     format!("the old certificate is NOT served again: {why}"),
                 );
             }
         }
+        // Say it: the operator reading this wants to know the site is fine.
+        for r in self.restored.iter().filter(|r| !unproven.contains(&r.idx)) {
+            add_problem(
+                &mut self.outs[r.idx],
+                "the old certificate is served again (proven by fresh handshakes)".into(),
+            );
+        }
         clock.done("rollback", self.restored.len());
         self.outs
     }
+}
+
+/// Why the new served chain is worse than the old one for some endpoint:
+/// it was trusted, complete and valid for its name, and now is not.
+fn got_worse(before: &[(Target, ServedRow)], after: &[ServedRow]) -> Option<String> {
+    for (t, old) in before {
+        let Some(new) = after
+            .iter()
+            .find(|r| r.endpoint == t.addr && r.sni == t.sni)
+        else {
+            continue;
+        };
+        if old.acceptable() && !new.acceptable() {
+            let why = match (&new.trust_error, new.chain_complete, new.names_ok) {
+                (_, Some(false), _) => {
+                    "its chain is incomplete (an intermediate is missing)".to_string()
+                }
+                (_, _, Some(false)) => format!("it is not valid for {}", t.sni),
+                (Some(e), _, _) => e.clone(),
+                _ => "clients would not trust it".to_string(),
+            };
+            return Some(format!(
+                "{t} now serves the new certificate, but clients would reject it where they accepted the old one: {why}"
+            ));
+        }
+    }
+    None
+}
+
+/// The targets of `before` grouped by the leaf each served: one wait per
+/// leaf proves the old certificates again.
+fn group_by_sha(before: &[(Target, String)]) -> Vec<(String, Vec<Target>)> {
+    let mut groups: Vec<(String, Vec<Target>)> = Vec::new();
+    for (t, sha) in before {
+        match groups.iter_mut().find(|(s, _)| s == sha) {
+            Some((_, ts)) => ts.push(t.clone()),
+            None => groups.push((sha.clone(), vec![t.clone()])),
+        }
+    }
+    groups
 }
 
 /// Config test, then reload (or start a server that died on the first

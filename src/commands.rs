@@ -10,7 +10,7 @@ use crate::cli::{
     RollbackArgs, RunArgs, StatusArgs,
 };
 use crate::config::Config;
-use crate::install::{self, Env, Request};
+use crate::install::{self, Env};
 use crate::probe::{self, Prober, Target};
 use crate::report::{self, Outcome, ResultKind};
 use crate::server;
@@ -226,18 +226,15 @@ fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
     let site = cfg.site(name).map_err(|e| e.to_string())?;
     let b = &a.bundle;
     let cert = b.cert.as_deref().ok_or("install needs --cert FILE")?;
+    // One change through the one engine: a batch of one.
+    let item = crate::batch::Item {
+        site,
+        cert: cert.to_path_buf(),
+        key: b.key.clone(),
+        chain: b.chain.clone(),
+    };
     with_env(&cfg, a.json, |env| {
-        install::install(
-            env,
-            &Request {
-                site,
-                cert,
-                key: b.key.as_deref(),
-                chain: b.chain.as_deref(),
-                force: a.force,
-                dry_run: a.dry_run,
-            },
-        )
+        crate::batch::install_one(env, item, a.force, a.dry_run)
     })
 }
 
@@ -278,14 +275,29 @@ fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
         }
     }
     let family = a.key_type.map(key_family);
-    match (family, site.pairs.is_empty()) {
-        (Some(f), false) => with_env(&cfg, a.json, |env| install::rollback_pair(env, site, f)),
-        (None, false) => Err(format!(
-            "site {} has several cert/key pairs: say which with --key-type rsa|ecdsa",
-            site.name
-        )),
-        (_, true) => with_env(&cfg, a.json, |env| install::rollback(env, site)),
-    }
+    let pair;
+    let one = match (family, site.pairs.is_empty()) {
+        (Some(f), false) => match install::pair_site(site, f) {
+            Ok(p) => {
+                pair = p;
+                &pair
+            }
+            Err(why) => {
+                let mut out = Outcome::new(&site.name);
+                out.reject(why.to_string());
+                return emit(&out, a.json);
+            }
+        },
+        (None, false) => {
+            return Err(format!(
+                "site {} has several cert/key pairs: say which with --key-type rsa|ecdsa",
+                site.name
+            ));
+        }
+        (_, true) => site,
+    };
+    // A rollback batch of one, through the one engine.
+    with_env(&cfg, a.json, |env| crate::batch::rollback_one(env, one))
 }
 
 /// `rollback --site A --site B …`: every site through one batch run (one

@@ -1,19 +1,22 @@
-//! The pipeline of DESIGN.md for one site, as one readable function:
+//! Steps 1–2 of DESIGN.md's pipeline for one change, and what the engine
+//! ([`crate::batch`]) needs to know about a site before it changes files:
 //!
 //! ```text
 //! 1 bundle → 2 validate → 3 stage → 4 swap → 5 configtest → 6 reload → 7 probe → 8 commit
-//!                │                             │               │          │
-//!                └─ reject: nothing touched    └──────── rollback ◀──────┘
+//! └──────── here ─────┘   └──────────────── crate::batch (once) ──────────────────────┘
 //! ```
 //!
-//! [`install`] runs steps 1–8; [`rollback`] puts the newest saved version
-//! back through steps 3–8. Both end with the served leaf proven by fresh
-//! handshakes: "verified" (invariant 5), or the old leaf served again
-//! (invariant 6).
+//! [`check`] and [`check_full`] parse a bundle and apply every rule
+//! against what the site has installed; [`new_files`] and
+//! [`saved_version`] say which bytes an install or a rollback writes;
+//! [`Env`] is what a run borrows from the host; [`InstallError`] the
+//! environment errors (exit 2). `certswap install` and `rollback` are a
+//! batch of one through the engine's steps 3–8 ([`crate::batch::install_one`],
+//! [`crate::batch::rollback_one`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use time::OffsetDateTime;
 
@@ -22,18 +25,13 @@ use crate::cert::CertInfo;
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 pub use crate::matcher::{pair_family, pair_site};
-use crate::probe::{self, KeyFamily, Prober, Target};
+use crate::probe::{self, Prober};
 use crate::report::{Leaf, Outcome, ResultKind, Retryable, ServedRow};
 use crate::server::{ServerError, WebServer};
-use crate::store::{self, NewFile, Op, Recovery, Role, SiteStore, Store, StoreError, Txn};
+use crate::store::{NewFile, Op, Recovery, Role, SiteStore, Store, StoreError, Txn};
 use crate::trust::TrustStore;
 use crate::validate::{self, Installed};
-use crate::wait::{Wait, Waited, describe_mismatch, wait_all};
-
-/// How long one probe slice may run before install looks at the server
-/// again: a server that died on its reload is found within this time
-/// instead of at the end of the whole deadline.
-const PROBE_SLICE: Duration = Duration::from_secs(1);
+use crate::wait::{Wait, wait_all};
 
 /// A failure before any file changed (exit 2): the environment, not the bundle.
 #[derive(Debug, thiserror::Error)]
@@ -101,16 +99,6 @@ pub struct Env<'a> {
     pub server: &'a dyn WebServer,
     pub prober: &'a Prober,
     pub store: &'a Store,
-}
-
-/// One `certswap install`.
-pub struct Request<'a> {
-    pub site: &'a Site,
-    pub cert: &'a Path,
-    pub key: Option<&'a Path>,
-    pub chain: Option<&'a Path>,
-    pub force: bool,
-    pub dry_run: bool,
 }
 
 /// Steps 1–2 only (`certswap check`, and the start of every install):
@@ -388,137 +376,6 @@ fn trust_rule(
     Ok(())
 }
 
-/// Install the bundle of `req` on its site and prove it is served.
-pub fn install(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError> {
-    if !req.site.pairs.is_empty() {
-        return install_pair(env, req);
-    }
-    let site = req.site;
-    let mut out = Outcome::new(&site.name);
-    let site_store = env.store.site(&site.store_key);
-
-    // Repair before judging: after a crash the files on disk may be the
-    // interrupted change's, and the bundle must be compared with what the
-    // site really has. A dry run only reads, so it neither locks nor repairs.
-    let _lock = match req.dry_run {
-        true => None,
-        false => {
-            let lock = env.store.lock()?;
-            recover_site(env, site)?;
-            Some(lock)
-        }
-    };
-
-    // The real reason first: in-place mode cannot swap a link, whatever
-    // the bundle is (an environment problem, exit 2, as at staging).
-    if let Some(e) = symlinked_target(site) {
-        return Err(e);
-    }
-
-    // 1–2. bundle and validate; a rejection changes nothing and sends no
-    //      signal (invariant 1).
-    let checked = check_full(
-        Some(site),
-        req.cert,
-        req.chain,
-        req.key,
-        req.force,
-        Some(env.prober.trust()),
-        &mut out,
-    );
-    let Some(bundle) = checked.bundle else {
-        return Ok(out);
-    };
-
-    // The installed certificate again (a deploy hook run twice, a retry):
-    // success when every endpoint serves it, by the rule of "verified".
-    // A dry run only says so: it does not probe.
-    if req.dry_run {
-        if checked.same {
-            out.warnings.push(
-                "this is the certificate installed already; an install would only prove it is served"
-                    .into(),
-            );
-        }
-        return Ok(out);
-    }
-    if checked.same {
-        match served_as_installed(env, site, checked.on_disk.as_ref(), &bundle.leaf.sha256) {
-            Ok(rows) => {
-                out.served = rows;
-                out.result = ResultKind::AlreadyInstalled;
-                return Ok(out);
-            }
-            Err(e @ InstallError::NotServing { .. }) => return Err(e),
-            Err(e) if !req.force => return Err(e),
-            // --force: install it again and reload, the repair.
-            Err(e) => out
-                .warnings
-                .push(format!("{e} — installing anyway because of --force")),
-        }
-    }
-
-    // Preflight truth: what is served must be what the file holds, or a
-    // change of the file proves nothing (and a rollback would "prove" a
-    // certificate that was never served from it).
-    let before = serving_now(env.prober, &site.endpoints)?;
-    let rows: Vec<ServedRow> = before.iter().map(|(_, r)| r.clone()).collect();
-    if !checked.same
-        && let Some(e) = served_is_not_on_disk(checked.on_disk.as_ref(), &rows)
-    {
-        if !req.force {
-            return Err(e);
-        }
-        out.warnings
-            .push(format!("{e} — installing anyway because of --force"));
-    }
-
-    let files = new_files(site, &bundle);
-    let new_sha = bundle.leaf.sha256.clone();
-    apply(
-        env,
-        site,
-        &site_store,
-        Op::Install,
-        files,
-        &new_sha,
-        Some(before),
-        out,
-    )
-}
-
-/// The bundle is the site's installed certificate: prove that every
-/// endpoint serves it, on `probe.consecutive` fresh handshakes in a row
-/// within the deadline — the rule of "verified" (invariant 5), because
-/// exit 0 means the same to the ACME client, and old workers of a recent
-/// reload may still answer with another leaf. The rows of the last
-/// handshakes; or why not: an endpoint that does not answer, one that
-/// serves another certificate, or no run of consecutive matches.
-pub(crate) fn served_as_installed(
-    env: &Env<'_>,
-    site: &Site,
-    on_disk: Option<&OnDisk>,
-    sha: &str,
-) -> Result<Vec<ServedRow>, InstallError> {
-    let first: Vec<ServedRow> = serving_now(env.prober, &site.endpoints)?
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    if let Some(e) = served_is_not_on_disk(on_disk, &first) {
-        return Err(e);
-    }
-    let waited = wait_served(env, &site.endpoints, sha, false);
-    match waited.failure {
-        None => Ok(waited.rows),
-        Some(reason) => Err(served_is_not_on_disk(on_disk, &waited.rows).unwrap_or(
-            InstallError::NotProvenServed {
-                site: site.name.clone(),
-                reason,
-            },
-        )),
-    }
-}
-
 /// The first endpoint in `rows` that serves a leaf other than the one the
 /// site's certificate file holds, as the refusal naming both.
 pub(crate) fn served_is_not_on_disk(
@@ -539,75 +396,6 @@ pub(crate) fn served_is_not_on_disk(
             }))
         })
     })
-}
-
-/// A dual-certificate site (`[[site.pair]]`): replace the pair whose key
-/// type matches the new certificate's, and prove it with a probe that
-/// offers only that key type's signature schemes, so the server has to show
-/// that leaf and not its sibling.
-fn install_pair(env: &Env<'_>, req: &Request<'_>) -> Result<Outcome, InstallError> {
-    let family = match pair_family(req.site, req.cert) {
-        Ok(f) => f,
-        Err(why) => {
-            let mut out = Outcome::new(&req.site.name);
-            out.reject(why.to_string());
-            return Ok(out);
-        }
-    };
-    with_pair(env, req.site, family, |env, site| {
-        install(env, &Request { site, ..*req })
-    })
-}
-
-/// Run `f` on the pair of `site` with key type `family`, with a prober
-/// that offers only that type's signature schemes.
-fn with_pair(
-    env: &Env<'_>,
-    site: &Site,
-    family: KeyFamily,
-    f: impl FnOnce(&Env<'_>, &Site) -> Result<Outcome, InstallError>,
-) -> Result<Outcome, InstallError> {
-    let pair_site = match pair_site(site, family) {
-        Ok(s) => s,
-        Err(why) => {
-            let mut out = Outcome::new(&site.name);
-            out.reject(why.to_string());
-            return Ok(out);
-        }
-    };
-    let prober = env
-        .prober
-        .for_key_family(family)
-        .map_err(InstallError::Probe)?;
-    f(
-        &Env {
-            prober: &prober,
-            ..*env
-        },
-        &pair_site,
-    )
-}
-
-/// Roll back the pair of key type `family` of a dual-certificate site.
-pub fn rollback_pair(
-    env: &Env<'_>,
-    site: &Site,
-    family: KeyFamily,
-) -> Result<Outcome, InstallError> {
-    with_pair(env, site, family, rollback)
-}
-
-/// Put the newest saved version of `site` back, verified.
-pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
-    let mut out = Outcome::new(&site.name);
-    let _lock = env.store.lock()?;
-    let site_store = env.store.site(&site.store_key);
-    recover_site(env, site)?;
-
-    let Some((op, files, sha)) = saved_version(site, &site_store, &mut out)? else {
-        return Ok(out);
-    };
-    apply(env, site, &site_store, op, files, &sha, None, out)
 }
 
 /// What a rollback of `site` installs: its newest saved version, as the
@@ -643,132 +431,6 @@ pub(crate) fn saved_version(
     Ok(Some((op, files, leaf.sha256)))
 }
 
-/// Steps 3–8: stage, swap, config test, reload, probe, commit — or undo.
-/// `before`: what each endpoint served before the change, when the caller
-/// probed already (install, for its preflight check).
-// The steps' inputs, each used once; a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn apply(
-    env: &Env<'_>,
-    site: &Site,
-    site_store: &SiteStore,
-    op: Op,
-    files: Vec<NewFile>,
-    new_sha: &str,
-    before: Option<Vec<(Target, ServedRow)>>,
-    mut out: Outcome,
-) -> Result<Outcome, InstallError> {
-    // What each endpoint serves before anything changes: the proof target
-    // of a rollback, and a server that does not answer now is refused
-    // before any file moves.
-    let before_rows = match before {
-        Some(rows) => rows,
-        None => serving_now(env.prober, &site.endpoints)?,
-    };
-    let before: Vec<(Target, String)> = before_rows
-        .iter()
-        .map(|(t, r)| (t.clone(), r.sha256.clone().unwrap_or_default()))
-        .collect();
-    // The reload after the swap can reach only the proven server; a pid
-    // file that names something else (or nothing) is found now, before
-    // any file moves, not after the new files are in place.
-    env.server.preflight().map_err(InstallError::Server)?;
-
-    // 3. stage: undo copy, staged files beside the targets, journal.
-    let t = Instant::now();
-    let mut txn = match site.mode {
-        Mode::InPlace => site_store.begin(op, files)?,
-        Mode::Managed => site_store.begin_managed(op, files, &site_targets(site))?,
-    };
-
-    // 4. swap: rename over the targets, fsync the directories.
-    if let Err(e) = txn.swap() {
-        out.timings_ms.swap = ms(t);
-        return undo(env, txn, &before, false, e.to_string(), out);
-    }
-    out.timings_ms.swap = ms(t);
-
-    // 5. configtest: no reload without a passing test (invariant 4).
-    let t = Instant::now();
-    let tested = env.server.configtest();
-    out.timings_ms.configtest = ms(t);
-    if let Err(e) = tested {
-        return undo(env, txn, &before, false, e.to_string(), out);
-    }
-    failpoint::hit("after-configtest");
-
-    // 6. reload. From the swap on, new files are in place, so recovery
-    //    reloads after a crash from here on.
-    let t = Instant::now();
-    let reloaded = env.server.reload();
-    out.timings_ms.reload = ms(t);
-    if let Err(e) = reloaded {
-        return undo(env, txn, &before, true, e.to_string(), out);
-    }
-    failpoint::hit("after-reload");
-
-    // 7. probe: every endpoint serves the new leaf on `consecutive` fresh
-    //    handshakes in a row (invariant 5).
-    let t = Instant::now();
-    let waited = wait_served(env, &site.endpoints, new_sha, true);
-    out.timings_ms.probe = ms(t);
-    out.served = waited.rows;
-    if let Some(why) = waited.failure {
-        return undo(env, txn, &before, true, why, out);
-    }
-    // The bytes moved; did the site get worse for visitors? An endpoint
-    // whose old chain clients accepted must not end up with one they reject.
-    if let Some(why) = got_worse(&before_rows, &out.served) {
-        return undo(env, txn, &before, true, why, out);
-    }
-
-    // 8. commit: the change stands; keep the last versions. The commit
-    //    point allocates nothing (src/store/mod.rs), so a full state dir
-    //    failed the stage instead; if it fails anyway, the result must say
-    //    what is served, and no open journal may undo it unseen later.
-    match txn.try_commit(store::KEEP_VERSIONS) {
-        Ok(()) => {
-            out.result = ResultKind::Verified;
-            Ok(out)
-        }
-        Err(failed) => commit_failed(env, failed, &before, out),
-    }
-}
-
-/// The probe verified the change but its commit failed. Past the commit
-/// point the install stands (what is left the next command finishes);
-/// before it the new files are undone now, reloaded and the old leaf
-/// proven (exit 3), instead of exit 2 with the new certificate served and
-/// a journal that the next command would roll back without a word.
-fn commit_failed(
-    env: &Env<'_>,
-    failed: store::CommitFailed,
-    before: &[(Target, String)],
-    mut out: Outcome,
-) -> Result<Outcome, InstallError> {
-    match failed.open {
-        None => {
-            out.result = ResultKind::Verified;
-            out.warnings.push(format!(
-                "the new certificate is served and the change is committed, but finishing it failed ({}); the next certswap command finishes it",
-                failed.error
-            ));
-            Ok(out)
-        }
-        Some(txn) => undo(
-            env,
-            *txn,
-            before,
-            true,
-            format!(
-                "the new certificate was served, but the change could not be committed ({}), so it is rolled back rather than left for the next command to undo",
-                failed.error
-            ),
-            out,
-        ),
-    }
-}
-
 /// Close a change kept open for the reload with the old files, once that
 /// reload was tried; the problem in words, if any.
 pub(crate) fn close_reloaded(store: &SiteStore) -> Option<String> {
@@ -784,175 +446,6 @@ pub(crate) fn mark_if_reloaded(txn: &mut Txn, reloaded: bool) {
     if reloaded && let Err(e) = txn.mark_reloaded() {
         tracing::warn!("cannot journal the reload before restoring: {e}");
     }
-}
-
-/// Rollback of an open change: restore the old files, then (if the server
-/// may have loaded the new ones) config-test and reload, and prove the old
-/// leaves are served again. Always ends `rolled_back` (exit 3).
-pub(crate) fn undo(
-    env: &Env<'_>,
-    mut txn: Txn,
-    before: &[(Target, String)],
-    reloaded: bool,
-    reason: String,
-    mut out: Outcome,
-) -> Result<Outcome, InstallError> {
-    out.result = ResultKind::RolledBack;
-    let mut problems = vec![reason];
-    mark_if_reloaded(&mut txn, reloaded);
-    let store = txn.store().clone();
-    if let Err(e) = txn.abort() {
-        problems.push(format!("RESTORING THE OLD FILES FAILED: {e}"));
-        out.error = Some(problems.join("; "));
-        return Ok(out);
-    }
-    if reloaded {
-        failpoint::hit(failpoint::AFTER_RESTORE);
-        match env.server.configtest() {
-            Err(e) => problems.push(format!("after restoring the old files the config test still fails, so no reload was sent: {e}")),
-            Ok(()) => {
-                let again = match env.server.check_alive() {
-                    Ok(()) => env.server.reload(),
-                    // apache's parent exits on a pair it cannot load: start
-                    // it again now that the old files are back. It was
-                    // proven running before the change (preflight), so
-                    // this start follows its death on our reload; a pid
-                    // file that names another process starts nothing.
-                    Err(e) if crate::server::is_not_running(&e) => env.server.start(),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = again {
-                    problems.push(format!("reloading with the old files failed: {e}"));
-                }
-            }
-        }
-        if let Some(p) = close_reloaded(&store) {
-            problems.push(p);
-        }
-    }
-    // Invariant 6: the old leaf is served again, proven by handshakes.
-    let mut rows = Vec::new();
-    let mut proven = true;
-    for (sha, targets) in group_by_sha(before) {
-        let w = wait_served(env, &targets, &sha, false);
-        rows.extend(w.rows);
-        if let Some(why) = w.failure {
-            proven = false;
-            problems.push(format!("the old certificate is NOT served again: {why}"));
-        }
-    }
-    if proven {
-        // Say it: the operator reading this wants to know the site is fine.
-        problems.push("the old certificate is served again (proven by fresh handshakes)".into());
-    }
-    out.served = rows;
-    out.error = Some(problems.join("; "));
-    Ok(out)
-}
-
-/// Probe `targets` until they serve `sha` (in slices, looking at the server
-/// between slices so a dead server ends the wait early).
-pub(crate) fn wait_served(env: &Env<'_>, targets: &[Target], sha: &str, new: bool) -> Waited {
-    let pc = &env.config.probe;
-    let deadline = Instant::now() + pc.deadline;
-    let mut first = true;
-    loop {
-        let slice = PROBE_SLICE.min(deadline.saturating_duration_since(Instant::now()));
-        let outcome = probe::block_on(probe::wait_until_served(
-            env.prober,
-            targets,
-            sha,
-            pc.consecutive,
-            slice,
-        ));
-        if first && new {
-            failpoint::hit("mid-probe");
-            first = false;
-        }
-        let rows: Vec<ServedRow> = outcome
-            .last
-            .iter()
-            .zip(targets)
-            .map(|(r, t)| ServedRow::of(t, r))
-            .collect();
-        if outcome.ok {
-            return Waited {
-                rows,
-                failure: None,
-            };
-        }
-        if let Err(e) = env.server.check_alive() {
-            return Waited {
-                rows,
-                failure: Some(e.to_string()),
-            };
-        }
-        if Instant::now() >= deadline {
-            let why = describe_mismatch(&outcome.last, targets, sha, pc.deadline, pc.consecutive);
-            return Waited {
-                rows,
-                failure: Some(why),
-            };
-        }
-    }
-}
-
-/// One handshake per endpoint before anything changes: what each serves,
-/// with the verdict on it.
-fn serving_now(
-    prober: &Prober,
-    targets: &[Target],
-) -> Result<Vec<(Target, ServedRow)>, InstallError> {
-    let results = probe::block_on(probe::probe_many(prober, targets, 64));
-    let mut out = Vec::new();
-    for (t, r) in targets.iter().zip(results) {
-        if let Err(e) = &r {
-            return Err(InstallError::NotServing {
-                target: t.to_string(),
-                reason: e.to_string(),
-            });
-        }
-        out.push((t.clone(), ServedRow::of(t, &r)));
-    }
-    Ok(out)
-}
-
-/// Why the new served chain is worse than the old one for some endpoint:
-/// it was trusted, complete and valid for its name, and now is not.
-pub(crate) fn got_worse(before: &[(Target, ServedRow)], after: &[ServedRow]) -> Option<String> {
-    for (t, old) in before {
-        let Some(new) = after
-            .iter()
-            .find(|r| r.endpoint == t.addr && r.sni == t.sni)
-        else {
-            continue;
-        };
-        if old.acceptable() && !new.acceptable() {
-            let why = match (&new.trust_error, new.chain_complete, new.names_ok) {
-                (_, Some(false), _) => {
-                    "its chain is incomplete (an intermediate is missing)".to_string()
-                }
-                (_, _, Some(false)) => format!("it is not valid for {}", t.sni),
-                (Some(e), _, _) => e.clone(),
-                _ => "clients would not trust it".to_string(),
-            };
-            return Some(format!(
-                "{t} now serves the new certificate, but clients would reject it where they accepted the old one: {why}"
-            ));
-        }
-    }
-    None
-}
-
-pub(crate) fn group_by_sha(before: &[(Target, String)]) -> Vec<(String, Vec<Target>)> {
-    let mut groups: Vec<(String, Vec<Target>)> = Vec::new();
-    for (t, sha) in before {
-        match groups.iter_mut().find(|(s, _)| s == sha) {
-            Some((_, ts)) => ts.push(t.clone()),
-            None => groups.push((sha.clone(), vec![t.clone()])),
-        }
-    }
-    groups
 }
 
 /// Finish or undo a change a crash interrupted, for every site of the host
