@@ -1259,13 +1259,10 @@ impl Agent {
                 return;
             }
         };
-        // No reload without a passing config test (invariant 4).
-        if let Err(e) = env.server.configtest() {
-            tracing::error!("drift not fixed: {e}");
-            return;
-        }
-        if let Err(e) = env.server.reload() {
-            tracing::error!("drift not fixed: {e}");
+        // No reload without a passing config test (invariant 4); a server
+        // that is not running is started (the one restore of service).
+        if let Err(e) = crate::service::restore_service(env.server) {
+            tracing::error!("drift not fixed: {}", e.into_server_error());
             return;
         }
         tracing::info!(

@@ -58,10 +58,13 @@ use crate::bundle::Bundle;
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 use crate::install::{self, Env, InstallError};
-pub use crate::install::{recover_host, recover_sites, stored_sites};
 use crate::matcher::{self, Hint, MatchError};
 use crate::probe::{self, Target};
+pub use crate::recover::recover_host;
+pub use crate::recover::stored_sites;
+use crate::recover::{self, recover_sites};
 use crate::report::{Outcome, ResultKind, Retryable, ServedRow};
+use crate::service;
 use crate::store::{self, NewFile, Op, Recovery, SiteStore, StoreError, Txn};
 use crate::trust::TrustStore;
 use crate::wait::{PROBE_CONCURRENCY, Wait, lock, ms, wait_all};
@@ -650,7 +653,7 @@ fn apply_staged(
 
     // 5. ONE config test (the bulk probe of what is served still runs).
     let t = Instant::now();
-    let tested = env.server.configtest();
+    let tested = service::configtest(env.server);
     batch.each_open(|o| o.timings_ms.configtest = ms(t));
     clock.done("configtest", batch.open.len());
     let mut probed = before_probe.map(BeforeProbe::results).unwrap_or_default();
@@ -733,7 +736,7 @@ fn apply_staged(
     if put_back {
         // Files changed since the test: no reload without a passing test
         // of exactly what it loads (invariant 4).
-        if let Err(e) = env.server.configtest() {
+        if let Err(e) = service::configtest(env.server) {
             batch.each_open(|o| o.retry_because(Retryable::ConfigTest));
             batch.restore_open(&e.to_string(), false);
             return Ok(batch.finish());
@@ -744,7 +747,7 @@ fn apply_staged(
     // 6. ONE reload. From the swap on, new files are in place, so
     //    recovery reloads after a crash (src/store/mod.rs).
     let t = Instant::now();
-    let reloaded = env.server.reload();
+    let reloaded = service::load_new(env.server);
     batch.each_open(|o| o.timings_ms.reload = ms(t));
     clock.done("reload", batch.open.len());
     if let Err(e) = reloaded {
@@ -894,18 +897,6 @@ fn stage(s: Staging<'_>) -> Staged<'_> {
     }
 }
 
-/// A site whose files were put back and whose old leaves must be proven.
-struct Restored {
-    idx: usize,
-    before: Before,
-    /// Restored after the reload was sent: needs the second reload, and its
-    /// change stays open until that reload was tried.
-    after_reload: bool,
-    store: SiteStore,
-    /// Probes with the site's key type.
-    prober: probe::Prober,
-}
-
 /// The state of one batch from the first swap on.
 struct Batch<'e, 'a> {
     env: &'e Env<'e>,
@@ -913,7 +904,8 @@ struct Batch<'e, 'a> {
     probers: probe::Probers,
     outs: Vec<Outcome>,
     open: Vec<(Open<'a>, Txn)>,
-    restored: Vec<Restored>,
+    /// Sites whose old files are back, by outcome index, for the proof.
+    restored: Vec<(usize, recover::Restored)>,
 }
 
 impl Batch<'_, '_> {
@@ -936,9 +928,8 @@ impl Batch<'_, '_> {
     /// Put the old files of each site back (in parallel); each outcome
     /// ends rolled back with its reason. The proof comes in [`Batch::finish`].
     fn restore(&mut self, failed: Vec<(Open<'_>, Txn, String)>, after_reload: bool) {
-        let aborted = par_map(failed, IO_THREADS, |(o, mut txn, why)| {
-            install::mark_if_reloaded(&mut txn, after_reload);
-            let r = txn.abort();
+        let aborted = par_map(failed, IO_THREADS, |(o, txn, why)| {
+            let r = recover::put_back(txn, after_reload);
             (o, why, r)
         });
         for (o, why, r) in aborted {
@@ -946,81 +937,60 @@ impl Batch<'_, '_> {
             out.result = ResultKind::RolledBack;
             add_problem(out, why);
             match r {
-                Ok(()) => self.restored.push(Restored {
-                    idx: o.idx,
-                    before: o.before,
-                    after_reload,
-                    store: o.store,
-                    prober: self.probers.of(o.site.key_family).clone(),
-                }),
+                Ok(()) => self.restored.push((
+                    o.idx,
+                    recover::Restored {
+                        store: o.store,
+                        reloaded: after_reload,
+                        proof: o
+                            .before
+                            .iter()
+                            .map(|(t, row)| (t.clone(), row.sha256.clone().unwrap_or_default()))
+                            .collect(),
+                        prober: self.probers.of(o.site.key_family).clone(),
+                    },
+                )),
                 Err(e) => add_problem(out, format!("RESTORING THE OLD FILES FAILED: {e}")),
             }
         }
     }
 
-    /// Second reload (if a restored site needs it), then prove in one wait
-    /// that every restored site serves its old leaves again (invariant 6).
+    /// Recovery of every restored site ([`recover::settle`]): ONE restore
+    /// of service if a site needs it, then ONE wait proving every old leaf
+    /// is served again (invariant 6).
     fn finish(mut self) -> Vec<Outcome> {
         if self.restored.is_empty() {
             return self.outs;
         }
         let mut clock = Clock::start();
-        if self.restored.iter().any(|r| r.after_reload) {
-            failpoint::hit(failpoint::AFTER_RESTORE);
-            let problem = reload_again(self.env);
-            for r in self.restored.iter().filter(|r| r.after_reload) {
-                let out = &mut self.outs[r.idx];
-                if let Some(p) = &problem {
-                    add_problem(out, p.clone());
+        let (idx, restored): (Vec<usize>, Vec<recover::Restored>) =
+            std::mem::take(&mut self.restored).into_iter().unzip();
+        // After a failed change, a failed restore of service is told in
+        // each outcome: settle goes on to the proof.
+        let settled = match recover::settle(self.env, &restored, recover::When::FailedChange) {
+            Ok(s) => s,
+            Err(e) => {
+                for &i in &idx {
+                    add_problem(&mut self.outs[i], e.to_string());
                 }
-                if let Some(p) = install::close_reloaded(&r.store) {
-                    add_problem(out, p);
-                }
+                return self.outs;
             }
-        }
-        let mut waits = Vec::new();
-        let mut owners = Vec::new();
-        for r in &self.restored {
-            self.outs[r.idx].served.clear();
-            let shas: Vec<(Target, String)> = r
-                .before
-                .iter()
-                .map(|(t, row)| (t.clone(), row.sha256.clone().unwrap_or_default()))
-                .collect();
-            for (sha, targets) in group_by_sha(&shas) {
-                owners.push(r.idx);
-                waits.push(Wait {
-                    targets,
-                    sha,
-                    prober: r.prober.clone(),
-                });
+        };
+        for (i, s) in idx.iter().zip(settled) {
+            let out = &mut self.outs[*i];
+            out.served = s.rows;
+            for p in s.problems {
+                add_problem(out, p);
             }
-        }
-        let mut unproven = HashSet::new();
-        for (idx, w) in owners.into_iter().zip(wait_all(
-            self.env.server,
-            &self.env.config.probe,
-            &waits,
-            false,
-        )) {
-            let out = &mut self.outs[idx];
-            out.served.extend(w.waited.rows);
-            if let Some(why) = w.waited.failure {
-                unproven.insert(idx);
+            if s.proven {
+                // Say it: the operator reading this wants to know the site is fine.
                 add_problem(
                     out,
-                    format!("the old certificate is NOT served again: {why}"),
+                    "the old certificate is served again (proven by fresh handshakes)".into(),
                 );
             }
         }
-        // Say it: the operator reading this wants to know the site is fine.
-        for r in self.restored.iter().filter(|r| !unproven.contains(&r.idx)) {
-            add_problem(
-                &mut self.outs[r.idx],
-                "the old certificate is served again (proven by fresh handshakes)".into(),
-            );
-        }
-        clock.done("rollback", self.restored.len());
+        clock.done("rollback", idx.len());
         self.outs
     }
 }
@@ -1050,40 +1020,6 @@ fn got_worse(before: &[(Target, ServedRow)], after: &[ServedRow]) -> Option<Stri
         }
     }
     None
-}
-
-/// The targets of `before` grouped by the leaf each served: one wait per
-/// leaf proves the old certificates again.
-fn group_by_sha(before: &[(Target, String)]) -> Vec<(String, Vec<Target>)> {
-    let mut groups: Vec<(String, Vec<Target>)> = Vec::new();
-    for (t, sha) in before {
-        match groups.iter_mut().find(|(s, _)| s == sha) {
-            Some((_, ts)) => ts.push(t.clone()),
-            None => groups.push((sha.clone(), vec![t.clone()])),
-        }
-    }
-    groups
-}
-
-/// Config test, then reload (or start a server that died on the first
-/// reload) with the old files back; the problem in words, if any.
-fn reload_again(env: &Env<'_>) -> Option<String> {
-    if let Err(e) = env.server.configtest() {
-        return Some(format!(
-            "after restoring the old files the config test still fails, so no reload was sent: {e}"
-        ));
-    }
-    let again = match env.server.check_alive() {
-        Ok(()) => env.server.reload(),
-        // apache's parent exits on a pair it cannot load (it was proven
-        // running before the change); a pid file naming another process
-        // starts nothing.
-        Err(e) if crate::server::is_not_running(&e) => env.server.start(),
-        Err(e) => Err(e),
-    };
-    again
-        .err()
-        .map(|e| format!("reloading with the old files failed: {e}"))
 }
 
 /// Steps 1–2 for one item, with the trust rule of `certswap install`.
@@ -1729,16 +1665,5 @@ mod tests {
         let out = par_map(input.clone(), 8, |i| i * 2);
         assert_eq!(out, input.iter().map(|i| i * 2).collect::<Vec<_>>());
         assert!(par_map(Vec::<usize>::new(), 8, |i| i).is_empty());
-    }
-
-    #[test]
-    fn name_list_is_short() {
-        use crate::install::name_list;
-        assert_eq!(name_list(["a", "b"].into_iter()), "a, b");
-        let many: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
-        assert_eq!(
-            name_list(many.iter().map(String::as_str)),
-            "s0, s1, s2, s3, s4 and 3 more"
-        );
     }
 }

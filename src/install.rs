@@ -14,7 +14,6 @@
 //! batch of one through the engine's steps 3–8 ([`crate::batch::install_one`],
 //! [`crate::batch::rollback_one`]).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -25,13 +24,12 @@ use crate::cert::CertInfo;
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 pub use crate::matcher::{pair_family, pair_site};
-use crate::probe::{self, Prober};
+use crate::probe::Prober;
 use crate::report::{Leaf, Outcome, ResultKind, Retryable, ServedRow};
 use crate::server::{ServerError, WebServer};
-use crate::store::{NewFile, Op, Recovery, Role, SiteStore, Store, StoreError, Txn};
+use crate::store::{NewFile, Op, Role, SiteStore, Store, StoreError};
 use crate::trust::TrustStore;
 use crate::validate::{self, Installed};
-use crate::wait::{Wait, wait_all};
 
 /// A failure before any file changed (exit 2): the environment, not the bundle.
 #[derive(Debug, thiserror::Error)]
@@ -429,189 +427,6 @@ pub(crate) fn saved_version(
         version: version.id,
     };
     Ok(Some((op, files, leaf.sha256)))
-}
-
-/// Close a change kept open for the reload with the old files, once that
-/// reload was tried; the problem in words, if any.
-pub(crate) fn close_reloaded(store: &SiteStore) -> Option<String> {
-    store.close_reloaded().err().map(|e| {
-        format!("closing the journal failed: {e}; the next certswap command reloads once more")
-    })
-}
-
-/// After a reload was sent, journal that before the old files go back
-/// (recovery must then reload even with every old file in place). A
-/// failure only warns: putting the old files back matters more.
-pub(crate) fn mark_if_reloaded(txn: &mut Txn, reloaded: bool) {
-    if reloaded && let Err(e) = txn.mark_reloaded() {
-        tracing::warn!("cannot journal the reload before restoring: {e}");
-    }
-}
-
-/// Finish or undo a change a crash interrupted, for every site of the host
-/// with an open change, not only `site` ([`recover_host`]):
-/// one config test and reload if the server may have loaded any of them,
-/// then the restored leaves proven served. What was done for `site`.
-pub fn recover_site(env: &Env<'_>, site: &Site) -> Result<Recovery, InstallError> {
-    // Every open change on the host first: a site that a crashed batch left
-    // half-swapped would fail this one's config test.
-    if let Some(r) = recover_host(env)?.remove(&site.store_key) {
-        return Ok(r);
-    }
-    // A pair whose files the host-wide pass could not read.
-    let mut found = recover_sites(env, &[site])?;
-    Ok(found.pop().unwrap_or(Recovery::Clean))
-}
-
-/// Every site of the config as the store keeps them: a dual-certificate
-/// site once per pair (each has its own journal), the others as they are.
-/// A pair whose files cannot be read now is left to its own commands.
-pub fn stored_sites(config: &Config) -> Vec<Site> {
-    let mut out = Vec::new();
-    for s in &config.sites {
-        if s.pairs.is_empty() {
-            out.push(s.clone());
-            continue;
-        }
-        for family in [probe::KeyFamily::Rsa, probe::KeyFamily::Ecdsa] {
-            if let Ok(pair) = pair_site(s, family) {
-                out.push(pair);
-            }
-        }
-    }
-    out
-}
-
-/// Repair every open change on the host ([`recover_sites`] over
-/// [`stored_sites`]): the sites share one server config, so a site that a
-/// crashed batch left half-swapped fails the config test of any other
-/// site's repair until it is repaired too. What was done, by store key.
-pub fn recover_host(env: &Env<'_>) -> Result<HashMap<String, Recovery>, InstallError> {
-    let sites = stored_sites(env.config);
-    let refs: Vec<&Site> = sites.iter().collect();
-    let found = recover_sites(env, &refs)?;
-    Ok(sites
-        .iter()
-        .map(|s| s.store_key.clone())
-        .zip(found)
-        .collect())
-}
-
-/// Repair every site in `sites` from its journal, with ONE config test and
-/// reload for all the sites whose server may have loaded an interrupted
-/// change (a crash in the middle of a batch leaves one journal per site),
-/// then prove their restored leaves are served. The caller holds the host lock. Returns
-/// what recovery did, per site, in order.
-pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, InstallError> {
-    let targets_of =
-        |site: &Site| -> Vec<PathBuf> { site_targets(site).into_iter().map(|(_, p)| p).collect() };
-    // Every journal is checked against the config before any site is
-    // repaired: a forged one stops the repair with nothing changed.
-    for site in sites {
-        env.store
-            .site(&site.store_key)
-            .check_journal(&targets_of(site))?;
-    }
-    // A repair may end in a reload (or a start): before it restores a
-    // file, the pid file must not name another process. A server that is
-    // not running is fine here: it may have died on the interrupted
-    // change's reload, and is started once the old files are back.
-    if let Some(open) = sites
-        .iter()
-        .find(|s| env.store.site(&s.store_key).has_open_change())
-        && let Err(e) = env.server.preflight()
-        && !crate::server::is_not_running(&e)
-    {
-        return Err(InstallError::Recover {
-            site: open.name.clone(),
-            source: e,
-        });
-    }
-    let mut found = Vec::with_capacity(sites.len());
-    let mut reload = Vec::new();
-    for site in sites {
-        let targets = targets_of(site);
-        let r = env.store.site(&site.store_key).recover(&targets)?;
-        match &r {
-            Recovery::Clean => {}
-            Recovery::RolledBack { op, reload: again } => {
-                tracing::warn!(
-                    site = %site.name,
-                    "an interrupted {} was rolled back: the previous files are restored",
-                    op_name(op)
-                );
-                if *again {
-                    reload.push(*site);
-                }
-            }
-            Recovery::Completed { op } => tracing::warn!(
-                site = %site.name,
-                "an interrupted {} had committed; finished it",
-                op_name(op)
-            ),
-        }
-        found.push(r);
-    }
-    if reload.is_empty() {
-        return Ok(found);
-    }
-    let map = |source| InstallError::Recover {
-        site: name_list(reload.iter().map(|s| s.name.as_str())),
-        source,
-    };
-    env.server.configtest().map_err(map)?;
-    match env.server.check_alive() {
-        Ok(()) => env.server.reload().map_err(map)?,
-        // Died on the interrupted change's reload: start it on the old files.
-        Err(e) if crate::server::is_not_running(&e) => env.server.start().map_err(map)?,
-        Err(e) => return Err(map(e)),
-    }
-    for site in &reload {
-        if let Some(p) = close_reloaded(&env.store.site(&site.store_key)) {
-            tracing::warn!(site = %site.name, "{p}");
-        }
-    }
-    let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
-    // As after any rollback, prove the restored leaves are what is served
-    // before the batch goes on (invariant 6).
-    let mut waits = Vec::new();
-    let mut owners = Vec::new();
-    for site in &reload {
-        let leaf = bundle::read_leaf(&site.cert).ok();
-        if let Some(leaf) = leaf {
-            owners.push(*site);
-            waits.push(Wait {
-                targets: site.endpoints.clone(),
-                sha: leaf.sha256,
-                prober: probers.of(site.key_family).clone(),
-            });
-        }
-    }
-    for (site, w) in owners
-        .into_iter()
-        .zip(wait_all(env.server, &env.config.probe, &waits, false))
-    {
-        if let Some(why) = w.waited.failure {
-            tracing::warn!(site = %site.name, "after recovery: {why}");
-        }
-    }
-    Ok(found)
-}
-
-/// `a, b, c and 17 more`.
-pub(crate) fn name_list<'n>(names: impl Iterator<Item = &'n str>) -> String {
-    let names: Vec<&str> = names.collect();
-    match names.len() {
-        0..=5 => names.join(", "),
-        n => format!("{} and {} more", names[..5].join(", "), n - 5),
-    }
-}
-
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Install => "install",
-        Op::Rollback { .. } => "rollback",
-    }
 }
 
 /// Every file the server reads for `site`, with its role.
