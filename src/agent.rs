@@ -48,7 +48,7 @@ use crate::config::{AcmeSource, CloudSource, Config, InboxSource, SourceConfig};
 use crate::install::{Env, InstallError};
 use crate::metrics::WaitingLabel;
 use crate::metrics::{EndpointLabel, Metrics, ResultLabel, SiteLabel};
-use crate::probe::{self, Prober};
+use crate::probe;
 use crate::report::{Outcome, ResultKind, Retryable, Settlement};
 use crate::server;
 use crate::source::acme;
@@ -153,7 +153,8 @@ fn log_dispatch(format: LogFormat) -> tracing::Dispatch {
 fn run_inner(config_path: &Path, opts: RunOptions) -> Result<(), AgentError> {
     // One provider for rustls and reqwest, before any client is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cfg = Config::load(config_path)?;
+    // The agent opens the host here: endpoints left out are discovered.
+    let cfg = crate::host::load(config_path)?;
     // An inbox that is the server's certificate directory would have its
     // live files moved away: refused before anything runs.
     inbox::check_placement(&cfg)?;
@@ -264,7 +265,7 @@ impl Agent {
 
     /// SIGHUP: re-read the config; a broken file keeps the old config.
     fn reload(&mut self) {
-        let loaded = Config::load(&self.config_path).map_err(|e| e.to_string());
+        let loaded = crate::host::load(&self.config_path).map_err(|e| e.to_string());
         let checked = loaded.and_then(|cfg| {
             inbox::check_placement(&cfg)
                 .map(|()| cfg)
@@ -310,7 +311,7 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return self.pass_failed(report, &e.to_string()),
         };
-        let prober = match Prober::for_config(&cfg) {
+        let prober = match crate::host::prober(&cfg) {
             Ok(p) => p,
             Err(e) => return self.pass_failed(report, &e.to_string()),
         };

@@ -10,11 +10,10 @@ use crate::cli::{
     RollbackArgs, RunArgs, StatusArgs,
 };
 use crate::config::Config;
+use crate::host::{self, Host};
 use crate::install::{self, Env};
 use crate::probe::{self, Prober, Target};
 use crate::report::{self, Outcome, ResultKind};
-use crate::server;
-use crate::store::Store;
 
 /// Exit codes of DESIGN.md.
 pub const EXIT_OK: u8 = 0;
@@ -215,7 +214,7 @@ fn check_cmd(config: &Path, a: &CheckArgs) -> CmdResult {
 }
 
 fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let cfg = host::load(config).map_err(|e| e.to_string())?;
     if let Some(dir) = &a.batch {
         return batch_cmd(&cfg, dir, a);
     }
@@ -241,7 +240,7 @@ fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
 /// `install --batch DIR`: one outcome per bundle; the exit code is the
 /// worst of them (3 over 2 over 1 over 0).
 fn batch_cmd(cfg: &Config, dir: &Path, a: &InstallArgs) -> CmdResult {
-    let parts = EnvParts::build(cfg)?;
+    let parts = Host::open(cfg).map_err(|e| e.to_string())?;
     let outcomes = crate::batch::install_dir(&parts.env(cfg), dir, a.force, a.dry_run)
         .map_err(|e| e.to_string())?;
     emit_many(&outcomes, a.json)
@@ -260,14 +259,14 @@ fn emit_many(outcomes: &[Outcome], json: bool) -> CmdResult {
 }
 
 fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let cfg = host::load(config).map_err(|e| e.to_string())?;
     let [name] = a.site.as_slice() else {
         return rollback_many(&cfg, a);
     };
     let site = cfg.site(name).map_err(|e| e.to_string())?;
     // Undoing `certswap adopt`, while it is the site's last change.
     if site.pairs.is_empty() {
-        let parts = EnvParts::build(&cfg)?;
+        let parts = Host::open(&cfg).map_err(|e| e.to_string())?;
         let env = parts.env(&cfg);
         if crate::adopt::is_last_change(&env, site).map_err(|e| e.to_string())? {
             let out = crate::adopt::rollback(&env, site).map_err(|e| e.to_string())?;
@@ -322,7 +321,7 @@ fn rollback_many(cfg: &Config, a: &RollbackArgs) -> CmdResult {
         }
         sites.push(site);
     }
-    let parts = EnvParts::build(cfg)?;
+    let parts = Host::open(cfg).map_err(|e| e.to_string())?;
     let env = parts.env(cfg);
     let mut adopted = Vec::new();
     let mut batch = Vec::new();
@@ -349,7 +348,12 @@ fn rollback_many(cfg: &Config, a: &RollbackArgs) -> CmdResult {
 }
 
 fn status_cmd(config: &Path, a: &StatusArgs) -> CmdResult {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    // Probing opens the host: the endpoints a site leaves out are found.
+    let cfg = match a.probe {
+        true => host::load(config),
+        false => Config::load(config),
+    }
+    .map_err(|e| e.to_string())?;
     let report = crate::status::collect(&cfg, a.probe).map_err(|e| e.to_string())?;
     if a.json {
         println!("{}", report.to_json());
@@ -459,8 +463,8 @@ fn run_cmd(config: &Path, a: &RunArgs) -> CmdResult {
 }
 
 fn deploy_hook_cmd(config: &Path, a: &DeployHookArgs) -> CmdResult {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
-    let parts = EnvParts::build(&cfg)?;
+    let cfg = host::load(config).map_err(|e| e.to_string())?;
+    let parts = Host::open(&cfg).map_err(|e| e.to_string())?;
     let vars = |k: &str| std::env::var(k).ok();
     let outcomes =
         crate::hook::deploy_with(&parts.env(&cfg), &vars, a.force).map_err(|e| e.to_string())?;
@@ -470,10 +474,10 @@ fn deploy_hook_cmd(config: &Path, a: &DeployHookArgs) -> CmdResult {
 /// `adopt`: without `--apply` only the plan (nothing is opened for
 /// writing, not even the state dir); with it, the change, verified.
 fn adopt_cmd(config: &Path, a: &AdoptArgs) -> CmdResult {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let cfg = host::load(config).map_err(|e| e.to_string())?;
     let site = cfg.site(&a.site).map_err(|e| e.to_string())?;
     let report = if a.apply {
-        let parts = EnvParts::build(&cfg)?;
+        let parts = Host::open(&cfg).map_err(|e| e.to_string())?;
         crate::adopt::apply(&parts.env(&cfg), site, a.managed)
     } else {
         crate::adopt::show(&cfg, site, a.managed)
@@ -511,39 +515,13 @@ fn man_cmd() -> CmdResult {
     Ok(EXIT_OK)
 }
 
-/// What an [`Env`] borrows: the server, prober and store of a config.
-struct EnvParts {
-    server: Box<dyn server::WebServer>,
-    prober: Prober,
-    store: Store,
-}
-
-impl EnvParts {
-    fn build(cfg: &Config) -> Result<EnvParts, String> {
-        Ok(EnvParts {
-            server: server::from_config(&cfg.server),
-            prober: Prober::for_config(cfg).map_err(|e| e.to_string())?,
-            store: Store::open(&cfg.state_dir).map_err(|e| e.to_string())?,
-        })
-    }
-
-    fn env<'a>(&'a self, cfg: &'a Config) -> Env<'a> {
-        Env {
-            config: cfg,
-            server: self.server.as_ref(),
-            prober: &self.prober,
-            store: &self.store,
-        }
-    }
-}
-
 /// Build the environment of `cfg`, run `f`, print its outcome.
 fn with_env(
     cfg: &Config,
     json: bool,
     f: impl FnOnce(&Env<'_>) -> Result<Outcome, install::InstallError>,
 ) -> CmdResult {
-    let parts = EnvParts::build(cfg)?;
+    let parts = Host::open(cfg).map_err(|e| e.to_string())?;
     match f(&parts.env(cfg)) {
         Ok(out) => emit(&out, json),
         Err(e) => {

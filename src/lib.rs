@@ -42,6 +42,7 @@ pub mod discover;
 pub mod failpoint;
 pub mod fsio;
 pub mod hook;
+pub mod host;
 pub mod install;
 pub mod matcher;
 pub mod metrics;
