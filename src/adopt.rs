@@ -943,7 +943,7 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
     let mut report = AdoptReport::of(&plan, AdoptResult::Adopted);
 
     // 2. What is served must be what the lineage holds.
-    let results = probe::block_on(probe::probe_many(env.prober, &site.endpoints, 64));
+    let results = probe::block_on(probe::probe_many(env.prober(), &site.endpoints, 64));
     for (t, r) in site.endpoints.iter().zip(results) {
         match r {
             Err(e) => {
@@ -1072,7 +1072,7 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
     let waited = crate::wait::wait_one(
         env.server,
         &env.config.probe,
-        env.prober,
+        env.prober(),
         &site.endpoints,
         &plan.leaf_sha256,
     );
@@ -1288,7 +1288,7 @@ fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outc
             let w = crate::wait::wait_one(
                 env.server,
                 &env.config.probe,
-                env.prober,
+                env.prober(),
                 &site.endpoints,
                 &leaf.sha256,
             );
@@ -1367,7 +1367,7 @@ fn reapply(env: &Env<'_>, site: &Site, rec: &mut Record, reloaded: bool) -> Stri
         return format!("the adopted lines are back, but the record was not updated: {e}");
     }
     match rec.leaf_sha256.as_deref() {
-        Some(sha) => match crate::wait::wait_one(env.server, &env.config.probe, env.prober, &site.endpoints, sha).failure {
+        Some(sha) => match crate::wait::wait_one(env.server, &env.config.probe, env.prober(), &site.endpoints, sha).failure {
             None => "the rollback of the adopt was undone: the copies are served again (proven by fresh handshakes)".into(),
             Some(f) => format!("the adopted lines are back, but the copies' certificate is NOT served: {f}"),
         },
@@ -1378,7 +1378,7 @@ fn reapply(env: &Env<'_>, site: &Site, rec: &mut Record, reloaded: bool) -> Stri
 /// What the first endpoint serves now (for the outcome's `old`).
 fn served_leaf(env: &Env<'_>, targets: &[Target]) -> Option<Leaf> {
     let t = targets.first()?;
-    probe::block_on(env.prober.probe(t))
+    probe::block_on(env.prober().probe(t))
         .ok()
         .map(|s| Leaf::of(&s.leaf))
 }

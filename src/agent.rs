@@ -311,7 +311,7 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return self.pass_failed(report, &e.to_string()),
         };
-        let prober = match crate::host::prober(&cfg) {
+        let probers = match crate::host::prober(&cfg).and_then(|p| probe::Probers::new(&p)) {
             Ok(p) => p,
             Err(e) => return self.pass_failed(report, &e.to_string()),
         };
@@ -319,7 +319,7 @@ impl Agent {
         let env = Env {
             config: &cfg,
             server: server.as_ref(),
-            prober: &prober,
+            probers: &probers,
             store: &store,
         };
 
@@ -1185,13 +1185,7 @@ impl Agent {
     /// `fix_drift`, reload (after a config test) and verify.
     fn drift(&self, env: &Env<'_>) {
         let cfg = env.config;
-        let rows = match status::probe_rows(cfg, env.prober, DRIFT_CONCURRENCY) {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!("drift not checked this pass: {e}");
-                return;
-            }
-        };
+        let rows = status::probe_rows(cfg, env.probers, DRIFT_CONCURRENCY);
         let mut drifting: Vec<&status::SiteStatus> = Vec::new();
         let mut first_of_site: Option<&str> = None;
         for row in &rows {
@@ -1253,13 +1247,6 @@ impl Agent {
                 return;
             }
         };
-        let probers = match probe::Probers::new(env.prober) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("drift not fixed: {e}");
-                return;
-            }
-        };
         // No reload without a passing config test (invariant 4); a server
         // that is not running is started (the one restore of service).
         if let Err(e) = crate::service::restore_service(env.server) {
@@ -1281,7 +1268,7 @@ impl Agent {
             let w = crate::wait::wait_one(
                 env.server,
                 &env.config.probe,
-                probers.of(row.family),
+                env.probers.of(row.family),
                 &site.endpoints,
                 &disk.sha256,
             );

@@ -249,7 +249,7 @@ fn install_batch(
         return Ok(Vec::new());
     }
     let mut clock = Clock::start();
-    let trust = env.prober.trust();
+    let trust = env.prober().trust();
     // 1–2. bundle and validate, before the lock: a batch that is rejected
     //      as a whole writes nothing, not even a lock file (invariant 1).
     let (mut outs, checks): (Vec<Outcome>, Vec<install::Checked>) =
@@ -304,7 +304,6 @@ fn install_batch(
         return Ok(outs);
     }
 
-    let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
     let _lock = env.store.lock()?;
 
     // Repair what a crash left, then check again the sites a repair
@@ -332,7 +331,7 @@ fn install_batch(
     let again: Vec<usize> = accepted.iter().copied().filter(|&i| same[i]).collect();
     let only_again = again.len() == accepted.len();
     if !again.is_empty() {
-        let mut found = already_installed(env, &probers, items, &again, &bundles, &on_disk);
+        let mut found = already_installed(env, items, &again, &bundles, &on_disk);
         // As below: when no endpoint of any site answers, the server is
         // down, and that is an error of the batch, not of its sites.
         if only_again
@@ -382,7 +381,6 @@ fn install_batch(
         }
     }
     let run = Run3 {
-        probers,
         same: &same,
         on_disk: &on_disk,
         force,
@@ -418,7 +416,6 @@ pub fn rollback_one(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError>
 /// when `strict`.
 fn rollback_run(env: &Env<'_>, sites: &[&Site], strict: bool) -> Result<Vec<Run>, InstallError> {
     let clock = Clock::start();
-    let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
     let _lock = env.store.lock()?;
     recover_for(env, sites)?;
     let items: Vec<Item<'_>> = sites
@@ -467,7 +464,6 @@ fn rollback_run(env: &Env<'_>, sites: &[&Site], strict: bool) -> Result<Vec<Run>
         let n = sites.len();
         let (same, on_disk) = (vec![false; n], vec![None; n]);
         let run = Run3 {
-            probers,
             same: &same,
             on_disk: &on_disk,
             force: false,
@@ -500,11 +496,10 @@ fn recover_for(env: &Env<'_>, sites: &[&Site]) -> Result<HashMap<String, Recover
     Ok(found)
 }
 
-/// What steps 3–8 of a batch need besides the sites: a prober per key
-/// type, and per outcome index whether the bundle is the installed
-/// certificate and what the site's file holds (the preflight truth check).
+/// What steps 3–8 of a batch need besides the sites: per outcome index
+/// whether the bundle is the installed certificate and what the site's
+/// file holds (the preflight truth check).
 struct Run3<'r> {
-    probers: probe::Probers,
     same: &'r [bool],
     on_disk: &'r [Option<install::OnDisk>],
     force: bool,
@@ -523,7 +518,6 @@ fn apply_staged(
     mut clock: Clock,
 ) -> Result<Vec<Outcome>, InstallError> {
     let Run3 {
-        probers,
         same,
         on_disk,
         force,
@@ -538,7 +532,7 @@ fn apply_staged(
     // site it refuses is refused before any of its files moves.
     let mut judged: HashMap<usize, Before> = HashMap::new();
     if strict {
-        let mut probed = BeforeProbe::start(&probers, &staging).results();
+        let mut probed = BeforeProbe::start(env, &staging).results();
         let mut kept = Vec::with_capacity(staging.len());
         let mut silent = None;
         let mut answered = answered_already(&outs);
@@ -580,13 +574,12 @@ fn apply_staged(
     if !staging.is_empty() {
         env.server.preflight().map_err(InstallError::Server)?;
     }
-    let before_probe = (!strict).then(|| BeforeProbe::start(&probers, &staging));
+    let before_probe = (!strict).then(|| BeforeProbe::start(env, &staging));
     let staged = par_map(staging, IO_THREADS, stage);
     clock.done("stage", staged.len());
 
     let mut batch = Batch {
         env,
-        probers,
         outs,
         open: Vec::new(),
         restored: Vec::new(),
@@ -766,7 +759,7 @@ fn apply_staged(
         .map(|(o, _)| Wait {
             targets: o.site.endpoints.clone(),
             sha: o.new_sha.clone(),
-            prober: batch.probers.of(o.site.key_family).clone(),
+            prober: env.prober_for(o.site).clone(),
         })
         .collect();
     let waited = wait_all(env.server, &env.config.probe, &waits, true);
@@ -900,8 +893,6 @@ fn stage(s: Staging<'_>) -> Staged<'_> {
 /// The state of one batch from the first swap on.
 struct Batch<'e, 'a> {
     env: &'e Env<'e>,
-    /// A prober per key type: each site is probed with its own.
-    probers: probe::Probers,
     outs: Vec<Outcome>,
     open: Vec<(Open<'a>, Txn)>,
     /// Sites whose old files are back, by outcome index, for the proof.
@@ -947,7 +938,7 @@ impl Batch<'_, '_> {
                             .iter()
                             .map(|(t, row)| (t.clone(), row.sha256.clone().unwrap_or_default()))
                             .collect(),
-                        prober: self.probers.of(o.site.key_family).clone(),
+                        prober: self.env.prober_for(o.site).clone(),
                     },
                 )),
                 Err(e) => add_problem(out, format!("RESTORING THE OLD FILES FAILED: {e}")),
@@ -1043,7 +1034,6 @@ fn check_item(it: &Item<'_>, force: bool, trust: &TrustStore) -> (Outcome, insta
 /// wait) — with the rows of the last handshakes, or why not.
 fn already_installed(
     env: &Env<'_>,
-    probers: &probe::Probers,
     items: &[Item<'_>],
     idx: &[usize],
     bundles: &[Option<Bundle>],
@@ -1053,7 +1043,7 @@ fn already_installed(
         .iter()
         .flat_map(|&i| {
             let site = items[i].site;
-            let prober = probers.of(site.key_family);
+            let prober = env.prober_for(site);
             site.endpoints.iter().map(|t| (prober.clone(), t.clone()))
         })
         .collect();
@@ -1082,7 +1072,7 @@ fn already_installed(
                     waits.push(Wait {
                         targets: site.endpoints.clone(),
                         sha: b.leaf.sha256.clone(),
-                        prober: probers.of(site.key_family).clone(),
+                        prober: env.prober_for(site).clone(),
                     });
                 }
             },
@@ -1179,7 +1169,7 @@ struct BeforeProbe {
 type Probed = HashMap<usize, Vec<(Target, Result<probe::Served, probe::ProbeError>)>>;
 
 impl BeforeProbe {
-    fn start(probers: &probe::Probers, staging: &[Staging<'_>]) -> BeforeProbe {
+    fn start(env: &Env<'_>, staging: &[Staging<'_>]) -> BeforeProbe {
         let targets: Vec<(usize, Target)> = staging
             .iter()
             .flat_map(|s| s.site.endpoints.iter().map(move |t| (s.idx, t.clone())))
@@ -1187,7 +1177,7 @@ impl BeforeProbe {
         let jobs: Vec<(probe::Prober, Target)> = staging
             .iter()
             .flat_map(|s| {
-                let prober = probers.of(s.site.key_family);
+                let prober = env.prober_for(s.site);
                 s.site.endpoints.iter().map(|t| (prober.clone(), t.clone()))
             })
             .collect();

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cert::CertInfo;
 use crate::probe::{KeyFamily, Target};
 
 /// Where the config is read from when neither `--config` nor
@@ -373,6 +372,9 @@ pub struct Site {
     /// RSA pair beside an ECDSA one. An install replaces the pair whose key
     /// type matches the new certificate's.
     pub pairs: Vec<(PathBuf, PathBuf)>,
+    /// Every cert/key slot of the site: (`cert`, `key`) first, then each
+    /// pair, with its key type resolved once when the config is read.
+    pub slots: Vec<Slot>,
     /// The name of the site's state under `state_dir` (journal, versions):
     /// the site name, or `NAME__rsa` / `NAME__ecdsa` for one pair of a
     /// dual-certificate site, so each pair keeps its own history.
@@ -383,16 +385,23 @@ pub struct Site {
     pub key_family: KeyFamily,
 }
 
+/// One cert/key slot of a site: the files the server reads for one of its
+/// certificates, and that certificate's key type — what a probe of the
+/// slot asks for, so the server shows this leaf and not its sibling's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Resolved once when the config is read, from the leaf `cert` holds:
+    /// `Any` for a site with one slot (the server has only that leaf to
+    /// show) and for a file that cannot be read.
+    pub key_family: KeyFamily,
+}
+
 impl Site {
-    /// The key type to probe this site with, given the leaf of its `cert`
-    /// on disk: its own [`Site::key_family`], except for a dual-certificate
-    /// site as configured, whose `cert` is only one of its pairs — then
-    /// that leaf's type, or the server may show the other pair's leaf.
-    pub fn probe_family(&self, cert_leaf: Option<&CertInfo>) -> KeyFamily {
-        match cert_leaf {
-            Some(leaf) if !self.pairs.is_empty() => KeyFamily::of(&leaf.key_kind),
-            _ => self.key_family,
-        }
+    /// The slot whose certificate has key type `family`.
+    pub fn slot(&self, family: KeyFamily) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.key_family == family)
     }
 
     /// `name` followed by `names`: every name the new cert must cover.
@@ -525,6 +534,9 @@ impl Config {
                 })?;
                 endpoints.push(t);
             }
+            let pairs: Vec<(PathBuf, PathBuf)> =
+                s.pair.into_iter().map(|p| (p.cert, p.key)).collect();
+            let slots = slots_of(&s.cert, &s.key, &pairs);
             sites.push(Site {
                 store_key: s.name.clone(),
                 key_family: KeyFamily::Any,
@@ -535,7 +547,8 @@ impl Config {
                 chain: s.chain,
                 endpoints,
                 mode: s.mode.unwrap_or(Mode::InPlace),
-                pairs: s.pair.into_iter().map(|p| (p.cert, p.key)).collect(),
+                pairs,
+                slots,
             });
         }
 
@@ -580,6 +593,29 @@ impl Config {
                 },
             })
     }
+}
+
+/// The slots of a site with `cert`/`key` and further `pairs`, each key
+/// type resolved here, once: a site with one slot has nothing to tell
+/// apart (`Any`, no file read); a dual site's slot gets the key type of the
+/// leaf its file holds now (`Any` when it cannot be read: then no bundle
+/// matches that slot, and the error names its files).
+fn slots_of(cert: &Path, key: &Path, pairs: &[(PathBuf, PathBuf)]) -> Vec<Slot> {
+    let all = std::iter::once((cert.to_path_buf(), key.to_path_buf())).chain(pairs.iter().cloned());
+    all.map(|(cert, key)| {
+        let key_family = match pairs.is_empty() {
+            true => KeyFamily::Any,
+            false => crate::bundle::read_leaf(&cert)
+                .map(|leaf| KeyFamily::of(&leaf.key_kind))
+                .unwrap_or(KeyFamily::Any),
+        };
+        Slot {
+            cert,
+            key,
+            key_family,
+        }
+    })
+    .collect()
 }
 
 fn resolve_server(

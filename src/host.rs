@@ -9,7 +9,7 @@
 use crate::config::{Config, ConfigError};
 use crate::discover;
 use crate::install::Env;
-use crate::probe::{ProbeError, Prober, Target};
+use crate::probe::{ProbeError, Prober, Probers, Target};
 use crate::server::{self, WebServer};
 use crate::store::{Store, StoreError};
 use crate::trust::TrustStore;
@@ -27,7 +27,7 @@ pub enum HostError {
 /// What an [`Env`] borrows: the server, prober and store of a config.
 pub struct Host {
     server: Box<dyn WebServer>,
-    prober: Prober,
+    probers: Probers,
     store: Store,
 }
 
@@ -44,7 +44,7 @@ impl Host {
     pub fn open(cfg: &Config) -> Result<Host, HostError> {
         Ok(Host {
             server: server::from_config(&cfg.server),
-            prober: prober(cfg)?,
+            probers: Probers::new(&prober(cfg)?)?,
             store: Store::open(&cfg.state_dir)?,
         })
     }
@@ -54,7 +54,7 @@ impl Host {
         Env {
             config: cfg,
             server: self.server.as_ref(),
-            prober: &self.prober,
+            probers: &self.probers,
             store: &self.store,
         }
     }

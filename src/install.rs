@@ -24,7 +24,7 @@ use crate::cert::CertInfo;
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 pub use crate::matcher::{pair_family, pair_site};
-use crate::probe::Prober;
+use crate::probe::{KeyFamily, Prober, Probers};
 use crate::report::{Leaf, Outcome, ResultKind, Retryable, ServedRow};
 use crate::server::{ServerError, WebServer};
 use crate::store::{NewFile, Op, Role, SiteStore, Store, StoreError};
@@ -91,12 +91,27 @@ pub struct Mismatch {
     pub file_sha256: String,
 }
 
-/// What the pipeline needs from the host: config, server, prober, store.
+/// What the pipeline needs from the host: config, server, probers, store.
 pub struct Env<'a> {
     pub config: &'a Config,
     pub server: &'a dyn WebServer,
-    pub prober: &'a Prober,
+    /// One prober per key type, built once when the host is opened.
+    pub probers: &'a Probers,
     pub store: &'a Store,
+}
+
+impl Env<'_> {
+    /// The prober of `site` — a site, or one slot of a dual site as
+    /// [`pair_site`] gives it, asking for that slot's key type: the one
+    /// place the engine, recovery and the commands get a prober from.
+    pub fn prober_for(&self, site: &Site) -> &Prober {
+        self.probers.of(site.key_family)
+    }
+
+    /// The prober offering every key type.
+    pub fn prober(&self) -> &Prober {
+        self.probers.of(KeyFamily::Any)
+    }
 }
 
 /// Steps 1–2 only (`certswap check`, and the start of every install):

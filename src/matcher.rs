@@ -233,29 +233,24 @@ pub fn pair_family(site: &Site, cert: &Path) -> Result<KeyFamily, MatchError> {
 /// `site` reduced to its pair with key type `family` (the one whose
 /// installed leaf has that type), stored under its own store key.
 pub fn pair_site(site: &Site, family: KeyFamily) -> Result<Site, MatchError> {
-    let mut pairs = vec![(site.cert.clone(), site.key.clone())];
-    pairs.extend(site.pairs.iter().cloned());
-    let chosen = pairs.iter().find(|(cert, _)| {
-        bundle::read_leaf(cert)
-            .ok()
-            .map(|leaf| KeyFamily::of(&leaf.key_kind))
-            == Some(family)
-    });
-    let Some((cert, key)) = chosen.cloned() else {
+    // The slot's key type was resolved when the config was read.
+    let Some(slot) = site.slot(family).filter(|_| family != KeyFamily::Any) else {
         return Err(MatchError::NoPair {
             site: site.name.clone(),
             family,
-            pairs: pairs
+            pairs: site
+                .slots
                 .iter()
-                .map(|(c, _)| c.display().to_string())
+                .map(|s| s.cert.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
         });
     };
     Ok(Site {
-        cert,
-        key,
+        cert: slot.cert.clone(),
+        key: slot.key.clone(),
         pairs: Vec::new(),
+        slots: vec![slot.clone()],
         store_key: format!(
             "{}__{}",
             site.name,
@@ -443,7 +438,10 @@ mod tests {
         assert_eq!(pair.cert, ec_cert);
 
         // Only an ECDSA pair installed: an RSA bundle has nowhere to go.
+        // (Key types are resolved when the config is read: read it again.)
         std::fs::write(&rsa_cert, ec.to_pem()).expect("write");
+        let c = Config::parse(&t, Path::new("/x.toml")).expect("config");
+        let site = &c.sites[0];
         let e = pair_site(site, KeyFamily::Rsa).expect_err("no RSA pair");
         assert!(
             e.to_string()

@@ -261,7 +261,6 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
     if reload.is_empty() {
         return Ok(found);
     }
-    let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
     // As after any rollback, prove the restored leaves are what is served
     // before the command goes on (invariant 6): the leaf each site's file
     // holds again.
@@ -278,7 +277,7 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
                     .collect(),
                 Err(_) => Vec::new(),
             },
-            prober: probers.of(site.key_family).clone(),
+            prober: env.prober_for(site).clone(),
         })
         .collect();
     let settled = settle(env, &restored, When::AtStart).map_err(|e| InstallError::Recover {

@@ -43,7 +43,7 @@ use time::OffsetDateTime;
 use crate::bundle::MAX_FILE_BYTES;
 use crate::cert::{CertInfo, DomainType, Validation, rfc3339};
 use crate::config::{Config, Site};
-use crate::probe::{self, KeyFamily, ProbeError, Prober, Served, Target};
+use crate::probe::{self, KeyFamily, ProbeError, Prober, Probers, Served, Target};
 
 /// At this many days left or fewer a site is `expiring`: the vendors open
 /// renewal 30 days before expiry.
@@ -182,7 +182,7 @@ pub struct SiteStatus {
     pub file: PathBuf,
     /// The site has more than one slot: the text names the row's key type.
     pub dual: bool,
-    /// The key type its probe asks for ([`Site::probe_family`]): the
+    /// The key type its probe asks for ([`crate::config::Slot::key_family`]): the
     /// slot's for a dual site, so a re-probe (the agent's `fix_drift`)
     /// asks for the same leaf.
     pub family: KeyFamily,
@@ -338,7 +338,7 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
     // Build the prober first: an unusable CA file is an error of the whole
     // command, and should be reported before any work is done.
     let prober = if probe {
-        Some(crate::host::prober(cfg)?)
+        Some(Probers::new(&crate::host::prober(cfg)?)?)
     } else {
         None
     };
@@ -356,7 +356,7 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
 
     // 2. Probe and 3. drift.
     if let Some(prober) = prober {
-        probe_into(&mut rows, &prober, PROBE_CONCURRENCY)?;
+        probe_into(&mut rows, &prober, PROBE_CONCURRENCY);
     }
 
     Ok(StatusReport {
@@ -369,14 +369,10 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
 /// `cfg`, each probed with its own key type through `prober` with
 /// `concurrency` handshakes in flight, and its drift. The agent's drift
 /// check is this.
-pub fn probe_rows(
-    cfg: &Config,
-    prober: &Prober,
-    concurrency: usize,
-) -> Result<Vec<SiteStatus>, ProbeError> {
+pub fn probe_rows(cfg: &Config, probers: &Probers, concurrency: usize) -> Vec<SiteStatus> {
     let mut rows = disk_rows(cfg, OffsetDateTime::now_utc());
-    probe_into(&mut rows, prober, concurrency)?;
-    Ok(rows.into_iter().map(|r| r.status).collect())
+    probe_into(&mut rows, probers, concurrency);
+    rows.into_iter().map(|r| r.status).collect()
 }
 
 /// A row and what its probe needs.
@@ -391,16 +387,15 @@ fn disk_rows(cfg: &Config, now: OffsetDateTime) -> Vec<Row<'_>> {
     let mut rows = Vec::with_capacity(cfg.sites.len());
     for site in &cfg.sites {
         let dual = !site.pairs.is_empty();
-        let slots = std::iter::once(&site.cert).chain(site.pairs.iter().map(|(cert, _)| cert));
-        for file in slots {
-            let leaf = read_leaf(file, &mut buf);
-            // A dual site's slot is probed with its own leaf's key type
-            // (or the server may show the other pair's leaf).
-            let family = site.probe_family(leaf.as_ref().ok());
+        for slot in &site.slots {
+            let leaf = read_leaf(&slot.cert, &mut buf);
             let mut status = site_from_disk(site, leaf, now);
-            status.file = file.clone();
+            status.file = slot.cert.clone();
             status.dual = dual;
-            status.family = family;
+            // A dual site's slot is probed with its own key type (resolved
+            // when the config was read), or the server may show the other
+            // slot's leaf.
+            status.family = slot.key_family;
             rows.push(Row {
                 status,
                 endpoints: &site.endpoints,
@@ -412,8 +407,7 @@ fn disk_rows(cfg: &Config, now: OffsetDateTime) -> Vec<Row<'_>> {
 
 /// Step 2, the probe: every endpoint of every row in one go, results in
 /// order; then step 3, drift.
-fn probe_into(rows: &mut [Row<'_>], prober: &Prober, concurrency: usize) -> Result<(), ProbeError> {
-    let probers = probe::Probers::new(prober)?;
+fn probe_into(rows: &mut [Row<'_>], probers: &Probers, concurrency: usize) {
     let jobs: Vec<(Prober, Target)> = rows
         .iter()
         .flat_map(|r| {
@@ -431,7 +425,6 @@ fn probe_into(rows: &mut [Row<'_>], prober: &Prober, concurrency: usize) -> Resu
             .collect();
         row.status.drift = drift_of(&row.status);
     }
-    Ok(())
 }
 
 fn site_from_disk(
