@@ -920,9 +920,7 @@ impl Agent {
                 if let Ok(site) = env.config.site(&p.candidate.site) {
                     items.push(Item {
                         site,
-                        cert: p.candidate.cert.clone(),
-                        key: p.candidate.key.clone(),
-                        chain: p.candidate.chain.clone(),
+                        files: p.candidate.files(),
                     });
                 }
             }

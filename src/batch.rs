@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, Files};
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 use crate::install::{self, Env, InstallError};
@@ -77,12 +77,7 @@ const IO_THREADS: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Item<'a> {
     pub site: &'a Site,
-    /// Leaf, or leaf followed by its chain (PEM or DER).
-    pub cert: PathBuf,
-    /// Without a key the cert must match the installed key (own CSR).
-    pub key: Option<PathBuf>,
-    /// A separate chain file (vendor `SITE_chain.crt`).
-    pub chain: Option<PathBuf>,
+    pub files: Files,
 }
 
 /// Install every bundle found in `dir` for the sites of the config, as one
@@ -203,7 +198,7 @@ fn run_items(
         .iter()
         .map(|it| {
             (!it.site.pairs.is_empty()).then(|| {
-                install::pair_family(it.site, &it.cert)
+                install::pair_family(it.site, &it.files.cert)
                     .and_then(|family| install::pair_site(it.site, family))
             })
         })
@@ -422,9 +417,11 @@ fn rollback_run(env: &Env<'_>, sites: &[&Site], strict: bool) -> Result<Vec<Run>
         .iter()
         .map(|site| Item {
             site,
-            cert: site.cert.clone(),
-            key: None,
-            chain: None,
+            files: Files {
+                cert: site.cert.clone(),
+                key: None,
+                chain: None,
+            },
         })
         .collect();
     let mut outs: Vec<Outcome> = sites.iter().map(|s| Outcome::new(&s.name)).collect();
@@ -1016,15 +1013,7 @@ fn got_worse(before: &[(Target, ServedRow)], after: &[ServedRow]) -> Option<Stri
 /// Steps 1–2 for one item, with the trust rule of `certswap install`.
 fn check_item(it: &Item<'_>, force: bool, trust: &TrustStore) -> (Outcome, install::Checked) {
     let mut out = Outcome::new(&it.site.name);
-    let checked = install::check_full(
-        Some(it.site),
-        &it.cert,
-        it.chain.as_deref(),
-        it.key.as_deref(),
-        force,
-        Some(trust),
-        &mut out,
-    );
+    let checked = install::check_full(Some(it.site), &it.files, force, Some(trust), &mut out);
     (out, checked)
 }
 
@@ -1127,7 +1116,7 @@ fn conflicts(items: &[Item<'_>], accepted: &[bool]) -> Vec<(usize, String)> {
                 format!(
                     "{n} bundles for {} in one batch ({}); which one is meant is unclear, so none is installed",
                     it.site.name,
-                    it.cert.display()
+                    it.files.cert.display()
                 ),
             ));
             continue;
@@ -1282,7 +1271,7 @@ fn scan_dir<'c>(
     dir: &Path,
 ) -> Result<(Vec<Item<'c>>, Vec<Outcome>), InstallError> {
     #[derive(Default)]
-    struct Files {
+    struct Found {
         certs: Vec<PathBuf>,
         key: Option<PathBuf>,
         chain: Option<PathBuf>,
@@ -1294,7 +1283,7 @@ fn scan_dir<'c>(
             source,
         })
     };
-    let mut found: BTreeMap<String, Files> = BTreeMap::new();
+    let mut found: BTreeMap<String, Found> = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let path = entry.path();
@@ -1372,9 +1361,11 @@ fn scan_dir<'c>(
         match f.certs.as_slice() {
             [cert] => items.push(Item {
                 site,
-                cert: cert.clone(),
-                key: f.key,
-                chain: f.chain,
+                files: Files {
+                    cert: cert.clone(),
+                    key: f.key,
+                    chain: f.chain,
+                },
             }),
             [] => reject(format!(
                 "{}: there is no {stem}.pem beside it, so there is nothing to install for {}",
@@ -1517,12 +1508,13 @@ mod tests {
             .map(|it| {
                 (
                     it.site.name.as_str(),
-                    it.cert
+                    it.files
+                        .cert
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default(),
-                    it.key.is_some(),
-                    it.chain.is_some(),
+                    it.files.key.is_some(),
+                    it.files.chain.is_some(),
                 )
             })
             .collect();
@@ -1573,6 +1565,7 @@ mod tests {
             .iter()
             .map(|it| {
                 let file = it
+                    .files
                     .cert
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned());
@@ -1625,9 +1618,11 @@ mod tests {
         let site = |n: &str| cfg.sites.iter().find(|s| s.name == n).expect("site");
         let item = |n: &str, file: &str| Item {
             site: site(n),
-            cert: PathBuf::from(file),
-            key: None,
-            chain: None,
+            files: Files {
+                cert: PathBuf::from(file),
+                key: None,
+                chain: None,
+            },
         };
         let items = [
             item("a.test", "1.pem"),

@@ -98,6 +98,25 @@ impl Bundle {
     }
 }
 
+/// The files of one bundle: what `install`, a batch item, the deploy hook
+/// and `check` hand to [`load`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Files {
+    /// Leaf, or leaf followed by its chain (PEM or DER).
+    pub cert: PathBuf,
+    /// Without a key the cert must match the installed key (own CSR).
+    pub key: Option<PathBuf>,
+    /// A separate chain file (vendor `SITE_chain.crt`, acme.sh's `ca.cer`).
+    pub chain: Option<PathBuf>,
+}
+
+impl Files {
+    /// [`load`] these files.
+    pub fn load(&self) -> Result<Bundle, BundleError> {
+        load(&self.cert, self.chain.as_deref(), self.key.as_deref())
+    }
+}
+
 /// Read a bundle. `cert` may hold the leaf alone or leaf + chain (PEM, or a
 /// single DER certificate); `chain` adds more chain certificates; `key` is
 /// the private key (PEM PKCS#8 / PKCS#1 / SEC1, or DER).

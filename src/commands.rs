@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::bundle::Files;
 use crate::cli::{
     AdoptArgs, CheckArgs, Cli, Command, CompletionsArgs, DeployHookArgs, InstallArgs, ProbeArgs,
     RollbackArgs, RunArgs, StatusArgs,
@@ -197,16 +198,7 @@ fn check_cmd(config: &Path, a: &CheckArgs) -> CmdResult {
         None => None,
     };
     let mut out = Outcome::new(site.map_or("", |s| s.name.as_str()));
-    let b = &a.bundle;
-    let cert = b.cert.as_deref().ok_or("check needs --cert FILE")?;
-    install::check(
-        site,
-        cert,
-        b.chain.as_deref(),
-        b.key.as_deref(),
-        false,
-        &mut out,
-    );
+    install::check(site, &files_of(&a.bundle, "check")?, false, &mut out);
     if out.result == ResultKind::DryRun {
         out.result = ResultKind::Valid;
     }
@@ -223,14 +215,10 @@ fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
         .as_deref()
         .ok_or("install needs --site NAME (or --batch DIR)")?;
     let site = cfg.site(name).map_err(|e| e.to_string())?;
-    let b = &a.bundle;
-    let cert = b.cert.as_deref().ok_or("install needs --cert FILE")?;
     // One change through the one engine: a batch of one.
     let item = crate::batch::Item {
         site,
-        cert: cert.to_path_buf(),
-        key: b.key.clone(),
-        chain: b.chain.clone(),
+        files: files_of(&a.bundle, "install")?,
     };
     with_env(&cfg, a.json, |env| {
         crate::batch::install_one(env, item, a.force, a.dry_run)
@@ -553,6 +541,19 @@ fn emit(out: &Outcome, json: bool) -> CmdResult {
         eprintln!("certswap: {e}");
     }
     Ok(out.result.exit_code())
+}
+
+/// The files `--cert`, `--key`, `--chain` name (`--cert` is needed).
+fn files_of(b: &crate::cli::BundleArgs, command: &str) -> Result<Files, String> {
+    let cert = b
+        .cert
+        .clone()
+        .ok_or_else(|| format!("{command} needs --cert FILE"))?;
+    Ok(Files {
+        cert,
+        key: b.key.clone(),
+        chain: b.chain.clone(),
+    })
 }
 
 fn parse_duration(flag: &str, s: &str) -> Result<Duration, String> {

@@ -27,7 +27,7 @@
 use std::path::PathBuf;
 
 use crate::batch::{self, Item};
-use crate::bundle::{self, BundleError};
+use crate::bundle::{self, BundleError, Files};
 use crate::cert::CertInfo;
 use crate::config::{Config, Site};
 use crate::install::{Env, InstallError};
@@ -49,6 +49,17 @@ pub struct Renewal {
     /// Lowercased, without a trailing dot; may be empty (then the leaf's
     /// names are used in messages).
     pub domains: Vec<String>,
+}
+
+impl Renewal {
+    /// The renewed files, as the engine takes them.
+    pub fn files(&self) -> Files {
+        Files {
+            cert: self.cert.clone(),
+            key: Some(self.key.clone()),
+            chain: self.chain.clone(),
+        }
+    }
 }
 
 /// Why the hook could not start an install (exit 2).
@@ -192,9 +203,7 @@ pub fn deploy_with(
         .iter()
         .map(|site| Item {
             site,
-            cert: renewal.cert.clone(),
-            key: Some(renewal.key.clone()),
-            chain: renewal.chain.clone(),
+            files: renewal.files(),
         })
         .collect();
     // One run for every site: a failure of the host (lock held, a repair

@@ -14,12 +14,12 @@
 //! batch of one through the engine's steps 3–8 ([`crate::batch::install_one`],
 //! [`crate::batch::rollback_one`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use time::OffsetDateTime;
 
-use crate::bundle::{self, Bundle};
+use crate::bundle::{self, Bundle, Files};
 use crate::cert::CertInfo;
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
@@ -118,15 +118,8 @@ impl Env<'_> {
 /// parse the bundle and apply every rule against what `site` has installed
 /// (or, without a site, against nothing). Touches nothing. Returns the
 /// bundle when it may be installed; otherwise `out` ends rejected.
-pub fn check(
-    site: Option<&Site>,
-    cert: &Path,
-    chain: Option<&Path>,
-    key: Option<&Path>,
-    force: bool,
-    out: &mut Outcome,
-) -> Option<Bundle> {
-    check_with(site, cert, chain, key, force, None, out)
+pub fn check(site: Option<&Site>, files: &Files, force: bool, out: &mut Outcome) -> Option<Bundle> {
+    check_with(site, files, force, None, out)
 }
 
 /// [`check`], plus the trust rule when `trust` is given: a site whose
@@ -137,14 +130,12 @@ pub fn check(
 /// served.
 pub fn check_with(
     site: Option<&Site>,
-    cert: &Path,
-    chain: Option<&Path>,
-    key: Option<&Path>,
+    files: &Files,
     force: bool,
     trust: Option<&TrustStore>,
     out: &mut Outcome,
 ) -> Option<Bundle> {
-    let checked = check_full(site, cert, chain, key, force, trust, out);
+    let checked = check_full(site, files, force, trust, out);
     match (&checked.bundle, checked.same, force) {
         (Some(b), true, false) => {
             out.reject(
@@ -187,9 +178,7 @@ pub(crate) struct OnDisk {
 /// offered again is not refused here but marked `same`.
 pub(crate) fn check_full(
     site: Option<&Site>,
-    cert: &Path,
-    chain: Option<&Path>,
-    key: Option<&Path>,
+    files: &Files,
     force: bool,
     trust: Option<&TrustStore>,
     out: &mut Outcome,
@@ -206,7 +195,7 @@ pub(crate) fn check_full(
     }
 
     // 1. bundle: parse the files.
-    let mut bundle = match bundle::load(cert, chain, key) {
+    let mut bundle = match files.load() {
         Ok(b) => b,
         Err(e) => {
             out.reject(e.to_string());

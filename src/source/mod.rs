@@ -43,6 +43,15 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// The bundle's files, as the engine takes them.
+    pub fn files(&self) -> crate::bundle::Files {
+        crate::bundle::Files {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            chain: self.chain.clone(),
+        }
+    }
+
     /// `message` with work-directory paths replaced by what a person knows
     /// the files as (a zip entry, a URL).
     pub fn describe(&self, message: &str) -> String {
