@@ -96,7 +96,6 @@ fn result_of(out: &Output) -> String {
 fn state_dir_of_the_release_keeps_working(managed: bool) {
     let w = world(managed);
     restore_fixture(&w, managed);
-    let bin = Path::new(env!("CARGO_BIN_EXE_certswap"));
     let incoming = w.dir.path().join("incoming");
     let v2 = pki::leaf_sha256_file(&incoming.join("v2.pem"));
     let v3 = pki::leaf_sha256_file(&incoming.join("v3.pem"));
@@ -111,21 +110,7 @@ fn state_dir_of_the_release_keeps_working(managed: bool) {
 
     // The next install repairs it first (v2 back), then installs v3.
     let (cert, key) = (incoming.join("v3.pem"), incoming.join("v3.key"));
-    let out = run(
-        &w,
-        bin,
-        &[
-            "install",
-            "--site",
-            SITE,
-            "--cert",
-            path(&cert),
-            "--key",
-            path(&key),
-            "--json",
-        ],
-        &[],
-    );
+    let out = w.install(&cert, &key, &["--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(result_of(&out), "verified", "{}", text(&out));
     assert!(!journal.exists(), "the change is closed");
@@ -134,7 +119,7 @@ fn state_dir_of_the_release_keeps_working(managed: bool) {
 
     // The version the release saved before its crashed change (v2 was
     // installed by the release) is what a rollback goes back to.
-    let out = run(&w, bin, &["rollback", "--site", SITE, "--json"], &[]);
+    let out = w.run(&["rollback", "--site", SITE, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(result_of(&out), "verified", "{}", text(&out));
     assert_eq!(w.served(), v2);
