@@ -641,6 +641,11 @@ fn certswap_change(
             }
         }
         s.mode = mode;
+        // Its one slot names the same files (adopt refuses a dual site).
+        if let Some(slot) = s.slots.first_mut() {
+            slot.cert = s.cert.clone();
+            slot.key = s.key.clone();
+        }
     }
     if format!("{want:?}") != format!("{:?}", after.sites) {
         return Err(err(

@@ -311,7 +311,7 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return self.pass_failed(report, &e.to_string()),
         };
-        let probers = match crate::host::prober(&cfg).and_then(|p| probe::Probers::new(&p)) {
+        let probers = match crate::host::probers(&cfg) {
             Ok(p) => p,
             Err(e) => return self.pass_failed(report, &e.to_string()),
         };

@@ -44,7 +44,7 @@ impl Host {
     pub fn open(cfg: &Config) -> Result<Host, HostError> {
         Ok(Host {
             server: server::from_config(&cfg.server),
-            probers: Probers::new(&prober(cfg)?)?,
+            probers: probers(cfg)?,
             store: Store::open(&cfg.state_dir)?,
         })
     }
@@ -60,9 +60,15 @@ impl Host {
     }
 }
 
+/// A prober per key type for `cfg` ([`prober`]), built once: what a run
+/// gets a slot's prober from ([`Env::prober_for`]).
+pub fn probers(cfg: &Config) -> Result<Probers, ProbeError> {
+    Probers::new(&prober(cfg)?)
+}
+
 /// The prober a config asks for: `probe.ca_file` alone when set, else
 /// the public roots plus `[trust] extra_roots`.
-pub fn prober(cfg: &Config) -> Result<Prober, ProbeError> {
+fn prober(cfg: &Config) -> Result<Prober, ProbeError> {
     if cfg.probe.ca_file.is_some() {
         return Prober::new(cfg.probe.ca_file.as_deref(), cfg.probe.timeout);
     }

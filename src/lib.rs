@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //! - [`cli`]       clap definitions only; the core never sees clap types.
-//! - [`config`]    the TOML schema, defaults and validation of a config file.
+//! - [`config`]    the TOML schema, defaults and validation of a config file; runs no program.
 //! - [`cert`]      facts of one certificate: names, dates, spec, fingerprints.
 //! - [`bundle`]    PEM/DER files → [`bundle::Bundle`] { leaf, chain, key }.
 //! - [`validate`]  the rules of pipeline step 2, each a named check.
@@ -13,13 +13,16 @@
 //! - [`owner`]     who may have written a path: owner/mode checks before trust.
 //! - [`store`]     stage / swap / backup versions / journal / recovery.
 //! - [`server`]    the web servers behind one trait: config test and reload.
+//! - [`service`]   the server steps of a change, in one place: config test, reload, restore.
 //! - [`probe`]     TLS handshake probe, served-chain facts, wait-until-served.
 //! - [`trust`]     trust anchors and the verdict on a chain (trusted, complete).
 //! - [`wait`]      step 7's wait: many endpoints until each serves its leaf.
-//! - [`install`]   the pipeline of DESIGN.md as one readable function.
+//! - [`install`]   steps 1–2 of the pipeline for one change; [`install::Env`].
+//! - [`host`]      opening the host: endpoints discovered, server, probers, store.
+//! - [`recover`]   the one owner of recovery: files back, service restored, old leaf proven.
 //! - [`discover`]  the TLS sites in the nginx/apache config, as [[site]] blocks.
 //! - [`adopt`]     move a site off certbot's `live/` (or acme.sh's) files onto own copies.
-//! - [`batch`]     many sites in one go: one config test, one reload.
+//! - [`batch`]     THE engine, steps 3–8 for N changes, one config test and one reload.
 //! - [`status`]    every site at a glance: days left, state, drift.
 //! - [`agent`]     the daemon loop: sources, batches, expiry and drift watch.
 //! - [`source`]    where the agent's bundles come from: inbox, manifest, ACME stores, vendors.
