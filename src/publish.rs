@@ -332,8 +332,7 @@ fn sorted_names(dir: &Path) -> Result<Vec<String>, PublishError> {
 fn newest_renewal(site_dir: &Path) -> Result<Option<String>, PublishError> {
     Ok(sorted_names(site_dir)?
         .into_iter()
-        .filter(|n| !n.starts_with('.') && site_dir.join(n).join(CERT_FILE).is_file())
-        .next_back())
+        .rfind(|n| !n.starts_with('.') && site_dir.join(n).join(CERT_FILE).is_file()))
 }
 
 /// A host name, optionally `*.` first: letters, digits, `_`, `-`, `.`,
