@@ -114,6 +114,9 @@ fn newest_renewal_per_site_with_hashes_not_after_and_percents() {
     assert_eq!(m["bundles"][1]["rollout"]["percent"], 100);
 }
 
+/// Writes one broken site into the published folder.
+type MakeBad<'a> = Box<dyn Fn(&Path) + 'a>;
+
 #[test]
 fn one_bad_site_exits_1_and_leaves_the_old_manifest_byte_for_byte() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -132,7 +135,7 @@ fn one_bad_site_exits_1_and_leaves_the_old_manifest_byte_for_byte() {
     };
     let expired = ca.leaf(&["bad.test"]).days(-300, -1).build();
     let wrong_name = ca.leaf(&["other.test"]).days(-1, 300).build();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    let cases: Vec<(&str, MakeBad)> = vec![
         (
             "does not match",
             Box::new(|d: &Path| put(d, "bad.test", "2027", &mismatched, true)),
