@@ -279,256 +279,343 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-async fn run_async(plan: &Plan, out: &mut dyn Write) -> Result<Verdict, RolloutError> {
-    // 1. the manifest's bundles, checked.
-    let built = publish::build(&plan.dir, &Options::default())?;
-    let mut targets: BTreeMap<String, String> = BTreeMap::new();
-    for r in &built.rows {
-        if plan.sites.is_empty() || plan.sites.contains(&r.site) {
-            targets.insert(r.site.clone(), r.leaf_sha256.clone());
-        }
-    }
-    for s in &plan.sites {
-        if !targets.contains_key(s) {
-            return Err(RolloutError::UnknownSite {
-                dir: plan.dir.clone(),
-                site: s.clone(),
-            });
-        }
-    }
-    let current = publish::read_current(&plan.dir)?;
-    let prom = Client::new(&plan.prometheus, Duration::from_secs(10))?;
+/// One wave's hosts as one poll sees them.
+struct WaveView {
+    /// Agents with at least one target site in the wave.
+    hosts: usize,
+    /// Agents of the wave with every site proven.
+    done: usize,
+    pending: Vec<Failure>,
+    rolled_back: Vec<Failure>,
+}
 
-    // 2. the fleet, and each host's rollbacks before this rollout.
-    let mut fleet = Fleet::default();
-    for x in prom
-        .query(&format!("last_over_time(certswap_host_info[{LOOKBACK}])"))
-        .await?
-    {
-        fleet
-            .hosts
-            .insert(key_of(&x), x.label("host_id").to_string());
+impl WaveView {
+    /// Failures a person should look at now: rollbacks, and hosts missing
+    /// or drifting (an old leaf is only "not yet").
+    fn failed(&self) -> usize {
+        self.rolled_back.len()
+            + self
+                .pending
+                .iter()
+                .filter(|f| f.why.starts_with("missing") || f.why.starts_with("drift"))
+                .count()
     }
-    for x in prom
-        .query(&format!(
-            "last_over_time(certswap_cert_not_after_seconds[{LOOKBACK}])"
-        ))
-        .await?
-    {
-        fleet
-            .sites
-            .entry(key_of(&x))
-            .or_default()
-            .insert(x.label("site").to_string());
+}
+
+/// Judge the wave at `percent` on `snap`.
+fn judge(
+    snap: &Snapshot,
+    fleet: &Fleet,
+    targets: &BTreeMap<String, String>,
+    percent: u32,
+) -> WaveView {
+    let wave = fleet.wave(targets, percent);
+    let hosts: BTreeSet<&Key> = wave.iter().map(|(k, _)| k).collect();
+    let mut view = WaveView {
+        hosts: hosts.len(),
+        done: 0,
+        pending: Vec::new(),
+        rolled_back: Vec::new(),
+    };
+    for (k, site) in &wave {
+        let fail = |why: String| Failure {
+            host_id: fleet.hosts.get(k).cloned().unwrap_or_default(),
+            instance: k.1.clone(),
+            site: site.clone(),
+            why,
+        };
+        match state_of(snap, fleet, k, site, &targets[site]) {
+            State::Done => {}
+            State::Pending(why) => view.pending.push(fail(why)),
+            State::RolledBack(why) => view.rolled_back.push(fail(why)),
+        }
     }
-    let snap = snapshot(&prom).await?;
-    fleet.learn(&snap);
-    fleet.baseline = snap.rollbacks.clone();
-    if fleet.hosts.is_empty() {
-        return Err(RolloutError::NoHosts(prom.shown().to_string()));
-    }
-    let say =
-        |out: &mut dyn Write, line: String| writeln!(out, "{line}").map_err(RolloutError::Output);
-    for (site, leaf) in &targets {
+    let not_done: BTreeSet<&str> = view
+        .pending
+        .iter()
+        .chain(&view.rolled_back)
+        .map(|f| f.instance.as_str())
+        .collect();
+    view.done = view.hosts - not_done.len();
+    view
+}
+
+/// A rollout in progress: what it publishes and what it knows.
+struct Run<'a> {
+    plan: &'a Plan,
+    built: Built,
+    /// The manifest DIR held when the rollout started.
+    current: Option<Manifest>,
+    /// Target site → the new leaf's SHA-256.
+    targets: BTreeMap<String, String>,
+    prom: Client,
+    fleet: Fleet,
+}
+
+fn say(out: &mut dyn Write, line: &str) -> Result<(), RolloutError> {
+    writeln!(out, "{line}").map_err(RolloutError::Output)
+}
+
+async fn run_async(plan: &Plan, out: &mut dyn Write) -> Result<Verdict, RolloutError> {
+    let mut run = Run::start(plan).await?;
+    for (site, leaf) in &run.targets {
         say(
             out,
-            format!(
+            &format!(
                 "rollout of {site}: new leaf {}; {} hosts known to {}",
                 short(leaf),
-                fleet.hosts.len(),
-                prom.shown()
+                run.fleet.hosts.len(),
+                run.prom.shown()
             ),
         )?;
     }
-
     // 3. wave by wave.
-    let n = plan.waves.len();
     for (i, &percent) in plan.waves.iter().enumerate() {
-        let m = manifest_at(&built, current.as_ref(), &targets, percent, false);
-        publish::write(&plan.dir, &m)?;
-        let started = Instant::now();
-        let mut soaked_since: Option<Instant> = None;
-        let mut last_line = String::new();
-        let mut last_failures: Vec<Failure> = Vec::new();
-        loop {
-            let snap = match snapshot(&prom).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    last_failures = vec![Failure {
-                        host_id: "-".into(),
-                        instance: "-".into(),
-                        site: "-".into(),
-                        why: format!("Prometheus did not answer: {e}"),
-                    }];
-                    None
-                }
-            };
-            if let Some(snap) = &snap {
-                fleet.learn(snap);
-                let wave = fleet.wave(&targets, percent);
-                let hosts: BTreeSet<&Key> = wave.iter().map(|(k, _)| k).collect();
-                let mut pending: Vec<Failure> = Vec::new();
-                let mut rolled: Vec<Failure> = Vec::new();
-                for (k, site) in &wave {
-                    let fail = |why: String| Failure {
-                        host_id: fleet.hosts.get(k).cloned().unwrap_or_default(),
-                        instance: k.1.clone(),
-                        site: site.clone(),
-                        why,
-                    };
-                    match state_of(snap, &fleet, k, site, &targets[site]) {
-                        State::Done => {}
-                        State::Pending(why) => pending.push(fail(why)),
-                        State::RolledBack(why) => rolled.push(fail(why)),
-                    }
-                }
-                let not_done: BTreeSet<&str> = pending
-                    .iter()
-                    .chain(&rolled)
-                    .map(|f| f.instance.as_str())
-                    .collect();
-                let failed = rolled.len()
-                    + pending
-                        .iter()
-                        .filter(|f| f.why.starts_with("missing") || f.why.starts_with("drift"))
-                        .count();
-                let line = format!(
-                    "wave {}/{n} ({percent}%): {} done / {} in wave / {failed} failed",
-                    i + 1,
-                    hosts.len() - not_done.len(),
-                    hosts.len()
-                );
-                if line != last_line {
-                    say(
-                        out,
-                        format!("{line}  [{:.1} s]", started.elapsed().as_secs_f64()),
-                    )?;
-                    last_line = line;
-                }
-                if !rolled.is_empty() {
-                    return pause(
-                        plan,
-                        &built,
-                        current.as_ref(),
-                        &targets,
-                        percent,
-                        rolled,
-                        out,
-                    );
-                }
-                if pending.is_empty() {
-                    let since = *soaked_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= plan.soak {
-                        say(
-                            out,
-                            format!(
-                                "wave {}/{n} ({percent}%) proven on {} hosts in {:.1} s (soak {:?})",
-                                i + 1,
-                                hosts.len(),
-                                started.elapsed().as_secs_f64(),
-                                plan.soak
-                            ),
-                        )?;
-                        break;
-                    }
-                } else {
-                    soaked_since = None;
-                }
-                last_failures = pending;
-            }
-            if started.elapsed() >= plan.deadline {
-                // 4. not proven in time.
-                return pause(
-                    plan,
-                    &built,
-                    current.as_ref(),
-                    &targets,
-                    percent,
-                    last_failures,
-                    out,
-                );
-            }
-            tokio::time::sleep(POLL).await;
+        if let Some(failures) = run.wave(i, percent, out).await? {
+            return run.pause(percent, failures, out);
         }
     }
+    let last = plan.waves.last().copied().unwrap_or(100);
     say(
         out,
-        format!(
-            "rollout done: every wave proven, the manifest is at {}%",
-            plan.waves[n - 1]
-        ),
+        &format!("rollout done: every wave proven, the manifest is at {last}%"),
     )?;
     Ok(Verdict::Done)
 }
 
-/// Step 4: the manifest at `percent`, paused; the failures printed.
-fn pause(
-    plan: &Plan,
-    built: &Built,
-    current: Option<&Manifest>,
-    targets: &BTreeMap<String, String>,
-    percent: u32,
-    failures: Vec<Failure>,
-    out: &mut dyn Write,
-) -> Result<Verdict, RolloutError> {
-    let m = manifest_at(built, current, targets, percent, true);
-    let path = publish::write(&plan.dir, &m)?;
-    let w =
-        |out: &mut dyn Write, line: String| writeln!(out, "{line}").map_err(RolloutError::Output);
-    w(
-        out,
-        format!(
-            "rollout paused at {percent}%: {} wrote \"paused\": true; failed hosts:",
-            path.display()
-        ),
-    )?;
-    for f in &failures {
-        w(
-            out,
-            format!("  {} ({}) {}: {}", f.host_id, f.instance, f.site, f.why),
-        )?;
+impl Run<'_> {
+    /// Steps 1–2.
+    async fn start(plan: &Plan) -> Result<Run<'_>, RolloutError> {
+        let built = publish::build(&plan.dir, &Options::default())?;
+        let mut targets: BTreeMap<String, String> = BTreeMap::new();
+        for r in &built.rows {
+            if plan.sites.is_empty() || plan.sites.contains(&r.site) {
+                targets.insert(r.site.clone(), r.leaf_sha256.clone());
+            }
+        }
+        if let Some(site) = plan.sites.iter().find(|s| !targets.contains_key(*s)) {
+            return Err(RolloutError::UnknownSite {
+                dir: plan.dir.clone(),
+                site: site.clone(),
+            });
+        }
+        let current = publish::read_current(&plan.dir)?;
+        let prom = Client::new(&plan.prometheus, Duration::from_secs(10))?;
+        let mut fleet = Fleet::default();
+        let hosts = format!("last_over_time(certswap_host_info[{LOOKBACK}])");
+        for x in prom.query(&hosts).await? {
+            fleet
+                .hosts
+                .insert(key_of(&x), x.label("host_id").to_string());
+        }
+        let sites = format!("last_over_time(certswap_cert_not_after_seconds[{LOOKBACK}])");
+        for x in prom.query(&sites).await? {
+            fleet
+                .sites
+                .entry(key_of(&x))
+                .or_default()
+                .insert(x.label("site").to_string());
+        }
+        let snap = snapshot(&prom).await?;
+        fleet.learn(&snap);
+        fleet.baseline = snap.rollbacks;
+        if fleet.hosts.is_empty() {
+            return Err(RolloutError::NoHosts(prom.shown().to_string()));
+        }
+        Ok(Run {
+            plan,
+            built,
+            current,
+            targets,
+            prom,
+            fleet,
+        })
     }
-    Ok(Verdict::Paused { percent, failures })
-}
 
-/// The manifest to write: the target sites' new bundles at `percent`,
-/// every other site's entry as the current manifest has it.
-fn manifest_at(
-    built: &Built,
-    current: Option<&Manifest>,
-    targets: &BTreeMap<String, String>,
-    percent: u32,
-    paused: bool,
-) -> Manifest {
-    let mut b = built.clone();
-    for site in targets.keys() {
-        b.set_percent(site, percent);
+    /// Step 3 for wave `i`: None once proven for the soak, else the
+    /// failures that stop the rollout.
+    async fn wave(
+        &mut self,
+        i: usize,
+        percent: u32,
+        out: &mut dyn Write,
+    ) -> Result<Option<Vec<Failure>>, RolloutError> {
+        let n = self.plan.waves.len();
+        publish::write(&self.plan.dir, &self.manifest_at(percent, false))?;
+        let started = Instant::now();
+        let mut soaked_since: Option<Instant> = None;
+        let mut last_line = String::new();
+        loop {
+            let failures = match snapshot(&self.prom).await {
+                Ok(snap) => {
+                    self.fleet.learn(&snap);
+                    let view = judge(&snap, &self.fleet, &self.targets, percent);
+                    let line = format!(
+                        "wave {}/{n} ({percent}%): {} done / {} in wave / {} failed",
+                        i + 1,
+                        view.done,
+                        view.hosts,
+                        view.failed()
+                    );
+                    if line != last_line {
+                        let at = started.elapsed().as_secs_f64();
+                        say(out, &format!("{line}  [{at:.1} s]"))?;
+                        last_line = line;
+                    }
+                    // 4. a rollback stops the rollout at once.
+                    if !view.rolled_back.is_empty() {
+                        return Ok(Some(view.rolled_back));
+                    }
+                    if !view.pending.is_empty() {
+                        soaked_since = None;
+                    } else if soaked_since.get_or_insert_with(Instant::now).elapsed()
+                        >= self.plan.soak
+                    {
+                        say(
+                            out,
+                            &format!(
+                                "wave {}/{n} ({percent}%) proven on {} hosts in {:.1} s (soak {:?})",
+                                i + 1,
+                                view.hosts,
+                                started.elapsed().as_secs_f64(),
+                                self.plan.soak
+                            ),
+                        )?;
+                        return Ok(None);
+                    }
+                    view.pending
+                }
+                Err(e) => {
+                    soaked_since = None;
+                    vec![Failure {
+                        host_id: "-".into(),
+                        instance: "-".into(),
+                        site: "-".into(),
+                        why: format!("Prometheus did not answer: {e}"),
+                    }]
+                }
+            };
+            // 4. not proven in time.
+            if started.elapsed() >= self.plan.deadline {
+                return Ok(Some(failures));
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
-    let mut bundles: Vec<_> = b
-        .manifest
-        .bundles
-        .into_iter()
-        .filter(|x| targets.contains_key(&x.site))
-        .collect();
-    if let Some(cur) = current {
-        bundles.extend(
-            cur.bundles
-                .iter()
-                .filter(|x| !targets.contains_key(&x.site))
-                .cloned(),
-        );
+
+    /// Step 4: the manifest at `percent`, paused; the failures printed.
+    fn pause(
+        &self,
+        percent: u32,
+        failures: Vec<Failure>,
+        out: &mut dyn Write,
+    ) -> Result<Verdict, RolloutError> {
+        let path = publish::write(&self.plan.dir, &self.manifest_at(percent, true))?;
+        say(
+            out,
+            &format!(
+                "rollout paused at {percent}%: {} wrote \"paused\": true; failed hosts:",
+                path.display()
+            ),
+        )?;
+        for f in &failures {
+            say(
+                out,
+                &format!("  {} ({}) {}: {}", f.host_id, f.instance, f.site, f.why),
+            )?;
+        }
+        Ok(Verdict::Paused { percent, failures })
     }
-    bundles.sort_by(|a, b| a.site.cmp(&b.site));
-    Manifest {
-        version: manifest::VERSION,
-        paused,
-        bundles,
+
+    /// The manifest to write: the target sites' new bundles at `percent`,
+    /// every other site's entry as the current manifest has it.
+    fn manifest_at(&self, percent: u32, paused: bool) -> Manifest {
+        let mut b = self.built.clone();
+        for site in self.targets.keys() {
+            b.set_percent(site, percent);
+        }
+        let mut bundles: Vec<_> = b
+            .manifest
+            .bundles
+            .into_iter()
+            .filter(|x| self.targets.contains_key(&x.site))
+            .collect();
+        if let Some(cur) = &self.current {
+            bundles.extend(
+                cur.bundles
+                    .iter()
+                    .filter(|x| !self.targets.contains_key(&x.site))
+                    .cloned(),
+            );
+        }
+        bundles.sort_by(|a, b| a.site.cmp(&b.site));
+        Manifest {
+            version: manifest::VERSION,
+            paused,
+            bundles,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(i: &str) -> Key {
+        ("certswap".to_string(), i.to_string())
+    }
+
+    #[test]
+    fn a_wave_is_the_hosts_below_the_percent_and_each_is_judged_by_its_metrics() {
+        let site = "a.test";
+        let ids: Vec<String> = (0..40).map(|i| format!("h{i}")).collect();
+        let mut fleet = Fleet::default();
+        for id in &ids {
+            fleet.hosts.insert(key(id), id.clone());
+            fleet.sites.entry(key(id)).or_default().insert(site.into());
+        }
+        let targets = BTreeMap::from([(site.to_string(), "new".to_string())]);
+        let in_wave: Vec<&String> = ids
+            .iter()
+            .filter(|h| manifest::bucket(h, site) < 30)
+            .collect();
+        assert!(in_wave.len() >= 3, "pick other ids: {in_wave:?}");
+        let (ok, old, rolled) = (in_wave[0], in_wave[1], in_wave[2]);
+        let mut snap = Snapshot::default();
+        for id in &ids {
+            snap.alive.insert(key(id), id.clone());
+            let sha = if id == old { "old" } else { "new" };
+            snap.served.insert(
+                (key(id), site.into()),
+                BTreeMap::from([(format!("{site}@x:443"), sha.to_string())]),
+            );
+        }
+        snap.rollbacks.insert((key(rolled), site.into()), 1.0);
+        let view = judge(&snap, &fleet, &targets, 30);
+        assert_eq!(view.hosts, in_wave.len());
+        assert_eq!(view.done, in_wave.len() - 2, "{ok} and the others are done");
+        assert_eq!(view.rolled_back.len(), 1);
+        assert_eq!(&view.rolled_back[0].host_id, rolled);
+        assert_eq!(view.pending.len(), 1);
+        assert!(
+            view.pending[0].why.contains("old certificate"),
+            "{:?}",
+            view.pending
+        );
+        // A restart resets the counter below its baseline: no rollback.
+        fleet.baseline.insert((key(rolled), site.into()), 3.0);
+        snap.alive.remove(&key(ok));
+        let view = judge(&snap, &fleet, &targets, 30);
+        assert!(view.rolled_back.is_empty());
+        assert!(
+            view.pending
+                .iter()
+                .any(|f| &f.host_id == ok && f.why.starts_with("missing")),
+            "{:?}",
+            view.pending
+        );
+        assert_eq!(view.failed(), 1);
+    }
 
     #[test]
     fn waves_must_rise_within_1_to_100() {
