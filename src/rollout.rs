@@ -67,6 +67,9 @@ pub enum RolloutError {
     /// `--site` names a site DIR has no renewal for.
     #[error("{dir}: no renewal of site {site}")]
     UnknownSite { dir: PathBuf, site: String },
+    /// DIR holds no site with a renewal.
+    #[error("{0}: no SITE/DATE/fullchain.pem to roll out")]
+    Nothing(PathBuf),
     /// Prometheus has no certswap agent at all: a wave could not be proven.
     #[error(
         "{0}: no certswap_host_info series in the last {LOOKBACK}: is Prometheus scraping the agents' metrics_listen?"
@@ -392,6 +395,9 @@ impl Run<'_> {
             if plan.sites.is_empty() || plan.sites.contains(&r.site) {
                 targets.insert(r.site.clone(), r.leaf_sha256.clone());
             }
+        }
+        if targets.is_empty() {
+            return Err(RolloutError::Nothing(plan.dir.clone()));
         }
         if let Some(site) = plan.sites.iter().find(|s| !targets.contains_key(*s)) {
             return Err(RolloutError::UnknownSite {

@@ -192,3 +192,74 @@ fn one_bad_site_exits_1_and_leaves_the_old_manifest_byte_for_byte() {
         before
     );
 }
+
+#[test]
+fn rollout_changes_nothing_before_prometheus_answers_and_never_prints_its_password() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let ca = Ca::new("publish test root");
+    put(
+        dir,
+        "good.test",
+        "2026",
+        &ca.leaf(&["good.test"]).days(-100, 30).build(),
+        true,
+    );
+    assert!(build(dir, &[]).status.success());
+    let before = fs::read(dir.join("manifest.json")).expect("manifest");
+    put(
+        dir,
+        "good.test",
+        "2027",
+        &ca.leaf(&["good.test"]).days(-1, 300).build(),
+        true,
+    );
+    // A closed port: nothing listens on 127.0.0.1:1.
+    let rollout = |args: &[&str]| {
+        certswap()
+            .arg("rollout")
+            .arg(dir)
+            .args(["--prometheus", "http://ops:s3cret-pw@127.0.0.1:1/prom"])
+            .args(args)
+            .output()
+            .expect("run certswap rollout")
+    };
+    let out = rollout(&["--waves", "5,100", "--soak", "1s", "--deadline", "5s"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(
+        !err.contains("s3cret") && !text(&out.stdout).contains("s3cret"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read(dir.join("manifest.json")).expect("manifest"),
+        before
+    );
+
+    // A bad renewal: exit 1 before Prometheus is asked, nothing written.
+    let other = ca.leaf(&["good.test"]).days(-1, 300).build();
+    let mut bad = ca.leaf(&["good.test"]).days(-1, 300).build();
+    bad.key_pem = other.key_pem;
+    put(dir, "good.test", "2028", &bad, true);
+    let out = rollout(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        fs::read(dir.join("manifest.json")).expect("manifest"),
+        before
+    );
+
+    for bad_waves in ["25,5", "0", "5,200"] {
+        let out = rollout(&["--waves", bad_waves]);
+        assert_eq!(out.status.code(), Some(2), "{bad_waves}");
+    }
+    assert_eq!(
+        fs::read(dir.join("manifest.json")).expect("manifest"),
+        before
+    );
+}
