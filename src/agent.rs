@@ -998,12 +998,10 @@ impl Agent {
             .inc();
         // What the install's last handshakes saw is what is served now.
         for row in &out.served {
-            if let (Some(na), Some(sha)) = (
-                row.not_after.as_deref().and_then(unix_of_rfc3339),
-                row.sha256.as_deref(),
-            ) {
+            if let Some(na) = row.not_after.as_deref().and_then(unix_of_rfc3339) {
                 let endpoint = format!("{}@{}", row.sni, row.endpoint);
-                self.metrics.served(&out.site, &endpoint, sha, na);
+                self.metrics
+                    .served(&out.site, &endpoint, row.sha256.as_deref(), na);
             }
         }
         match out.result {
@@ -1203,7 +1201,7 @@ impl Agent {
                     Ok(leaf) if first => self.metrics.served(
                         &row.name,
                         &endpoint,
-                        &leaf.sha256,
+                        Some(&leaf.sha256),
                         leaf.not_after.unix_timestamp(),
                     ),
                     Ok(_) => {}

@@ -54,8 +54,13 @@ pub struct ManifestBundle {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain_sha256: Option<String>,
     /// The leaf's notAfter (RFC 3339), for people and dashboards; agents
-    /// read the certificate itself.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// read the certificate itself, so a value that is not a string is
+    /// ignored as it always was, not a broken manifest.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_none"
+    )]
     pub not_after: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub paused: bool,
@@ -110,6 +115,13 @@ pub fn to_bytes(m: &Manifest) -> Vec<u8> {
     b
 }
 
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -126,6 +138,12 @@ mod tests {
         assert_eq!(m.bundles[1].percent(), 10);
         let again = parse(&to_bytes(&m)).expect("round trip");
         assert_eq!(again, m);
+        let odd =
+            br#"{"version": 1, "bundles": [{"site": "a", "cert": "a/c.pem", "not_after": 5}]}"#;
+        assert_eq!(
+            parse(odd).expect("not_after is informative").bundles[0].not_after,
+            None
+        );
         assert!(matches!(
             parse(br#"{"version": 2}"#),
             Err(ManifestError::Version(2))

@@ -262,15 +262,18 @@ impl Metrics {
     }
 
     /// What a handshake with `endpoint` of `site` saw: the leaf's notAfter
-    /// (`certswap_served_not_after_seconds`) and SHA-256
+    /// (`certswap_served_not_after_seconds`) and, when known, its SHA-256
     /// (`certswap_served_leaf_info`, the old leaf's series removed).
-    pub fn served(&self, site: &str, endpoint: &str, sha256: &str, not_after: i64) {
+    pub fn served(&self, site: &str, endpoint: &str, sha256: Option<&str>, not_after: i64) {
         self.served_not_after
             .get_or_create(&EndpointLabel {
                 site: site.to_string(),
                 endpoint: endpoint.to_string(),
             })
             .set(not_after);
+        let Some(sha256) = sha256 else {
+            return;
+        };
         let key = (site.to_string(), endpoint.to_string());
         // A poisoned lock only means a panic elsewhere; the map is still whole.
         let mut shown = self
@@ -523,8 +526,8 @@ mod tests {
         m.source_error("inbox");
         m.set_host_id("web-1");
         m.set_host_id("web-17");
-        m.served("a.test", "a.test@127.0.0.1:443", "00aa", 5);
-        m.served("a.test", "a.test@127.0.0.1:443", "11bb", 7);
+        m.served("a.test", "a.test@127.0.0.1:443", Some("00aa"), 5);
+        m.served("a.test", "a.test@127.0.0.1:443", Some("11bb"), 7);
         let text = m.encode();
         assert!(!text.contains("web-1\""), "{text}");
         assert!(
