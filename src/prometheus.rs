@@ -126,8 +126,22 @@ impl Client {
 
     /// An instant query: every series of the vector `promql` evaluates to now.
     pub async fn query(&self, promql: &str) -> Result<Vec<Sample>, PromError> {
+        self.query_at(promql, None).await
+    }
+
+    /// An instant query evaluated at `time` (Unix seconds), so several
+    /// queries see one moment of the data, not a scrape between them.
+    pub async fn query_at(
+        &self,
+        promql: &str,
+        time: Option<f64>,
+    ) -> Result<Vec<Sample>, PromError> {
         let mut url = self.query_url.clone();
         url.query_pairs_mut().append_pair("query", promql);
+        if let Some(t) = time {
+            url.query_pairs_mut()
+                .append_pair("time", &format!("{t:.3}"));
+        }
         let mut req = self.http.get(url);
         if let Some((user, pass)) = &self.auth {
             req = req.basic_auth(user, pass.as_deref());

@@ -165,14 +165,20 @@ struct Snapshot {
 }
 
 async fn snapshot(prom: &Client) -> Result<Snapshot, PromError> {
+    // One instant for every query of the snapshot.
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .ok();
+    let query = |q: &'static str| prom.query_at(q, at);
     let mut s = Snapshot::default();
-    for x in prom.query("certswap_host_info").await? {
+    for x in query("certswap_host_info").await? {
         s.alive.insert(key_of(&x), x.label("host_id").to_string());
     }
-    for x in prom.query("up == 0").await? {
+    for x in query("up == 0").await? {
         s.down.insert(key_of(&x));
     }
-    for x in prom.query("certswap_served_leaf_info").await? {
+    for x in query("certswap_served_leaf_info").await? {
         s.served
             .entry((key_of(&x), x.label("site").to_string()))
             .or_default()
@@ -181,15 +187,15 @@ async fn snapshot(prom: &Client) -> Result<Snapshot, PromError> {
                 x.label("sha256").to_string(),
             );
     }
-    for x in prom.query("certswap_drift").await? {
+    for x in query("certswap_drift").await? {
         s.drift
             .insert((key_of(&x), x.label("site").to_string()), x.value);
     }
-    for x in prom.query(ROLLED_BACK).await? {
+    for x in query(ROLLED_BACK).await? {
         s.rollbacks
             .insert((key_of(&x), x.label("site").to_string()), x.value);
     }
-    for x in prom.query("certswap_cert_not_after_seconds").await? {
+    for x in query("certswap_cert_not_after_seconds").await? {
         s.sites
             .entry(key_of(&x))
             .or_default()
@@ -213,6 +219,16 @@ impl Fleet {
     fn learn(&mut self, s: &Snapshot) {
         for (k, id) in &s.alive {
             self.hosts.insert(k.clone(), id.clone());
+        }
+        // An agent that restarted counts its rollbacks from 0 again: lower
+        // its baseline, so its next rollback is seen.
+        for (ks, b) in &mut self.baseline {
+            if s.alive.contains_key(&ks.0) {
+                let now = s.rollbacks.get(ks).copied().unwrap_or(0.0);
+                if now < *b {
+                    *b = now;
+                }
+            }
         }
         for (k, sites) in &s.sites {
             self.sites
@@ -621,6 +637,12 @@ mod tests {
             view.pending
         );
         assert_eq!(view.failed(), 1);
+        // …and once it is seen at 1 again after the reset, a rise is a rollback.
+        snap.alive.insert(key(ok), ok.clone());
+        fleet.learn(&snap);
+        assert_eq!(fleet.baseline[&(key(rolled), site.into())], 1.0);
+        snap.rollbacks.insert((key(rolled), site.into()), 2.0);
+        assert_eq!(judge(&snap, &fleet, &targets, 30).rolled_back.len(), 1);
     }
 
     #[test]
