@@ -47,7 +47,7 @@ use crate::batch::{self, Item};
 use crate::config::{AcmeSource, CloudSource, Config, InboxSource, SourceConfig};
 use crate::install::{Env, InstallError};
 use crate::metrics::WaitingLabel;
-use crate::metrics::{EndpointLabel, Metrics, ResultLabel, SiteLabel};
+use crate::metrics::{Metrics, ResultLabel, SiteLabel};
 use crate::probe;
 use crate::report::{Outcome, ResultKind, Retryable, Settlement};
 use crate::server;
@@ -239,6 +239,7 @@ impl Agent {
     /// Take `cfg` as the config (start and SIGHUP): host id, source states.
     fn apply(&mut self, cfg: Config) {
         self.host_id = host_id(&cfg);
+        self.metrics.set_host_id(&self.host_id);
         let mut http = HashMap::new();
         for s in &cfg.sources {
             if let SourceConfig::Http(h) = s {
@@ -997,13 +998,9 @@ impl Agent {
         // What the install's last handshakes saw is what is served now.
         for row in &out.served {
             if let Some(na) = row.not_after.as_deref().and_then(unix_of_rfc3339) {
+                let endpoint = format!("{}@{}", row.sni, row.endpoint);
                 self.metrics
-                    .served_not_after
-                    .get_or_create(&EndpointLabel {
-                        site: out.site.clone(),
-                        endpoint: format!("{}@{}", row.sni, row.endpoint),
-                    })
-                    .set(na);
+                    .served(&out.site, &endpoint, row.sha256.as_deref(), na);
             }
         }
         match out.result {
@@ -1194,15 +1191,12 @@ impl Agent {
             for e in &row.served {
                 let endpoint = format!("{}@{}", e.sni, e.endpoint);
                 match &e.seen {
-                    Ok(leaf) if first => {
-                        self.metrics
-                            .served_not_after
-                            .get_or_create(&EndpointLabel {
-                                site: row.name.clone(),
-                                endpoint: endpoint.clone(),
-                            })
-                            .set(leaf.not_after.unix_timestamp());
-                    }
+                    Ok(leaf) if first => self.metrics.served(
+                        &row.name,
+                        &endpoint,
+                        Some(&leaf.sha256),
+                        leaf.not_after.unix_timestamp(),
+                    ),
                     Ok(_) => {}
                     Err(err) => {
                         tracing::warn!(site = %row.name, endpoint = %endpoint, "no handshake: {err}")

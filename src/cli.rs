@@ -47,6 +47,11 @@ pub enum Command {
     Adopt(AdoptArgs),
     /// What each source would install now (site, certificate, notAfter, why); changes nothing.
     Sources(SourcesArgs),
+    /// The fleet manifest: build DIR/manifest.json from a folder of renewals.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Roll a published renewal out wave by wave, each wave proven through Prometheus.
+    Rollout(RolloutArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
     /// Print the man page (roff).
@@ -233,4 +238,49 @@ pub struct AdoptArgs {
 pub struct CompletionsArgs {
     /// bash, zsh, fish, elvish or powershell.
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ManifestCommand {
+    /// Check every site's newest renewal in DIR and write DIR/manifest.json atomically.
+    Build(ManifestBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestBuildArgs {
+    /// Folder with SITE/DATE/fullchain.pem (and privkey.pem); the manifest is written here.
+    pub dir: PathBuf,
+    /// Rollout percent of every site (0-100).
+    #[arg(long, default_value_t = 100)]
+    pub percent: u32,
+    /// Rollout percent of one site (repeatable).
+    #[arg(long, value_name = "SITE=N")]
+    pub site_percent: Vec<String>,
+    /// Write a paused manifest: no agent installs from it.
+    #[arg(long)]
+    pub paused: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// The published folder (as for `manifest build`); its manifest is rewritten per wave.
+    pub dir: PathBuf,
+    /// Prometheus base URL that scrapes the agents (user:password@ allowed, never printed).
+    #[arg(long, value_name = "URL")]
+    pub prometheus: String,
+    /// Rising rollout percents.
+    #[arg(long, default_value = "5,25,100")]
+    pub waves: String,
+    /// How long every host of a wave must stay proven before the next wave.
+    #[arg(long, default_value = "2m")]
+    pub soak: String,
+    /// How long a wave may take before the rollout pauses.
+    #[arg(long, default_value = "15m")]
+    pub deadline: String,
+    /// Roll out only this site (repeatable); default: every site in DIR.
+    #[arg(long)]
+    pub site: Vec<String>,
 }

@@ -34,6 +34,10 @@ pub fn run(cli: Cli) -> u8 {
         Command::DeployHook(a) => deploy_hook_cmd(&cli.config, a),
         Command::Adopt(a) => adopt_cmd(&cli.config, a),
         Command::Sources(a) => sources_cmd(&cli.config, a),
+        Command::Manifest(crate::cli::ManifestCommand::Build(a)) => {
+            crate::fleet_cmd::manifest_build_cmd(a)
+        }
+        Command::Rollout(a) => crate::fleet_cmd::rollout_cmd(a),
         Command::Completions(a) => completions_cmd(a),
         Command::Man => man_cmd(),
     };

@@ -8,6 +8,10 @@
 //! - [`cert`]      facts of one certificate: names, dates, spec, fingerprints.
 //! - [`bundle`]    PEM/DER files → [`bundle::Bundle`] { leaf, chain, key }.
 //! - [`validate`]  the rules of pipeline step 2, each a named check.
+//! - [`manifest`]  the fleet manifest's format and the rollout bucket.
+//! - [`publish`]   `manifest build`: a folder of renewals → a checked manifest.
+//! - [`rollout`]   `rollout`: raise the manifest's percent wave by wave, gated by Prometheus.
+//! - [`prometheus`] a small client of Prometheus's HTTP query API.
 //! - [`matcher`]   which site (and dual-site pair) a bundle is for, for every source.
 //! - [`fsio`]      durable file primitives: create-exclusive, fsync, rename.
 //! - [`owner`]     who may have written a path: owner/mode checks before trust.
@@ -31,6 +35,7 @@
 //! - [`report`]    text and JSON output of results.
 //! - [`redact`]    URLs as logs, errors and metric labels may show them.
 //! - [`failpoint`] test-only crash points (`CERTSWAP_FAILPOINT`).
+//! - [`fleet_cmd`] the `manifest build` and `rollout` commands (the publisher's side).
 //! - [`commands`]  one function per CLI command, wiring the pieces together.
 
 pub mod adopt;
@@ -43,17 +48,22 @@ pub mod commands;
 pub mod config;
 pub mod discover;
 pub mod failpoint;
+pub mod fleet_cmd;
 pub mod fsio;
 pub mod hook;
 pub mod host;
 pub mod install;
+pub mod manifest;
 pub mod matcher;
 pub mod metrics;
 pub mod owner;
 pub mod probe;
+pub mod prometheus;
+pub mod publish;
 pub mod recover;
 pub mod redact;
 pub mod report;
+pub mod rollout;
 pub mod server;
 pub mod service;
 pub mod source;

@@ -9,8 +9,9 @@
 //! has [`HEADER_TIMEOUT`] to send its request and [`WRITE_TIMEOUT`] to
 //! take the answer.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -60,6 +61,21 @@ pub struct SkippedLabel {
     pub reason: String,
 }
 
+/// The host as the fleet knows it: the `host_id` its rollout buckets are
+/// computed from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host_id: String,
+}
+
+/// The leaf an endpoint of a site serves, by its SHA-256.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeafLabel {
+    pub site: String,
+    pub endpoint: String,
+    pub sha256: String,
+}
+
 /// Every metric of the agent. Cheap to share: each family is an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -100,6 +116,14 @@ pub struct Metrics {
     /// `certswap_metrics_connections_refused_total`: metrics connections
     /// closed at once because [`MAX_CONNECTIONS`] were open.
     pub metrics_refused: Counter,
+    /// `certswap_host_info{host_id}` 1: the id the rollout buckets use.
+    pub host_info: Family<HostLabel, Gauge>,
+    /// `certswap_served_leaf_info{site,endpoint,sha256}` 1: the leaf each
+    /// endpoint served at its last handshake (one series per endpoint).
+    pub served_leaf: Family<LeafLabel, Gauge>,
+    /// The sha256 label shown per (site, endpoint), to drop the old series
+    /// when the served leaf changes.
+    served_leaf_shown: Mutex<HashMap<(String, String), String>>,
 }
 
 impl Default for Metrics {
@@ -128,6 +152,9 @@ impl Metrics {
             source_skipped: Family::default(),
             failed_passes: Counter::default(),
             metrics_refused: Counter::default(),
+            host_info: Family::default(),
+            served_leaf: Family::default(),
+            served_leaf_shown: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -211,7 +238,64 @@ impl Metrics {
             "Connections to the metrics port closed at once because the cap of open ones was reached",
             m.metrics_refused.clone(),
         );
+        registry.register(
+            "certswap_host_info",
+            "1, labelled with the host_id the rollout buckets of this host are computed from",
+            m.host_info.clone(),
+        );
+        registry.register(
+            "certswap_served_leaf_info",
+            "1, labelled with the SHA-256 of the leaf the endpoint served at its last handshake",
+            m.served_leaf.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Set the host id (start and SIGHUP): one series.
+    pub fn set_host_id(&self, host_id: &str) {
+        self.host_info.clear();
+        self.host_info
+            .get_or_create(&HostLabel {
+                host_id: host_id.to_string(),
+            })
+            .set(1);
+    }
+
+    /// What a handshake with `endpoint` of `site` saw: the leaf's notAfter
+    /// (`certswap_served_not_after_seconds`) and, when known, its SHA-256
+    /// (`certswap_served_leaf_info`, the old leaf's series removed).
+    pub fn served(&self, site: &str, endpoint: &str, sha256: Option<&str>, not_after: i64) {
+        self.served_not_after
+            .get_or_create(&EndpointLabel {
+                site: site.to_string(),
+                endpoint: endpoint.to_string(),
+            })
+            .set(not_after);
+        let Some(sha256) = sha256 else {
+            return;
+        };
+        let key = (site.to_string(), endpoint.to_string());
+        // A poisoned lock only means a panic elsewhere; the map is still whole.
+        let mut shown = self
+            .served_leaf_shown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = shown.insert(key, sha256.to_string())
+            && old != sha256
+        {
+            self.served_leaf.remove(&LeafLabel {
+                site: site.to_string(),
+                endpoint: endpoint.to_string(),
+                sha256: old,
+            });
+        }
+        self.served_leaf
+            .get_or_create(&LeafLabel {
+                site: site.to_string(),
+                endpoint: endpoint.to_string(),
+                sha256: sha256.to_string(),
+            })
+            .set(1);
     }
 
     /// The OpenMetrics text of every metric.
@@ -440,7 +524,16 @@ mod tests {
             .inc();
         m.source_ok("inbox");
         m.source_error("inbox");
+        m.set_host_id("web-1");
+        m.set_host_id("web-17");
+        m.served("a.test", "a.test@127.0.0.1:443", Some("00aa"), 5);
+        m.served("a.test", "a.test@127.0.0.1:443", Some("11bb"), 7);
         let text = m.encode();
+        assert!(!text.contains("web-1\""), "{text}");
+        assert!(
+            !text.contains("00aa"),
+            "the old leaf's series stays:\n{text}"
+        );
         for name in [
             "certswap_cert_not_after_seconds{site=\"a.test\"} 1",
             "certswap_served_not_after_seconds{site=\"a.test\",endpoint=\"127.0.0.1:443\"} 1",
@@ -450,6 +543,9 @@ mod tests {
             "certswap_last_install_timestamp_seconds{site=\"a.test\"} 1",
             "certswap_source_last_success_timestamp_seconds{source=\"inbox\"}",
             "certswap_source_errors_total{source=\"inbox\"} 1",
+            "certswap_host_info{host_id=\"web-17\"} 1",
+            "certswap_served_leaf_info{site=\"a.test\",endpoint=\"a.test@127.0.0.1:443\",sha256=\"11bb\"} 1",
+            "certswap_served_not_after_seconds{site=\"a.test\",endpoint=\"a.test@127.0.0.1:443\"} 7",
         ] {
             assert!(text.contains(name), "{name} missing in:\n{text}");
         }

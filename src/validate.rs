@@ -114,6 +114,41 @@ pub fn validate(bundle: &mut Bundle, ctx: &Context<'_>) -> Result<Report, Valida
     Ok(report)
 }
 
+/// The rules that need no installed certificate, for a bundle about to be
+/// published to a fleet (`certswap manifest build`): the chain, key
+/// strength, the key ↔ leaf match when the bundle has its key (a cert-only
+/// bundle's key stays on the servers and is matched there), a server leaf,
+/// valid now, and covering `site_names`. What [`validate`] checks against
+/// the installed certificate (extends it, keeps its names, same spec) each
+/// agent checks when it installs.
+pub fn validate_unattached(
+    bundle: &mut Bundle,
+    site_names: &[String],
+    now: OffsetDateTime,
+) -> Result<Report, ValidationError> {
+    let mut report = Report::default();
+    let warnings = &mut report.warnings;
+    let none = Installed::default();
+    let ctx = Context {
+        site_names,
+        installed: &none,
+        now,
+        force: false,
+    };
+    drop_duplicate_chain_certs(bundle, warnings);
+    put_chain_in_signing_order(bundle, warnings)?;
+    key_is_strong(&bundle.leaf, None)?;
+    if bundle.key.is_some() {
+        key_matches_leaf(bundle, &none)?;
+    }
+    leaf_is_not_a_ca(&bundle.leaf)?;
+    leaf_allows_server_auth(&bundle.leaf)?;
+    key_is_strong(&bundle.leaf, bundle.key.as_ref())?;
+    valid_now(&bundle.leaf, now)?;
+    keeps_names(&bundle.leaf, &ctx, warnings)?;
+    Ok(report)
+}
+
 /// (a) Vendors' zips and hand-made full chains often repeat an intermediate
 /// or include the leaf again; servers would send the copies to every client.
 fn drop_duplicate_chain_certs(bundle: &mut Bundle, warnings: &mut Vec<String>) {

@@ -49,48 +49,9 @@ pub const RETRY_FIRST: Duration = Duration::from_secs(30);
 /// Largest secret file read (token, client key).
 const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
-/// The rollout bucket of `site` on this host, in 0..100: the first four
-/// bytes of SHA-256(`"{host_id}/{site}"`) as a big-endian u32, mod 100.
-/// Stable across runs, versions and hosts, so raising the percent only ever
-/// adds hosts to a wave.
-pub fn bucket(host_id: &str, site: &str) -> u32 {
-    let d = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{host_id}/{site}").as_bytes(),
-    );
-    let b = d.as_ref();
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) % 100
-}
-
-#[derive(Debug, Deserialize)]
-struct Manifest {
-    version: u32,
-    #[serde(default)]
-    paused: bool,
-    #[serde(default)]
-    bundles: Vec<ManifestBundle>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ManifestBundle {
-    site: String,
-    cert: String,
-    cert_sha256: Option<String>,
-    key: Option<String>,
-    key_sha256: Option<String>,
-    chain: Option<String>,
-    chain_sha256: Option<String>,
-    #[serde(default)]
-    paused: bool,
-    rollout: Option<Rollout>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Rollout {
-    percent: Option<u32>,
-    #[serde(default)]
-    paused: bool,
-}
+/// The rollout bucket, defined with the manifest's format.
+pub use crate::manifest::bucket;
+use crate::manifest::{Manifest, ManifestBundle};
 
 /// What the agent remembers of one HTTP source between passes.
 #[derive(Debug, Default)]
@@ -263,15 +224,8 @@ pub async fn fetch(
             ..Fetched::default()
         });
     }
-    let manifest: Manifest = serde_json::from_slice(&got.body).map_err(|e| {
-        FetchError::Permanent(format!("{shown}: the manifest is not valid JSON: {e}"))
-    })?;
-    if manifest.version != 1 {
-        return Err(FetchError::Permanent(format!(
-            "{shown}: manifest version {} is not supported (expected 1)",
-            manifest.version
-        )));
-    }
+    let manifest: Manifest = crate::manifest::parse(&got.body)
+        .map_err(|e| FetchError::Permanent(format!("{shown}: {e}")))?;
     let mut out = Fetched {
         etag: got.etag,
         ..Fetched::default()

@@ -152,10 +152,21 @@ pub fn served_sha256_with_cipher(port: u16, sni: &str, cipher: &str) -> Result<S
 
 /// [`served_leaf_pem`] with more `openssl s_client` arguments.
 fn served_leaf_pem_with(port: u16, sni: &str, extra: &[&str]) -> Result<String, String> {
+    served_leaf_pem_at(&format!("127.0.0.1:{port}"), sni, extra)
+}
+
+/// SHA-256 of the leaf served to `sni` at `addr` (`HOST:PORT`, any
+/// loopback address), read with `openssl s_client`.
+pub fn served_sha256_at(addr: &str, sni: &str) -> Result<String, String> {
+    let pem = served_leaf_pem_at(addr, sni, &[])?;
+    pki::pem_sha256(&pem).ok_or_else(|| "served certificate does not parse".to_string())
+}
+
+fn served_leaf_pem_at(addr: &str, sni: &str, extra: &[&str]) -> Result<String, String> {
     let out = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
     let err = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
     let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["s_client", "-connect", addr])
         .args(["-servername", sni])
         .args(extra)
         .stdin(Stdio::null())
@@ -172,7 +183,7 @@ fn served_leaf_pem_with(port: u16, sni: &str, extra: &[&str]) -> Result<String, 
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "openssl s_client to {port}/{sni}: no answer in 10 s"
+                    "openssl s_client to {addr}/{sni}: no answer in 10 s"
                 ));
             }
         }
@@ -183,7 +194,7 @@ fn served_leaf_pem_with(port: u16, sni: &str, extra: &[&str]) -> Result<String, 
     match (text.find(begin), text.find(end)) {
         (Some(b), Some(e)) if e > b => Ok(format!("{}\n", &text[b..e + end.len()])),
         _ => Err(format!(
-            "openssl s_client to 127.0.0.1:{port} (SNI {sni}) got no certificate: {}",
+            "openssl s_client to {addr} (SNI {sni}) got no certificate: {}",
             fs::read_to_string(err.path()).unwrap_or_default().trim()
         )),
     }
