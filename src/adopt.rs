@@ -492,6 +492,7 @@ fn server_name(cfg: &Config) -> &'static str {
     match cfg.server.kind {
         crate::config::ServerKind::Nginx => "nginx",
         crate::config::ServerKind::Apache => "apache",
+        crate::config::ServerKind::Haproxy => "haproxy",
     }
 }
 

@@ -52,6 +52,9 @@ pub enum ConfigError {
 pub enum ServerKind {
     Nginx,
     Apache,
+    /// HAProxy 2.2+ in master-worker mode (`-W`/`-Ws`): certificates are
+    /// replaced in memory over its runtime API (`stats_socket`).
+    Haproxy,
 }
 
 /// How a site's files are replaced.
@@ -98,6 +101,10 @@ struct RawServer {
     prefix: Option<PathBuf>,
     pid_file: Option<PathBuf>,
     reload_command: Option<Vec<String>>,
+    /// haproxy: the admin-level stats socket (`stats socket … level admin`).
+    stats_socket: Option<PathBuf>,
+    /// haproxy: the master CLI socket (`-S`), for `reload`.
+    master_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,6 +346,12 @@ pub struct ServerConfig {
     pub prefix: Option<PathBuf>,
     pub pid_file: PathBuf,
     pub reload_command: Option<Vec<String>>,
+    /// haproxy only: the admin-level runtime API socket. Without it every
+    /// install reloads.
+    pub stats_socket: Option<PathBuf>,
+    /// haproxy only: the master CLI socket; its `reload` is the fallback
+    /// (else SIGUSR2 to the master, or `reload_command`).
+    pub master_socket: Option<PathBuf>,
 }
 
 /// `probe.timeout` when the config gives none and the deadline is longer.
@@ -637,7 +650,27 @@ fn resolve_server(
             "/etc/apache2/apache2.conf",
             "/run/apache2/apache2.pid",
         ),
+        // Debian's unit: `haproxy -Ws -f $CONFIG -p /run/haproxy.pid`.
+        ServerKind::Haproxy => (
+            "/usr/sbin/haproxy",
+            "/etc/haproxy/haproxy.cfg",
+            "/run/haproxy.pid",
+        ),
     };
+    for (key, value) in [
+        ("server.stats_socket", &raw.stats_socket),
+        ("server.master_socket", &raw.master_socket),
+    ] {
+        match value {
+            Some(_) if raw.kind != ServerKind::Haproxy => {
+                return Err(invalid(key, "is for kind = \"haproxy\" only".into()));
+            }
+            Some(p) if !p.is_absolute() => {
+                return Err(invalid(key, format!("must be an absolute path, not {p:?}")));
+            }
+            _ => {}
+        }
+    }
     if let Some(cmd) = &raw.reload_command
         && cmd.is_empty()
     {
@@ -653,6 +686,8 @@ fn resolve_server(
         prefix: raw.prefix,
         pid_file: raw.pid_file.unwrap_or_else(|| pid_file.into()),
         reload_command: raw.reload_command,
+        stats_socket: raw.stats_socket,
+        master_socket: raw.master_socket,
     })
 }
 

@@ -7,11 +7,13 @@
 //! helpers both readers use (names, endpoints, glob matching). The readers:
 //! - [`nginx`]  runs `nginx -T` and parses the dump it prints.
 //! - [`apache`] reads the config files itself, following `Include`s.
+//! - [`haproxy`] reads haproxy.cfg's TLS `bind` lines (`crt`, `crt-list`).
 //! - [`acme`]   marks paths an ACME client owns (certbot's `live/`
 //!   symlinks, acme.sh's domain directories): `certswap adopt` material.
 
 pub mod acme;
 pub mod apache;
+pub mod haproxy;
 pub mod nginx;
 
 use std::collections::HashSet;
@@ -141,6 +143,7 @@ pub fn discover(cfg: &ServerConfig) -> Result<Vec<DiscoveredSite>, DiscoverError
     let mut sites = match cfg.kind {
         ServerKind::Nginx => nginx::discover(cfg)?,
         ServerKind::Apache => apache::parse_config(&cfg.config, cfg.prefix.as_deref())?,
+        ServerKind::Haproxy => haproxy::parse_config(&cfg.config)?,
     };
     mark_acme(&mut sites);
     Ok(sites)
