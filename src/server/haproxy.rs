@@ -173,12 +173,8 @@ impl WebServer for Haproxy {
     }
 
     fn configtest(&self) -> Result<(), ServerError> {
-        let args: Vec<OsString> = vec![
-            "-c".into(),
-            "-q".into(),
-            "-f".into(),
-            self.cfg.config.clone().into(),
-        ];
+        // Not `-q`: it silences the alerts that say why.
+        let args: Vec<OsString> = vec!["-c".into(), "-f".into(), self.cfg.config.clone().into()];
         match run_captured(&self.cfg.binary, &args)? {
             Ok(_) => Ok(()),
             Err((_, output)) => Err(ServerError::ConfigTest {

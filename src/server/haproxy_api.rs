@@ -177,7 +177,11 @@ impl Socket {
         let name = cli_name(file)?;
         let payload = frame_payload(file, pem)?;
         let set = format!("set ssl cert {name}");
-        let answer = self.exchange(&set, &format!("{set} <<"), &payload)?;
+        let answer = self.exchange(
+            &set,
+            &format!("set ssl cert {} <<", set_name(name)),
+            &payload,
+        )?;
         if !answer.contains("Transaction created") && !answer.contains("Transaction updated") {
             // Nothing was opened (an unknown file) or it was and the
             // payload was refused: an abort is harmless either way.
@@ -249,6 +253,22 @@ fn cli_name(file: &Path) -> Result<&str, ApiError> {
         return Err(bad());
     }
     Ok(s)
+}
+
+/// The name `set ssl cert` must be given for the store entry `name`.
+/// HAProxy 2.6 reads a trailing `.crt`, `.key`, `.ocsp`, `.issuer` or
+/// `.sctl` as "this part of the entry without the extension" (measured:
+/// `set ssl cert /x/site.crt` answers "not referenced by the
+/// configuration" although `show ssl cert` lists it), so such a name gets
+/// `.crt` appended: the certificate part of the entry `name`, whose
+/// payload (certificate and key) replaces both.
+fn set_name(name: &str) -> std::borrow::Cow<'_, str> {
+    const PARTS: [&str; 5] = [".crt", ".key", ".ocsp", ".issuer", ".sctl"];
+    if PARTS.iter().any(|e| name.ends_with(e)) {
+        format!("{name}.crt").into()
+    } else {
+        name.into()
+    }
 }
 
 /// The payload of `set ssl cert FILE <<`: the PEM without empty lines (an
@@ -423,6 +443,14 @@ mod tests {
                 .expect_err("nobody's socket");
             assert!(e.to_string().contains("uid 65534"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_name_with_a_part_extension_is_set_as_its_crt_part() {
+        assert_eq!(set_name("/a/site.pem"), "/a/site.pem");
+        assert_eq!(set_name("/a/site.pem.rsa"), "/a/site.pem.rsa");
+        assert_eq!(set_name("/a/site.crt"), "/a/site.crt.crt");
+        assert_eq!(set_name("/a/site.key"), "/a/site.key.crt");
     }
 
     #[test]
