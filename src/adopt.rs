@@ -489,11 +489,7 @@ pub fn plan(cfg: &Config, site: &Site, managed: bool) -> Result<Plan, AdoptError
 }
 
 fn server_name(cfg: &Config) -> &'static str {
-    match cfg.server.kind {
-        crate::config::ServerKind::Nginx => "nginx",
-        crate::config::ServerKind::Apache => "apache",
-        crate::config::ServerKind::Haproxy => "haproxy",
-    }
+    crate::config::kind_name(cfg.server.kind)
 }
 
 /// The new text of every server config file, each directive's argument

@@ -54,6 +54,7 @@ fn fixture() -> Fixture {
 
 fn server_config(p: &Proxy, stats: bool, master: bool) -> ServerConfig {
     ServerConfig {
+        name: "haproxy".into(),
         kind: ServerKind::Haproxy,
         binary: support::haproxy::BINARY.into(),
         config: p.conf_path(),
