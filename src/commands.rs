@@ -223,6 +223,7 @@ fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
         .site
         .as_deref()
         .ok_or("install needs --site NAME (or --batch DIR)")?;
+    let cfg = site_scoped(&cfg, name)?;
     let site = cfg.site(name).map_err(|e| e.to_string())?;
     let b = &a.bundle;
     let cert = b.cert.as_deref().ok_or("install needs --cert FILE")?;
@@ -239,6 +240,14 @@ fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
             },
         )
     })
+}
+
+/// `cfg` scoped to the server of the site called `name` (with several
+/// `[[server]]` entries, a one-site command drives that site's server).
+fn site_scoped(cfg: &Config, name: &str) -> Result<Config, String> {
+    let site = cfg.site(name).map_err(|e| e.to_string())?;
+    cfg.for_server(&site.server)
+        .ok_or_else(|| format!("site {name} names no configured server"))
 }
 
 /// `install --batch DIR`: one outcome per bundle; the exit code is the
@@ -267,6 +276,7 @@ fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
     let [name] = a.site.as_slice() else {
         return rollback_many(&cfg, a);
     };
+    let cfg = site_scoped(&cfg, name)?;
     let site = cfg.site(name).map_err(|e| e.to_string())?;
     // Undoing `certswap adopt`, while it is the site's last change.
     if site.pairs.is_empty() {
@@ -347,11 +357,21 @@ fn status_cmd(config: &Path, a: &StatusArgs) -> CmdResult {
     Ok(report.exit_code())
 }
 
-/// `discover`: the TLS sites of the server named by the config's
-/// `[server]`, as `[[site]]` blocks to paste (or JSON).
+/// `discover`: the TLS sites of the config's `[server]` (of every
+/// `[[server]]`, in order, each site block naming its server), as
+/// `[[site]]` blocks to paste (or JSON).
 fn discover_cmd(config: &Path, a: &crate::cli::DiscoverArgs) -> CmdResult {
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
-    let sites = crate::discover::discover(&cfg.server).map_err(|e| e.to_string())?;
+    let mut sites = Vec::new();
+    for server in &cfg.servers {
+        let mut found = crate::discover::discover(server).map_err(|e| e.to_string())?;
+        if cfg.servers.len() > 1 {
+            for s in &mut found {
+                s.server = Some(server.name.clone());
+            }
+        }
+        sites.extend(found);
+    }
     if a.json {
         println!("{}", crate::discover::to_json(&sites));
     } else {
@@ -459,6 +479,7 @@ fn deploy_hook_cmd(config: &Path, a: &DeployHookArgs) -> CmdResult {
 /// writing, not even the state dir); with it, the change, verified.
 fn adopt_cmd(config: &Path, a: &AdoptArgs) -> CmdResult {
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let cfg = site_scoped(&cfg, &a.site)?;
     let site = cfg.site(&a.site).map_err(|e| e.to_string())?;
     let report = if a.apply {
         let parts = EnvParts::build(&cfg)?;

@@ -347,6 +347,7 @@ fn add_site(
         notes,
         refs: l.reference.into_iter().collect(),
         acme: Vec::new(),
+        server: None,
     });
 }
 

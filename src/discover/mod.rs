@@ -55,6 +55,9 @@ pub struct DiscoveredSite {
     /// The site's files that an ACME client owns (filled by [`discover`]
     /// from the file system; the parsers leave it empty).
     pub acme: Vec<acme::AcmePath>,
+    /// The `[[server]]` entry the site was found on, when the config has
+    /// several (printed as the block's `server = …`).
+    pub server: Option<String>,
 }
 
 /// One path-valued directive in the server's config: where it is and how
@@ -227,6 +230,9 @@ pub fn to_toml(sites: &[DiscoveredSite]) -> String {
         };
         line("[[site]]".into());
         line(format!("name = {}", toml_str(&site.name)));
+        if let Some(server) = &site.server {
+            line(format!("server = {}", toml_str(server)));
+        }
         if !site.names.is_empty() {
             line(format!("names = {}", toml_array(&site.names)));
         }
@@ -264,6 +270,7 @@ pub fn to_json(sites: &[DiscoveredSite]) -> serde_json::Value {
                     "key": k.display().to_string(),
                 })).collect::<Vec<_>>(),
                 "endpoints": s.endpoints,
+                "server": s.server,
                 "source": s.source,
                 "notes": s.notes,
                 "acme": s.acme.iter().map(|a| json!({
@@ -543,6 +550,7 @@ mod tests {
             notes: vec!["default_server".into()],
             refs: Vec::new(),
             acme: Vec::new(),
+            server: None,
         }
     }
 
@@ -621,6 +629,7 @@ mod tests {
             notes: vec!["odd \u{1b}[31m note".into()],
             refs: Vec::new(),
             acme: Vec::new(),
+            server: None,
         };
         let text = to_toml(std::slice::from_ref(&site));
         text.parse::<toml::Table>()
