@@ -269,3 +269,32 @@ fn wait_until(mut ok: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
 }
+
+#[test]
+fn the_examples_parse_and_agree_with_each_other() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(repo.join(p)).expect("example");
+    let hx = certswap::config::Config::parse(&read("examples/haproxy.toml"), Path::new("hx"))
+        .expect("examples/haproxy.toml");
+    assert_eq!(hx.server.kind, ServerKind::Haproxy);
+    assert_eq!(
+        hx.server.stats_socket.as_deref(),
+        Some(Path::new("/run/haproxy-admin.sock"))
+    );
+    // The haproxy.cfg beside it names the same socket and the same PEM.
+    let cfg = read("examples/haproxy.cfg");
+    assert!(cfg.contains("stats socket /run/haproxy-admin.sock mode 600 level admin"));
+    let found = certswap::discover::haproxy::parse_text(&cfg, Path::new("haproxy.cfg"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].endpoints, ["127.0.0.1:443"]);
+    assert_eq!(found[0].refs[0].path, hx.sites[0].cert);
+
+    let two = certswap::config::Config::parse(&read("examples/two-servers.toml"), Path::new("two"))
+        .expect("examples/two-servers.toml");
+    let per = two.per_server();
+    assert_eq!(per.len(), 2);
+    assert_eq!(per[0].server.kind, ServerKind::Haproxy);
+    assert_eq!(per[0].sites[0].name, "shop.example.com");
+    assert_eq!(per[1].server.kind, ServerKind::Nginx);
+    assert_eq!(per[1].sites[0].name, "api.internal.example.com");
+}
