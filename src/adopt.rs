@@ -51,7 +51,7 @@ use crate::install::{self, Env};
 use crate::owner;
 use crate::probe::{self, Target};
 use crate::report::{Leaf, Outcome, ResultKind, ServedRow};
-use crate::server::ServerError;
+use crate::service::RestoreFailed;
 use crate::store::Role;
 
 /// Largest config file adopt rewrites.
@@ -935,7 +935,7 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
         }
         None => {}
     }
-    install::recover_site(env, site)?;
+    crate::recover::recover_site(env, site)?;
     let plan = plan(env.config, site, managed)?;
     let mut report = AdoptReport::of(&plan, AdoptResult::Adopted);
 
@@ -1051,7 +1051,7 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
     }
 
     // 6. No reload without a passing config test.
-    if let Err(e) = env.server.configtest() {
+    if let Err(e) = crate::service::configtest(env.server) {
         return fail(rec, false, e.to_string(), report);
     }
     crate::failpoint::hit("adopt-after-configtest");
@@ -1060,13 +1060,19 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
     if let Err(e) = rec.set_phase(Phase::Reloading) {
         return fail(rec, false, e.to_string(), report);
     }
-    if let Err(e) = env.server.reload() {
+    if let Err(e) = crate::service::load_new(env.server) {
         return fail(rec, true, e.to_string(), report);
     }
     crate::failpoint::hit("adopt-after-reload");
 
     // 8. The same leaf, on consecutive fresh handshakes.
-    let waited = install::wait_served(env, &site.endpoints, &plan.leaf_sha256, false);
+    let waited = crate::wait::wait_one(
+        env.server,
+        &env.config.probe,
+        env.prober,
+        &site.endpoints,
+        &plan.leaf_sha256,
+    );
     report.served = waited.rows;
     if let Some(why) = waited.failure {
         return fail(rec, true, why, report);
@@ -1180,7 +1186,7 @@ pub fn is_last_change(env: &Env<'_>, site: &Site) -> Result<bool, AdoptError> {
 pub fn rollback(env: &Env<'_>, site: &Site) -> Result<Outcome, AdoptError> {
     let _lock = env.store.lock()?;
     // An install a crash left open on the copies is finished first.
-    install::recover_site(env, site)?;
+    crate::recover::recover_site(env, site)?;
     let dir = record_dir(env.config, site);
     let Some(rec) = Record::load(&dir)? else {
         return Err(AdoptError::Record {
@@ -1256,30 +1262,33 @@ fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outc
     out.new = expect.as_ref().map(Leaf::of);
     let mut tested = true;
     if reload {
+        // The one restore of service: config test, then reload or start.
         let t = std::time::Instant::now();
-        let test = env.server.configtest();
-        out.timings_ms.configtest = t.elapsed().as_millis() as u64;
-        match test {
-            Err(e) => {
+        match crate::service::restore_service(env.server) {
+            Ok(()) => {}
+            Err(RestoreFailed::ConfigTest(e)) => {
                 tested = false;
                 problems.push(format!(
                     "after restoring the old lines the config test fails, so no reload was sent: {e}"
                 ));
             }
-            Ok(()) => {
-                let t = std::time::Instant::now();
-                if let Err(e) = reload_or_start(env) {
-                    problems.push(format!("reloading with the old lines failed: {e}"));
-                }
-                out.timings_ms.reload = t.elapsed().as_millis() as u64;
+            Err(RestoreFailed::Reload(e)) => {
+                problems.push(format!("reloading with the old lines failed: {e}"));
             }
         }
+        out.timings_ms.reload = t.elapsed().as_millis() as u64;
     }
     let t = std::time::Instant::now();
     let proven = match (&expect, tested) {
         (_, false) => false,
         (Some(leaf), true) => {
-            let w = install::wait_served(env, &site.endpoints, &leaf.sha256, false);
+            let w = crate::wait::wait_one(
+                env.server,
+                &env.config.probe,
+                env.prober,
+                &site.endpoints,
+                &leaf.sha256,
+            );
             out.served = w.rows;
             match w.failure {
                 None => true,
@@ -1346,7 +1355,8 @@ fn reapply(env: &Env<'_>, site: &Site, rec: &mut Record, reloaded: bool) -> Stri
         }
     }
     if reloaded {
-        if let Err(e) = env.server.configtest().and_then(|()| reload_or_start(env)) {
+        if let Err(e) = crate::service::restore_service(env.server) {
+            let e = e.into_server_error();
             return format!("the adopted lines are back, but reloading failed: {e}");
         }
     }
@@ -1354,23 +1364,11 @@ fn reapply(env: &Env<'_>, site: &Site, rec: &mut Record, reloaded: bool) -> Stri
         return format!("the adopted lines are back, but the record was not updated: {e}");
     }
     match rec.leaf_sha256.as_deref() {
-        Some(sha) => match install::wait_served(env, &site.endpoints, sha, false).failure {
+        Some(sha) => match crate::wait::wait_one(env.server, &env.config.probe, env.prober, &site.endpoints, sha).failure {
             None => "the rollback of the adopt was undone: the copies are served again (proven by fresh handshakes)".into(),
             Some(f) => format!("the adopted lines are back, but the copies' certificate is NOT served: {f}"),
         },
         None => "the adopted lines are back".into(),
-    }
-}
-
-/// Reload a running server, or start one that died (apache's parent
-/// exits on a pair it cannot load).
-fn reload_or_start(env: &Env<'_>) -> Result<(), ServerError> {
-    match env.server.check_alive() {
-        Ok(()) => env.server.reload(),
-        Err(ServerError::DiedOnReload { .. }) | Err(ServerError::NotRunning { .. }) => {
-            env.server.start()
-        }
-        Err(e) => Err(e),
     }
 }
 

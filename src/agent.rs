@@ -45,10 +45,10 @@ use tokio::time::Instant;
 
 use crate::batch::{self, Item};
 use crate::config::{AcmeSource, CloudSource, Config, InboxSource, SourceConfig};
-use crate::install::{self, Env, InstallError};
+use crate::install::{Env, InstallError};
 use crate::metrics::WaitingLabel;
 use crate::metrics::{EndpointLabel, Metrics, ResultLabel, SiteLabel};
-use crate::probe::{self, Prober};
+use crate::probe;
 use crate::report::{Outcome, ResultKind, Retryable, Settlement};
 use crate::server;
 use crate::source::acme;
@@ -153,7 +153,8 @@ fn log_dispatch(format: LogFormat) -> tracing::Dispatch {
 fn run_inner(config_path: &Path, opts: RunOptions) -> Result<(), AgentError> {
     // One provider for rustls and reqwest, before any client is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cfg = Config::load(config_path)?;
+    // The agent opens the host here: endpoints left out are discovered.
+    let cfg = crate::host::load(config_path)?;
     // An inbox that is the server's certificate directory would have its
     // live files moved away: refused before anything runs.
     inbox::check_placement(&cfg)?;
@@ -264,7 +265,7 @@ impl Agent {
 
     /// SIGHUP: re-read the config; a broken file keeps the old config.
     fn reload(&mut self) {
-        let loaded = Config::load(&self.config_path).map_err(|e| e.to_string());
+        let loaded = crate::host::load(&self.config_path).map_err(|e| e.to_string());
         let checked = loaded.and_then(|cfg| {
             inbox::check_placement(&cfg)
                 .map(|()| cfg)
@@ -310,7 +311,7 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return self.pass_failed(report, &e.to_string()),
         };
-        let prober = match Prober::for_config(&cfg) {
+        let prober = match crate::host::prober(&cfg) {
             Ok(p) => p,
             Err(e) => return self.pass_failed(report, &e.to_string()),
         };
@@ -1259,13 +1260,10 @@ impl Agent {
                 return;
             }
         };
-        // No reload without a passing config test (invariant 4).
-        if let Err(e) = env.server.configtest() {
-            tracing::error!("drift not fixed: {e}");
-            return;
-        }
-        if let Err(e) = env.server.reload() {
-            tracing::error!("drift not fixed: {e}");
+        // No reload without a passing config test (invariant 4); a server
+        // that is not running is started (the one restore of service).
+        if let Err(e) = crate::service::restore_service(env.server) {
+            tracing::error!("drift not fixed: {}", e.into_server_error());
             return;
         }
         tracing::info!(
@@ -1280,11 +1278,13 @@ impl Agent {
             ) else {
                 continue;
             };
-            let env = Env {
-                prober: probers.of(row.family),
-                ..*env
-            };
-            let w = install::wait_served(&env, &site.endpoints, &disk.sha256, false);
+            let w = crate::wait::wait_one(
+                env.server,
+                &env.config.probe,
+                probers.of(row.family),
+                &site.endpoints,
+                &disk.sha256,
+            );
             match w.failure {
                 None => {
                     tracing::info!(site = %site.name, "drift fixed: the certificate on disk is served")

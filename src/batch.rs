@@ -1,6 +1,6 @@
 //! `certswap install --batch DIR` and the agent's batches: the pipeline of
 //! DESIGN.md for many sites at once, with the server steps done ONCE for
-//! all of them. Numbers are the steps of DESIGN.md, as in [`crate::install`]:
+//! all of them. Numbers are the steps of DESIGN.md (steps 1–2 in [`crate::install`]):
 //!
 //! ```text
 //! 1–2  check every bundle (in parallel; touches nothing)
@@ -23,17 +23,33 @@
 //!      ONE second reload, prove their old leaves are served again (exit 3)
 //! ```
 //!
-//! A batch of one behaves like `certswap install`. The differences are
-//! per-site where install is all-or-nothing: a site whose endpoint does not
-//! answer before the change is *rejected* (install fails with exit 2 —
-//! a batch does too when no site answers at all), and a store error while
-//! staging one site refuses that site only.
+//! This is THE engine: `certswap install` is a batch of one
+//! ([`install_one`]), `rollback` one rollback change per site
+//! ([`rollback_one`], [`rollback_sites`]), the deploy hook every site the
+//! certificate covers ([`install_each`]), `install --batch` and the agent
+//! N ([`install_items`]). Steps 3–8 exist here only.
+//!
+//! **The one rule for a site whose endpoint does not answer before the
+//! change** (install, batch, hook and agent alike): the site is refused —
+//! `rejected`, retryable (`endpoint`), the sentence names the endpoint and
+//! says nothing was changed — before the server loads anything of it (no
+//! file of it is left changed, no reload is sent for it), and the other
+//! sites of the run go on. When no site of the run answers at all (a batch
+//! of one included), the server is down: the run fails with that sentence,
+//! exit 2.
+//!
+//! Install's rule ([`install_each`], `strict`: `certswap install`, the
+//! deploy hook, `rollback --site`) differs only in how a site's *other*
+//! environment refusals are reported — a served leaf its file does not
+//! hold, the installed certificate not proven served, a symlinked target,
+//! a store error at staging, no earlier version: that site's `Err` (exit
+//! 2), judged before any of its files moves — where a batch rejects it.
 //!
 //! Each phase logs its wall time at info level (`-v`), e.g.
 //! `batch phase phase=wait ms=1834 sites=1000`; docs/performance.md says
 //! where the time of a 1000-site batch goes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -42,10 +58,13 @@ use crate::bundle::Bundle;
 use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 use crate::install::{self, Env, InstallError};
-pub use crate::install::{recover_host, recover_sites, stored_sites};
 use crate::matcher::{self, Hint, MatchError};
 use crate::probe::{self, Target};
+pub use crate::recover::recover_host;
+pub use crate::recover::stored_sites;
+use crate::recover::{self, recover_sites};
 use crate::report::{Outcome, ResultKind, Retryable, ServedRow};
+use crate::service;
 use crate::store::{self, NewFile, Op, Recovery, SiteStore, StoreError, Txn};
 use crate::trust::TrustStore;
 use crate::wait::{PROBE_CONCURRENCY, Wait, lock, ms, wait_all};
@@ -125,11 +144,13 @@ pub fn install_items(
 
 /// [`install_items`] with the per-site rule of `certswap install`, for
 /// the deploy hook: a site the batch refuses for its environment (an
-/// endpoint that does not answer, one that serves what the file does not
-/// hold, the installed certificate not proven served, a symlinked target,
-/// the store failing at staging) is that site's `Err`, not a rejection, and
-/// is refused before any of its files moves. The server steps are still
-/// done once for all the sites (one config test, one reload).
+/// endpoint that serves what the file does not hold, the installed
+/// certificate not proven served, a symlinked target, the store failing at
+/// staging) is that site's `Err`, not a rejection, and is refused before
+/// any of its files moves. A site whose endpoint does not answer follows
+/// the one rule of the module docs (rejected; the run's `Err` when no site
+/// answers). The server steps are still done once for all the sites (one
+/// config test, one reload).
 pub fn install_each(
     env: &Env<'_>,
     items: &[Item<'_>],
@@ -142,6 +163,28 @@ pub fn install_each(
             None => Ok(out),
         })
         .collect())
+}
+
+/// `certswap install --site NAME`: a batch of one item with install's
+/// rule ([`install_each`]), so the one site goes through the same steps
+/// 3–8 as every batch. `dry_run` stops after steps 1–2.
+pub fn install_one(
+    env: &Env<'_>,
+    item: Item<'_>,
+    force: bool,
+    dry_run: bool,
+) -> Result<Outcome, InstallError> {
+    let mut runs = run_items(env, &[item], force, dry_run, true)?;
+    one(runs.pop())
+}
+
+/// The one result of a batch of one.
+fn one(run: Option<Run>) -> Result<Outcome, InstallError> {
+    match run {
+        Some((_, Some(e))) => Err(e),
+        Some((out, None)) => Ok(out),
+        None => unreachable!("a batch gives one outcome per item"),
+    }
 }
 
 /// An outcome, with the environment error that refused the site when the
@@ -233,25 +276,42 @@ fn install_batch(
         }
     }
     let accepted: Vec<bool> = bundles.iter().map(Option::is_some).collect();
-    for (i, why) in conflicts(items, &accepted) {
+    let collide = conflicts(items, &accepted);
+    let collided: HashSet<usize> = collide.iter().map(|(i, _)| *i).collect();
+    for (i, why) in collide {
         bundles[i] = None;
         outs[i].reject(why);
         // The config makes these bundles collide, not their bytes.
         outs[i].retry_because(Retryable::Busy);
     }
     clock.done("check", items.len());
-    if dry_run || bundles.iter().all(Option::is_none) {
+    // The installed certificate again: a dry run does not probe.
+    for i in (0..items.len()).filter(|&i| dry_run && same[i] && bundles[i].is_some()) {
+        outs[i].warnings.push(
+            "this is the certificate installed already; an install would only prove it is served"
+                .into(),
+        );
+    }
+    // A site a crash left half-changed may have rejected its bundle for
+    // the half-done files: it is repaired first and judged again (the
+    // retry of an interrupted install).
+    let interrupted = || {
+        items
+            .iter()
+            .any(|it| env.store.site(&it.site.store_key).has_open_change())
+    };
+    if dry_run || (bundles.iter().all(Option::is_none) && !interrupted()) {
         return Ok(outs);
     }
 
     let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
     let _lock = env.store.lock()?;
-    let accepted: Vec<usize> = (0..items.len()).filter(|&i| bundles[i].is_some()).collect();
 
     // Repair what a crash left, then check again the sites a repair
     // changed: the installed files the bundle was compared with are back.
-    let repaired = recover_host(env)?;
-    for &i in &accepted {
+    let sites: Vec<&Site> = items.iter().map(|it| it.site).collect();
+    let repaired = recover_for(env, &sites)?;
+    for i in (0..items.len()).filter(|i| !collided.contains(i)) {
         let r = repaired.get(&items[i].site.store_key);
         if r.is_some_and(|r| *r != Recovery::Clean) {
             let c;
@@ -261,6 +321,10 @@ fn install_batch(
                 errs[i] = install::symlinked_target(items[i].site);
             }
         }
+    }
+    let accepted: Vec<usize> = (0..items.len()).filter(|&i| bundles[i].is_some()).collect();
+    if accepted.is_empty() {
+        return Ok(outs);
     }
     // The installed certificate again: settled when every endpoint serves
     // it (nothing staged, no reload); otherwise refused, unless --force
@@ -302,11 +366,6 @@ fn install_batch(
         .filter(|&i| bundles[i].is_some())
         .collect();
     clock.done("repair", accepted.len());
-    // The one reload must reach the proven server: checked before any
-    // site is staged (as in `install::apply`).
-    if !accepted.is_empty() {
-        env.server.preflight().map_err(InstallError::Server)?;
-    }
 
     let mut staging = Vec::new();
     for &i in &accepted {
@@ -341,10 +400,27 @@ fn install_batch(
 /// rejected with the reason. Err only for a failure of the host (lock,
 /// repair, the server's pid file).
 pub fn rollback_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Outcome>, InstallError> {
+    Ok(rollback_run(env, sites, false)?
+        .into_iter()
+        .map(|(out, _)| out)
+        .collect())
+}
+
+/// `certswap rollback --site NAME` (or one pair of a dual site): a
+/// rollback batch of one, with install's rule (a site without an earlier
+/// version, or whose store fails, is the command's error, exit 2).
+pub fn rollback_one(env: &Env<'_>, site: &Site) -> Result<Outcome, InstallError> {
+    let mut runs = rollback_run(env, &[site], true)?;
+    one(runs.pop())
+}
+
+/// [`rollback_sites`], keeping the environment error that refused a site
+/// when `strict`.
+fn rollback_run(env: &Env<'_>, sites: &[&Site], strict: bool) -> Result<Vec<Run>, InstallError> {
     let clock = Clock::start();
     let probers = probe::Probers::new(env.prober).map_err(InstallError::Probe)?;
     let _lock = env.store.lock()?;
-    recover_host(env)?;
+    recover_for(env, sites)?;
     let items: Vec<Item<'_>> = sites
         .iter()
         .map(|site| Item {
@@ -355,6 +431,7 @@ pub fn rollback_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Outcome>, In
         })
         .collect();
     let mut outs: Vec<Outcome> = sites.iter().map(|s| Outcome::new(&s.name)).collect();
+    let mut errs: Vec<Option<InstallError>> = sites.iter().map(|_| None).collect();
     let mut saved = Vec::with_capacity(sites.len());
     for (i, site) in sites.iter().enumerate() {
         let store = env.store.site(&site.store_key);
@@ -362,6 +439,7 @@ pub fn rollback_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Outcome>, In
             Ok(found) => found.map(|f| (store, f)),
             Err(e) => {
                 outs[i].reject(e.to_string());
+                errs[i] = Some(e);
                 None
             }
         });
@@ -384,22 +462,42 @@ pub fn rollback_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Outcome>, In
             });
         }
     }
-    if staging.is_empty() {
-        return Ok(outs);
+    if !staging.is_empty() {
+        // No preflight truth check: the site's file is what goes away.
+        let n = sites.len();
+        let (same, on_disk) = (vec![false; n], vec![None; n]);
+        let run = Run3 {
+            probers,
+            same: &same,
+            on_disk: &on_disk,
+            force: false,
+            strict,
+        };
+        outs = apply_staged(env, run, outs, &mut errs, staging, clock)?;
     }
-    env.server.preflight().map_err(InstallError::Server)?;
-    // No preflight truth check: the site's file is what goes away.
-    let n = sites.len();
-    let (same, on_disk) = (vec![false; n], vec![None; n]);
-    let mut errs: Vec<Option<InstallError>> = (0..n).map(|_| None).collect();
-    let run = Run3 {
-        probers,
-        same: &same,
-        on_disk: &on_disk,
-        force: false,
-        strict: false,
-    };
-    apply_staged(env, run, outs, &mut errs, staging, clock)
+    Ok(outs
+        .into_iter()
+        .zip(errs)
+        .map(|(out, e)| (out, e.filter(|_| strict)))
+        .collect())
+}
+
+/// Repair every open change on the host before a run touches `sites`
+/// ([`recover_host`]), and the sites of the run the host-wide pass could
+/// not list (a pair whose files cannot be read now). What was done, by
+/// store key.
+fn recover_for(env: &Env<'_>, sites: &[&Site]) -> Result<HashMap<String, Recovery>, InstallError> {
+    let mut found = recover_host(env)?;
+    let rest: Vec<&Site> = sites
+        .iter()
+        .copied()
+        .filter(|s| !found.contains_key(&s.store_key))
+        .collect();
+    if !rest.is_empty() {
+        let done = recover_sites(env, &rest)?;
+        found.extend(rest.iter().map(|s| s.store_key.clone()).zip(done));
+    }
+    Ok(found)
 }
 
 /// What steps 3–8 of a batch need besides the sites: a prober per key
@@ -439,29 +537,50 @@ fn apply_staged(
     // With install's rule (`strict`) the probe ends before staging, and a
     // site it refuses is refused before any of its files moves.
     let mut judged: HashMap<usize, Before> = HashMap::new();
-    let before_probe = if strict {
+    if strict {
         let mut probed = BeforeProbe::start(&probers, &staging).results();
         let mut kept = Vec::with_capacity(staging.len());
+        let mut silent = None;
+        let mut answered = answered_already(&outs);
         for st in staging {
             let mine = probed.remove(&st.idx).unwrap_or_default();
             let (same, on_disk) = (same[st.idx], on_disk[st.idx].as_ref());
             match judge_before(st.site, mine, same, on_disk, force, &mut outs[st.idx]) {
                 Ok(before) => {
+                    answered = true;
                     judged.insert(st.idx, before);
                     kept.push(st);
                 }
                 Err(e) => {
                     outs[st.idx].reject(e.to_string());
                     outs[st.idx].retry_because(Retryable::Endpoint);
-                    errs[st.idx] = Some(e);
+                    match e {
+                        // The one rule for a site that does not answer:
+                        // rejected, as in any batch (module docs).
+                        InstallError::NotServing { .. } => {
+                            silent.get_or_insert(e);
+                        }
+                        e => {
+                            answered = true;
+                            errs[st.idx] = Some(e);
+                        }
+                    }
                 }
             }
         }
+        if let Some(e) = silent
+            && !answered
+        {
+            return Err(e);
+        }
         staging = kept;
-        None
-    } else {
-        Some(BeforeProbe::start(&probers, &staging))
-    };
+    }
+    // The one reload must reach the proven server: checked before any
+    // site is staged.
+    if !staging.is_empty() {
+        env.server.preflight().map_err(InstallError::Server)?;
+    }
+    let before_probe = (!strict).then(|| BeforeProbe::start(&probers, &staging));
     let staged = par_map(staging, IO_THREADS, stage);
     clock.done("stage", staged.len());
 
@@ -534,7 +653,7 @@ fn apply_staged(
 
     // 5. ONE config test (the bulk probe of what is served still runs).
     let t = Instant::now();
-    let tested = env.server.configtest();
+    let tested = service::configtest(env.server);
     batch.each_open(|o| o.timings_ms.configtest = ms(t));
     clock.done("configtest", batch.open.len());
     let mut probed = before_probe.map(BeforeProbe::results).unwrap_or_default();
@@ -547,7 +666,7 @@ fn apply_staged(
     // the same way (preflight truth), unless --force.
     let mut refused = Vec::new();
     let mut first_refusal = None;
-    let mut answered = false;
+    let mut answered = answered_already(&batch.outs);
     for (mut open, txn) in std::mem::take(&mut batch.open) {
         // Judged before staging already (`strict`).
         if let Some(before) = judged.remove(&open.idx) {
@@ -617,7 +736,7 @@ fn apply_staged(
     if put_back {
         // Files changed since the test: no reload without a passing test
         // of exactly what it loads (invariant 4).
-        if let Err(e) = env.server.configtest() {
+        if let Err(e) = service::configtest(env.server) {
             batch.each_open(|o| o.retry_because(Retryable::ConfigTest));
             batch.restore_open(&e.to_string(), false);
             return Ok(batch.finish());
@@ -628,7 +747,7 @@ fn apply_staged(
     // 6. ONE reload. From the swap on, new files are in place, so
     //    recovery reloads after a crash (src/store/mod.rs).
     let t = Instant::now();
-    let reloaded = env.server.reload();
+    let reloaded = service::load_new(env.server);
     batch.each_open(|o| o.timings_ms.reload = ms(t));
     clock.done("reload", batch.open.len());
     if let Err(e) = reloaded {
@@ -668,7 +787,7 @@ fn apply_staged(
         let failure = w
             .waited
             .failure
-            .or_else(|| install::got_worse(&open.before, &out.served));
+            .or_else(|| got_worse(&open.before, &out.served));
         match failure {
             None => verified.push((open, txn)),
             Some(why) => unverified.push((open, txn, why)),
@@ -711,6 +830,14 @@ fn apply_staged(
     clock.done("commit", batch.outs.len());
     batch.restore(unverified, true);
     Ok(batch.finish())
+}
+
+/// A site of the run was proven serving its certificate already: the
+/// server answers, so a silent endpoint is that site's refusal, not the
+/// run's error.
+fn answered_already(outs: &[Outcome]) -> bool {
+    outs.iter()
+        .any(|o| o.result == ResultKind::AlreadyInstalled)
 }
 
 /// What each endpoint of a site served before the change, with the
@@ -770,18 +897,6 @@ fn stage(s: Staging<'_>) -> Staged<'_> {
     }
 }
 
-/// A site whose files were put back and whose old leaves must be proven.
-struct Restored {
-    idx: usize,
-    before: Before,
-    /// Restored after the reload was sent: needs the second reload, and its
-    /// change stays open until that reload was tried.
-    after_reload: bool,
-    store: SiteStore,
-    /// Probes with the site's key type.
-    prober: probe::Prober,
-}
-
 /// The state of one batch from the first swap on.
 struct Batch<'e, 'a> {
     env: &'e Env<'e>,
@@ -789,7 +904,8 @@ struct Batch<'e, 'a> {
     probers: probe::Probers,
     outs: Vec<Outcome>,
     open: Vec<(Open<'a>, Txn)>,
-    restored: Vec<Restored>,
+    /// Sites whose old files are back, by outcome index, for the proof.
+    restored: Vec<(usize, recover::Restored)>,
 }
 
 impl Batch<'_, '_> {
@@ -812,9 +928,8 @@ impl Batch<'_, '_> {
     /// Put the old files of each site back (in parallel); each outcome
     /// ends rolled back with its reason. The proof comes in [`Batch::finish`].
     fn restore(&mut self, failed: Vec<(Open<'_>, Txn, String)>, after_reload: bool) {
-        let aborted = par_map(failed, IO_THREADS, |(o, mut txn, why)| {
-            install::mark_if_reloaded(&mut txn, after_reload);
-            let r = txn.abort();
+        let aborted = par_map(failed, IO_THREADS, |(o, txn, why)| {
+            let r = recover::put_back(txn, after_reload);
             (o, why, r)
         });
         for (o, why, r) in aborted {
@@ -822,95 +937,89 @@ impl Batch<'_, '_> {
             out.result = ResultKind::RolledBack;
             add_problem(out, why);
             match r {
-                Ok(()) => self.restored.push(Restored {
-                    idx: o.idx,
-                    before: o.before,
-                    after_reload,
-                    store: o.store,
-                    prober: self.probers.of(o.site.key_family).clone(),
-                }),
+                Ok(()) => self.restored.push((
+                    o.idx,
+                    recover::Restored {
+                        store: o.store,
+                        reloaded: after_reload,
+                        proof: o
+                            .before
+                            .iter()
+                            .map(|(t, row)| (t.clone(), row.sha256.clone().unwrap_or_default()))
+                            .collect(),
+                        prober: self.probers.of(o.site.key_family).clone(),
+                    },
+                )),
                 Err(e) => add_problem(out, format!("RESTORING THE OLD FILES FAILED: {e}")),
             }
         }
     }
 
-    /// Second reload (if a restored site needs it), then prove in one wait
-    /// that every restored site serves its old leaves again (invariant 6).
+    /// Recovery of every restored site ([`recover::settle`]): ONE restore
+    /// of service if a site needs it, then ONE wait proving every old leaf
+    /// is served again (invariant 6).
     fn finish(mut self) -> Vec<Outcome> {
         if self.restored.is_empty() {
             return self.outs;
         }
         let mut clock = Clock::start();
-        if self.restored.iter().any(|r| r.after_reload) {
-            failpoint::hit(failpoint::AFTER_RESTORE);
-            let problem = reload_again(self.env);
-            for r in self.restored.iter().filter(|r| r.after_reload) {
-                let out = &mut self.outs[r.idx];
-                if let Some(p) = &problem {
-                    add_problem(out, p.clone());
+        let (idx, restored): (Vec<usize>, Vec<recover::Restored>) =
+            std::mem::take(&mut self.restored).into_iter().unzip();
+        // After a failed change, a failed restore of service is told in
+        // each outcome: settle goes on to the proof.
+        let settled = match recover::settle(self.env, &restored, recover::When::FailedChange) {
+            Ok(s) => s,
+            Err(e) => {
+                for &i in &idx {
+                    add_problem(&mut self.outs[i], e.to_string());
                 }
-                if let Some(p) = install::close_reloaded(&r.store) {
-                    add_problem(out, p);
-                }
+                return self.outs;
             }
-        }
-        let mut waits = Vec::new();
-        let mut owners = Vec::new();
-        for r in &self.restored {
-            self.outs[r.idx].served.clear();
-            let shas: Vec<(Target, String)> = r
-                .before
-                .iter()
-                .map(|(t, row)| (t.clone(), row.sha256.clone().unwrap_or_default()))
-                .collect();
-            for (sha, targets) in install::group_by_sha(&shas) {
-                owners.push(r.idx);
-                waits.push(Wait {
-                    targets,
-                    sha,
-                    prober: r.prober.clone(),
-                });
+        };
+        for (i, s) in idx.iter().zip(settled) {
+            let out = &mut self.outs[*i];
+            out.served = s.rows;
+            for p in s.problems {
+                add_problem(out, p);
             }
-        }
-        for (idx, w) in owners.into_iter().zip(wait_all(
-            self.env.server,
-            &self.env.config.probe,
-            &waits,
-            false,
-        )) {
-            let out = &mut self.outs[idx];
-            out.served.extend(w.waited.rows);
-            if let Some(why) = w.waited.failure {
+            if s.proven {
+                // Say it: the operator reading this wants to know the site is fine.
                 add_problem(
                     out,
-                    format!("the old certificate is NOT served again: {why}"),
+                    "the old certificate is served again (proven by fresh handshakes)".into(),
                 );
             }
         }
-        clock.done("rollback", self.restored.len());
+        clock.done("rollback", idx.len());
         self.outs
     }
 }
 
-/// Config test, then reload (or start a server that died on the first
-/// reload) with the old files back; the problem in words, if any.
-fn reload_again(env: &Env<'_>) -> Option<String> {
-    if let Err(e) = env.server.configtest() {
-        return Some(format!(
-            "after restoring the old files the config test still fails, so no reload was sent: {e}"
-        ));
+/// Why the new served chain is worse than the old one for some endpoint:
+/// it was trusted, complete and valid for its name, and now is not.
+fn got_worse(before: &[(Target, ServedRow)], after: &[ServedRow]) -> Option<String> {
+    for (t, old) in before {
+        let Some(new) = after
+            .iter()
+            .find(|r| r.endpoint == t.addr && r.sni == t.sni)
+        else {
+            continue;
+        };
+        if old.acceptable() && !new.acceptable() {
+            let why = match (&new.trust_error, new.chain_complete, new.names_ok) {
+                (_, Some(false), _) => {
+                    "its chain is incomplete (an intermediate is missing)".to_string()
+                }
+                (_, _, Some(false)) => format!("it is not valid for {}", t.sni),
+                (Some(e), _, _) => e.clone(),
+                _ => "clients would not trust it".to_string(),
+            };
+            return Some(format!(
+                "{t} now serves the new certificate, but clients would reject it where they accepted the old one: {why}"
+            ));
+        }
     }
-    let again = match env.server.check_alive() {
-        Ok(()) => env.server.reload(),
-        // apache's parent exits on a pair it cannot load (it was proven
-        // running before the change); a pid file naming another process
-        // starts nothing.
-        Err(e) if crate::server::is_not_running(&e) => env.server.start(),
-        Err(e) => Err(e),
-    };
-    again
-        .err()
-        .map(|e| format!("reloading with the old files failed: {e}"))
+    None
 }
 
 /// Steps 1–2 for one item, with the trust rule of `certswap install`.
@@ -1556,16 +1665,5 @@ mod tests {
         let out = par_map(input.clone(), 8, |i| i * 2);
         assert_eq!(out, input.iter().map(|i| i * 2).collect::<Vec<_>>());
         assert!(par_map(Vec::<usize>::new(), 8, |i| i).is_empty());
-    }
-
-    #[test]
-    fn name_list_is_short() {
-        use crate::install::name_list;
-        assert_eq!(name_list(["a", "b"].into_iter()), "a, b");
-        let many: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
-        assert_eq!(
-            name_list(many.iter().map(String::as_str)),
-            "s0, s1, s2, s3, s4 and 3 more"
-        );
     }
 }

@@ -10,11 +10,10 @@ use crate::cli::{
     RollbackArgs, RunArgs, StatusArgs,
 };
 use crate::config::Config;
-use crate::install::{self, Env, Request};
+use crate::host::{self, Host};
+use crate::install::{self, Env};
 use crate::probe::{self, Prober, Target};
 use crate::report::{self, Outcome, ResultKind};
-use crate::server;
-use crate::store::Store;
 
 /// Exit codes of DESIGN.md.
 pub const EXIT_OK: u8 = 0;
@@ -215,7 +214,7 @@ fn check_cmd(config: &Path, a: &CheckArgs) -> CmdResult {
 }
 
 fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let cfg = host::load(config).map_err(|e| e.to_string())?;
     if let Some(dir) = &a.batch {
         return batch_cmd(&cfg, dir, a);
     }
@@ -227,18 +226,15 @@ fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
     let site = cfg.site(name).map_err(|e| e.to_string())?;
     let b = &a.bundle;
     let cert = b.cert.as_deref().ok_or("install needs --cert FILE")?;
+    // One change through the one engine: a batch of one.
+    let item = crate::batch::Item {
+        site,
+        cert: cert.to_path_buf(),
+        key: b.key.clone(),
+        chain: b.chain.clone(),
+    };
     with_env(&cfg, a.json, |env| {
-        install::install(
-            env,
-            &Request {
-                site,
-                cert,
-                key: b.key.as_deref(),
-                chain: b.chain.as_deref(),
-                force: a.force,
-                dry_run: a.dry_run,
-            },
-        )
+        crate::batch::install_one(env, item, a.force, a.dry_run)
     })
 }
 
@@ -253,7 +249,7 @@ fn site_scoped(cfg: &Config, name: &str) -> Result<Config, String> {
 /// `install --batch DIR`: one outcome per bundle; the exit code is the
 /// worst of them (3 over 2 over 1 over 0).
 fn batch_cmd(cfg: &Config, dir: &Path, a: &InstallArgs) -> CmdResult {
-    let parts = EnvParts::build(cfg)?;
+    let parts = Host::open(cfg).map_err(|e| e.to_string())?;
     let outcomes = crate::batch::install_dir(&parts.env(cfg), dir, a.force, a.dry_run)
         .map_err(|e| e.to_string())?;
     emit_many(&outcomes, a.json)
@@ -272,7 +268,7 @@ fn emit_many(outcomes: &[Outcome], json: bool) -> CmdResult {
 }
 
 fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let cfg = host::load(config).map_err(|e| e.to_string())?;
     let [name] = a.site.as_slice() else {
         return rollback_many(&cfg, a);
     };
@@ -280,7 +276,7 @@ fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
     let site = cfg.site(name).map_err(|e| e.to_string())?;
     // Undoing `certswap adopt`, while it is the site's last change.
     if site.pairs.is_empty() {
-        let parts = EnvParts::build(&cfg)?;
+        let parts = Host::open(&cfg).map_err(|e| e.to_string())?;
         let env = parts.env(&cfg);
         if crate::adopt::is_last_change(&env, site).map_err(|e| e.to_string())? {
             let out = crate::adopt::rollback(&env, site).map_err(|e| e.to_string())?;
@@ -288,14 +284,29 @@ fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
         }
     }
     let family = a.key_type.map(key_family);
-    match (family, site.pairs.is_empty()) {
-        (Some(f), false) => with_env(&cfg, a.json, |env| install::rollback_pair(env, site, f)),
-        (None, false) => Err(format!(
-            "site {} has several cert/key pairs: say which with --key-type rsa|ecdsa",
-            site.name
-        )),
-        (_, true) => with_env(&cfg, a.json, |env| install::rollback(env, site)),
-    }
+    let pair;
+    let one = match (family, site.pairs.is_empty()) {
+        (Some(f), false) => match install::pair_site(site, f) {
+            Ok(p) => {
+                pair = p;
+                &pair
+            }
+            Err(why) => {
+                let mut out = Outcome::new(&site.name);
+                out.reject(why.to_string());
+                return emit(&out, a.json);
+            }
+        },
+        (None, false) => {
+            return Err(format!(
+                "site {} has several cert/key pairs: say which with --key-type rsa|ecdsa",
+                site.name
+            ));
+        }
+        (_, true) => site,
+    };
+    // A rollback batch of one, through the one engine.
+    with_env(&cfg, a.json, |env| crate::batch::rollback_one(env, one))
 }
 
 /// `rollback --site A --site B …`: every site through one batch run (one
@@ -320,7 +331,7 @@ fn rollback_many(cfg: &Config, a: &RollbackArgs) -> CmdResult {
         }
         sites.push(site);
     }
-    let parts = EnvParts::build(cfg)?;
+    let parts = Host::open(cfg).map_err(|e| e.to_string())?;
     let env = parts.env(cfg);
     let mut adopted = Vec::new();
     let mut batch = Vec::new();
@@ -347,7 +358,12 @@ fn rollback_many(cfg: &Config, a: &RollbackArgs) -> CmdResult {
 }
 
 fn status_cmd(config: &Path, a: &StatusArgs) -> CmdResult {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    // Probing opens the host: the endpoints a site leaves out are found.
+    let cfg = match a.probe {
+        true => host::load(config),
+        false => Config::load(config),
+    }
+    .map_err(|e| e.to_string())?;
     let report = crate::status::collect(&cfg, a.probe).map_err(|e| e.to_string())?;
     if a.json {
         println!("{}", report.to_json());
@@ -467,8 +483,8 @@ fn run_cmd(config: &Path, a: &RunArgs) -> CmdResult {
 }
 
 fn deploy_hook_cmd(config: &Path, a: &DeployHookArgs) -> CmdResult {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
-    let parts = EnvParts::build(&cfg)?;
+    let cfg = host::load(config).map_err(|e| e.to_string())?;
+    let parts = Host::open(&cfg).map_err(|e| e.to_string())?;
     let vars = |k: &str| std::env::var(k).ok();
     let outcomes =
         crate::hook::deploy_with(&parts.env(&cfg), &vars, a.force).map_err(|e| e.to_string())?;
@@ -478,11 +494,11 @@ fn deploy_hook_cmd(config: &Path, a: &DeployHookArgs) -> CmdResult {
 /// `adopt`: without `--apply` only the plan (nothing is opened for
 /// writing, not even the state dir); with it, the change, verified.
 fn adopt_cmd(config: &Path, a: &AdoptArgs) -> CmdResult {
-    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let cfg = host::load(config).map_err(|e| e.to_string())?;
     let cfg = site_scoped(&cfg, &a.site)?;
     let site = cfg.site(&a.site).map_err(|e| e.to_string())?;
     let report = if a.apply {
-        let parts = EnvParts::build(&cfg)?;
+        let parts = Host::open(&cfg).map_err(|e| e.to_string())?;
         crate::adopt::apply(&parts.env(&cfg), site, a.managed)
     } else {
         crate::adopt::show(&cfg, site, a.managed)
@@ -520,39 +536,13 @@ fn man_cmd() -> CmdResult {
     Ok(EXIT_OK)
 }
 
-/// What an [`Env`] borrows: the server, prober and store of a config.
-struct EnvParts {
-    server: Box<dyn server::WebServer>,
-    prober: Prober,
-    store: Store,
-}
-
-impl EnvParts {
-    fn build(cfg: &Config) -> Result<EnvParts, String> {
-        Ok(EnvParts {
-            server: server::from_config(&cfg.server),
-            prober: Prober::for_config(cfg).map_err(|e| e.to_string())?,
-            store: Store::open(&cfg.state_dir).map_err(|e| e.to_string())?,
-        })
-    }
-
-    fn env<'a>(&'a self, cfg: &'a Config) -> Env<'a> {
-        Env {
-            config: cfg,
-            server: self.server.as_ref(),
-            prober: &self.prober,
-            store: &self.store,
-        }
-    }
-}
-
 /// Build the environment of `cfg`, run `f`, print its outcome.
 fn with_env(
     cfg: &Config,
     json: bool,
     f: impl FnOnce(&Env<'_>) -> Result<Outcome, install::InstallError>,
 ) -> CmdResult {
-    let parts = EnvParts::build(cfg)?;
+    let parts = Host::open(cfg).map_err(|e| e.to_string())?;
     match f(&parts.env(cfg)) {
         Ok(out) => emit(&out, json),
         Err(e) => {

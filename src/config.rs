@@ -455,66 +455,9 @@ impl Config {
                 "stream did not contain valid UTF-8",
             ),
         })?;
-        let mut cfg = Config::parse(&text, path)?;
-        cfg.discover_missing_endpoints()?;
-        Ok(cfg)
-    }
-
-    /// Sites without `endpoints` get the ones the server's own config
-    /// gives them (`certswap discover`): matched by site name or any of
-    /// its names. Runs the server's config dump only when needed.
-    fn discover_missing_endpoints(&mut self) -> Result<(), ConfigError> {
-        for server in self.servers.clone() {
-            self.discover_endpoints_of(&server)?;
-        }
-        Ok(())
-    }
-
-    /// [`Config::discover_missing_endpoints`] for the sites of `server`.
-    fn discover_endpoints_of(&mut self, server: &ServerConfig) -> Result<(), ConfigError> {
-        let mine = |s: &Site| s.server == server.name;
-        if self
-            .sites
-            .iter()
-            .filter(|s| mine(s))
-            .all(|s| !s.endpoints.is_empty())
-        {
-            return Ok(());
-        }
-        let found = crate::discover::discover(server).map_err(|e| ConfigError::Invalid {
-            path: self.path.clone(),
-            key: "site.endpoints".into(),
-            message: format!("is missing for some site and cannot be discovered: {e}"),
-        })?;
-        for (i, site) in self.sites.iter_mut().enumerate() {
-            if !site.endpoints.is_empty() || site.server != server.name {
-                continue;
-            }
-            let names = site.all_names();
-            let hit = found
-                .iter()
-                .find(|d| names.iter().any(|n| *n == d.name || d.names.contains(n)));
-            let Some(hit) = hit.filter(|d| !d.endpoints.is_empty()) else {
-                return Err(ConfigError::Invalid {
-                    path: self.path.clone(),
-                    key: format!("site[{i}].endpoints"),
-                    message: format!(
-                        "is missing and no TLS server block / vhost for {} was found in {}; list them: endpoints = [\"127.0.0.1:443\"]",
-                        site.name,
-                        server.config.display()
-                    ),
-                });
-            };
-            for e in &hit.endpoints {
-                let t = Target::parse(e, Some(&site.name)).map_err(|err| ConfigError::Invalid {
-                    path: self.path.clone(),
-                    key: format!("site[{i}].endpoints"),
-                    message: format!("discovered a bad endpoint {e:?}: {err}"),
-                })?;
-                site.endpoints.push(t);
-            }
-        }
-        Ok(())
+        // Runs no program: a site without `endpoints` gets them when a
+        // command opens the host (`crate::host::discover_endpoints`).
+        Config::parse(&text, path)
     }
 
     /// Validate config text; `path` is only used in messages.
@@ -603,7 +546,7 @@ impl Config {
                     ));
                 }
             }
-            // No endpoints: [`Config::load`] discovers them from the server's config.
+            // No endpoints: `host::discover_endpoints` finds them in the server's config.
             let mut endpoints = Vec::new();
             for e in &s.endpoints {
                 let t = Target::parse(e, Some(&s.name)).map_err(|err| {

@@ -231,19 +231,6 @@ impl Prober {
         Prober::with_trust(trust, timeout)
     }
 
-    /// The prober a config asks for: `probe.ca_file` alone when set, else
-    /// the public roots plus `[trust] extra_roots`.
-    pub fn for_config(cfg: &crate::config::Config) -> Result<Prober, ProbeError> {
-        if cfg.probe.ca_file.is_some() {
-            return Prober::new(cfg.probe.ca_file.as_deref(), cfg.probe.timeout);
-        }
-        let trust = TrustStore::public(&cfg.extra_roots).map_err(|e| ProbeError::CaFile {
-            path: "trust.extra_roots".into(),
-            reason: e.to_string(),
-        })?;
-        Prober::with_trust(trust, cfg.probe.timeout)
-    }
-
     /// A prober judging trust against `trust`.
     pub fn with_trust(trust: TrustStore, timeout: Duration) -> Result<Prober, ProbeError> {
         Prober::build(trust, timeout, KeyFamily::Any)

@@ -338,7 +338,7 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
     // Build the prober first: an unusable CA file is an error of the whole
     // command, and should be reported before any work is done.
     let prober = if probe {
-        Some(Prober::for_config(cfg)?)
+        Some(crate::host::prober(cfg)?)
     } else {
         None
     };

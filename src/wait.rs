@@ -2,8 +2,8 @@
 //! endpoints probed until each serves its expected leaf on `consecutive`
 //! fresh handshakes in a row, concurrently, within the probe deadline,
 //! with the server watched so that one that died ends the wait early.
-//! Below the engine ([`crate::batch`]) and the one-site pipeline
-//! ([`crate::install`]), which both use it (issue 13: no import cycle).
+//! Below the engine ([`crate::batch`]), recovery and adopt, which use it
+//! (issue 13: no import cycle).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -244,6 +244,26 @@ pub(crate) fn wait_all(
             }
         })
         .collect()
+}
+
+/// [`wait_all`] for one set of targets that must serve `sha` as `prober`
+/// sees them (the proofs of adopt and of the agent's drift repair).
+pub(crate) fn wait_one(
+    server: &dyn WebServer,
+    pc: &ProbeConfig,
+    prober: &probe::Prober,
+    targets: &[Target],
+    sha: &str,
+) -> Waited {
+    let wait = Wait {
+        targets: targets.to_vec(),
+        sha: sha.to_string(),
+        prober: prober.clone(),
+    };
+    match wait_all(server, pc, &[wait], false).pop() {
+        Some(w) => w.waited,
+        None => unreachable!("wait_all gives one result per wait"),
+    }
 }
 
 fn rows_of(o: &probe::WaitOutcome, targets: &[Target]) -> Vec<ServedRow> {

@@ -2,21 +2,10 @@
 //! module may use only modules below it. Read from the sources: every
 //! `crate::NAME` path in code (not in comments, not in a module's
 //! `#[cfg(test)] mod tests`) is an edge from the file's top-level module
-//! to NAME. The graph minus the known exceptions below must be acyclic.
+//! to NAME. The graph must be acyclic, with no exception.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-/// Edges that still close a cycle, each waiting for its part of issue 13
-/// ("Loading the config does not run programs; discovering missing
-/// endpoints happens in the step that opens the host"). Remove an entry
-/// when its cycle is broken; adding one needs the same reason.
-const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
-    // Config::load runs `nginx -T` to fill in missing endpoints, and the
-    // config parses probe targets: config ↔ discover ↔ probe.
-    ("config", "discover"),
-    ("config", "probe"),
-];
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("list src") {
@@ -126,26 +115,38 @@ fn src_modules_import_each_other_without_cycles() {
         graph.contains_key("install") && graph.contains_key("batch"),
         "the module graph was read: {graph:?}"
     );
-    if let Some(cycle) = find_cycle(&graph, KNOWN_CYCLE_EDGES) {
+    if let Some(cycle) = find_cycle(&graph, &[]) {
         panic!("an import cycle among src/ modules: {}", cycle.join(" → "));
     }
 }
 
 #[test]
-fn the_known_exceptions_still_close_cycles() {
-    // An exception whose cycle is gone must leave the list.
+fn loading_the_config_runs_no_program() {
+    // The old exception (config ↔ discover ↔ probe: `Config::load` ran
+    // `nginx -T`) is gone: the config names neither the discovery nor the
+    // server nor the prober's machinery, and starts no process. Endpoints
+    // are discovered where the host is opened (src/host.rs).
     let graph = module_graph();
-    for &(from, to) in KNOWN_CYCLE_EDGES {
-        let rest: Vec<(&str, &str)> = KNOWN_CYCLE_EDGES
-            .iter()
-            .copied()
-            .filter(|e| *e != (from, to))
-            .collect();
+    let config = graph.get("config").expect("config is a module");
+    for below_it_not in ["discover", "server", "host", "install", "batch"] {
         assert!(
-            graph.get(from).is_some_and(|e| e.contains(to)) && find_cycle(&graph, &rest).is_some(),
-            "{from} → {to} no longer closes a cycle: remove it from KNOWN_CYCLE_EDGES"
+            !config.contains(below_it_not),
+            "config uses {below_it_not}: {config:?}"
         );
     }
+    let probe = graph.get("probe").expect("probe is a module");
+    assert!(!probe.contains("config"), "probe uses config: {probe:?}");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config.rs");
+    let text = std::fs::read_to_string(src).expect("read config.rs");
+    assert!(
+        !text.contains("std::process") && !text.contains("Command::new"),
+        "config.rs starts a process"
+    );
+    assert!(
+        graph.get("host").is_some_and(|h| h.contains("discover")),
+        "opening the host discovers endpoints: {:?}",
+        graph.get("host")
+    );
 }
 
 #[test]

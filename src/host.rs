@@ -1,0 +1,132 @@
+//! Opening the host: what a command that changes or probes sites needs
+//! besides the config file — the endpoints a site leaves out of the
+//! config, discovered from its server's own config (`nginx -T` /
+//! `apache2ctl -S`), then the web server, the prober and the store.
+//! `Config::load` runs no program; [`load`] does, for the CLI's commands
+//! that install, roll back, adopt or probe and for the agent (at start and
+//! on SIGHUP) alike.
+
+use crate::config::{Config, ConfigError, ServerConfig, Site};
+use crate::discover;
+use crate::install::Env;
+use crate::probe::{ProbeError, Prober, Target};
+use crate::server::{self, WebServer};
+use crate::store::{Store, StoreError};
+use crate::trust::TrustStore;
+
+/// Why the host could not be opened (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an [`Env`] borrows: the server, prober and store of a config.
+pub struct Host {
+    server: Box<dyn WebServer>,
+    prober: Prober,
+    store: Store,
+}
+
+/// The config at `path` as a command that opens the host sees it: loaded
+/// ([`Config::load`]), with the endpoints it leaves out discovered.
+pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let mut cfg = Config::load(path)?;
+    discover_endpoints(&mut cfg)?;
+    Ok(cfg)
+}
+
+impl Host {
+    /// Open the server, the prober and the store of `cfg` (from [`load`]).
+    pub fn open(cfg: &Config) -> Result<Host, HostError> {
+        Ok(Host {
+            server: server::from_config(&cfg.server),
+            prober: prober(cfg)?,
+            store: Store::open(&cfg.state_dir)?,
+        })
+    }
+
+    /// The environment of one run, borrowing the host and `cfg`.
+    pub fn env<'a>(&'a self, cfg: &'a Config) -> Env<'a> {
+        Env {
+            config: cfg,
+            server: self.server.as_ref(),
+            prober: &self.prober,
+            store: &self.store,
+        }
+    }
+}
+
+/// The prober a config asks for: `probe.ca_file` alone when set, else
+/// the public roots plus `[trust] extra_roots`.
+pub fn prober(cfg: &Config) -> Result<Prober, ProbeError> {
+    if cfg.probe.ca_file.is_some() {
+        return Prober::new(cfg.probe.ca_file.as_deref(), cfg.probe.timeout);
+    }
+    let trust = TrustStore::public(&cfg.extra_roots).map_err(|e| ProbeError::CaFile {
+        path: "trust.extra_roots".into(),
+        reason: e.to_string(),
+    })?;
+    Prober::with_trust(trust, cfg.probe.timeout)
+}
+
+/// Sites without `endpoints` get the ones their server's own config
+/// gives them (`certswap discover`): matched by site name or any of
+/// its names. Runs a server's config dump only when one of its sites
+/// needs it.
+pub fn discover_endpoints(cfg: &mut Config) -> Result<(), ConfigError> {
+    for server in cfg.servers.clone() {
+        discover_endpoints_of(cfg, &server)?;
+    }
+    Ok(())
+}
+
+/// [`discover_endpoints`] for the sites of `server`.
+fn discover_endpoints_of(cfg: &mut Config, server: &ServerConfig) -> Result<(), ConfigError> {
+    let mine = |s: &Site| s.server == server.name;
+    if cfg
+        .sites
+        .iter()
+        .filter(|s| mine(s))
+        .all(|s| !s.endpoints.is_empty())
+    {
+        return Ok(());
+    }
+    let found = discover::discover(server).map_err(|e| ConfigError::Invalid {
+        path: cfg.path.clone(),
+        key: "site.endpoints".into(),
+        message: format!("is missing for some site and cannot be discovered: {e}"),
+    })?;
+    for (i, site) in cfg.sites.iter_mut().enumerate() {
+        if !site.endpoints.is_empty() || !mine(site) {
+            continue;
+        }
+        let names = site.all_names();
+        let hit = found
+            .iter()
+            .find(|d| names.iter().any(|n| *n == d.name || d.names.contains(n)));
+        let Some(hit) = hit.filter(|d| !d.endpoints.is_empty()) else {
+            return Err(ConfigError::Invalid {
+                path: cfg.path.clone(),
+                key: format!("site[{i}].endpoints"),
+                message: format!(
+                    "is missing and no TLS server block / vhost for {} was found in {}; list them: endpoints = [\"127.0.0.1:443\"]",
+                    site.name,
+                    server.config.display()
+                ),
+            });
+        };
+        for e in &hit.endpoints {
+            let t = Target::parse(e, Some(&site.name)).map_err(|err| ConfigError::Invalid {
+                path: cfg.path.clone(),
+                key: format!("site[{i}].endpoints"),
+                message: format!("discovered a bad endpoint {e:?}: {err}"),
+            })?;
+            site.endpoints.push(t);
+        }
+    }
+    Ok(())
+}
