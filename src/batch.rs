@@ -747,7 +747,8 @@ fn apply_staged(
     // 6. ONE reload. From the swap on, new files are in place, so
     //    recovery reloads after a crash (src/store/mod.rs).
     let t = Instant::now();
-    let reloaded = service::load_new(env.server);
+    let changed: Vec<&Site> = batch.open.iter().map(|(o, _)| o.site).collect();
+    let reloaded = service::load_new(env.server, &changed);
     batch.each_open(|o| o.timings_ms.reload = ms(t));
     clock.done("reload", batch.open.len());
     if let Err(e) = reloaded {
@@ -940,6 +941,7 @@ impl Batch<'_, '_> {
                 Ok(()) => self.restored.push((
                     o.idx,
                     recover::Restored {
+                        site: o.site.clone(),
                         store: o.store,
                         reloaded: after_reload,
                         proof: o

@@ -328,6 +328,18 @@ fn a_crash_at_every_step_is_repaired_and_disk_and_memory_agree() {
         let new = w.ca.leaf(&[SITE]).days(-1, 385).build();
         let (cert, key) = w.bundle("new", &new);
         let crashed = w.install_env(&cert, &key, &[(certswap::failpoint::ENV, point)]);
+        if *point == "after-rename-key" {
+            // A combined PEM has no key file to rename: the point is not
+            // on its path, and the install simply verifies.
+            assert_eq!(
+                crashed.status.code(),
+                Some(0),
+                "{point}: {}",
+                text(&crashed)
+            );
+            w.assert_in_step(&new, point);
+            continue;
+        }
         assert_eq!(crashed.status.code(), None, "{point}: {}", text(&crashed));
 
         // The next command repairs first: before the commit point the old

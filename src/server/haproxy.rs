@@ -204,6 +204,11 @@ impl WebServer for Haproxy {
     }
 
     fn apply(&self, sites: &[&Site]) -> Result<Applied, ServerError> {
+        // No sites: the config itself changed (adopt), which only a reload
+        // reads.
+        if sites.is_empty() {
+            return self.reload().map(|()| Applied::Reloaded);
+        }
         match self.update_in_memory(sites) {
             Ok(done) => Ok(Applied::InMemory(done.len())),
             Err(e) => {
