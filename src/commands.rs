@@ -248,7 +248,20 @@ fn site_scoped(cfg: &Config, name: &str) -> Result<Config, String> {
 
 /// `install --batch DIR`: one outcome per bundle; the exit code is the
 /// worst of them (3 over 2 over 1 over 0).
+/// With several `[[server]]` entries, one batch per server.
 fn batch_cmd(cfg: &Config, dir: &Path, a: &InstallArgs) -> CmdResult {
+    if cfg.servers.len() > 1 {
+        let scoped = cfg.per_server();
+        let hosts = scoped
+            .iter()
+            .map(Host::open)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let envs: Vec<_> = hosts.iter().zip(&scoped).map(|(h, c)| h.env(c)).collect();
+        let outcomes = crate::batch::install_dir_per_server(cfg, &envs, dir, a.force, a.dry_run)
+            .map_err(|e| e.to_string())?;
+        return emit_many(&outcomes, a.json);
+    }
     let parts = Host::open(cfg).map_err(|e| e.to_string())?;
     let outcomes = crate::batch::install_dir(&parts.env(cfg), dir, a.force, a.dry_run)
         .map_err(|e| e.to_string())?;
@@ -313,13 +326,32 @@ fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
 /// config test, one reload); a site whose last change is `certswap adopt`
 /// is undone by adopt, as with one site. Every name is checked before
 /// anything changes.
+/// With several `[[server]]` entries, one run per server of the named
+/// sites (every name checked first).
 fn rollback_many(cfg: &Config, a: &RollbackArgs) -> CmdResult {
     let mut names: Vec<&str> = Vec::new();
     for n in &a.site {
         if !names.contains(&n.as_str()) {
+            cfg.site(n).map_err(|e| e.to_string())?;
             names.push(n);
         }
     }
+    let mut outcomes = Vec::new();
+    for scoped in cfg.per_server() {
+        let mine: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| scoped.site(n).is_ok())
+            .collect();
+        if !mine.is_empty() {
+            outcomes.extend(rollback_on(&scoped, &mine, a)?);
+        }
+    }
+    emit_many(&outcomes, a.json)
+}
+
+/// [`rollback_many`] for the sites `names` of one server's config.
+fn rollback_on(cfg: &Config, names: &[&str], a: &RollbackArgs) -> Result<Vec<Outcome>, String> {
     let mut sites = Vec::new();
     for n in names {
         let site = cfg.site(n).map_err(|e| e.to_string())?;
@@ -354,7 +386,7 @@ fn rollback_many(cfg: &Config, a: &RollbackArgs) -> CmdResult {
     if !refs.is_empty() {
         outcomes.extend(crate::batch::rollback_sites(&env, &refs).map_err(|e| e.to_string())?);
     }
-    emit_many(&outcomes, a.json)
+    Ok(outcomes)
 }
 
 fn status_cmd(config: &Path, a: &StatusArgs) -> CmdResult {
@@ -484,11 +516,28 @@ fn run_cmd(config: &Path, a: &RunArgs) -> CmdResult {
 
 fn deploy_hook_cmd(config: &Path, a: &DeployHookArgs) -> CmdResult {
     let cfg = host::load(config).map_err(|e| e.to_string())?;
-    let parts = Host::open(&cfg).map_err(|e| e.to_string())?;
     let vars = |k: &str| std::env::var(k).ok();
-    let outcomes =
-        crate::hook::deploy_with(&parts.env(&cfg), &vars, a.force).map_err(|e| e.to_string())?;
-    emit_many(&outcomes, a.json)
+    // One run per server: the renewal goes to the covered sites of each;
+    // a server with none of them is skipped, unless no server has any.
+    let mut outcomes = Vec::new();
+    let mut first_err = None;
+    for scoped in cfg.per_server() {
+        let parts = Host::open(&scoped).map_err(|e| e.to_string())?;
+        match crate::hook::deploy_with(&parts.env(&scoped), &vars, a.force) {
+            Ok(o) => outcomes.extend(o),
+            Err(e) => {
+                first_err.get_or_insert(e.to_string());
+            }
+        }
+    }
+    match first_err {
+        Some(e) if outcomes.is_empty() => Err(e),
+        Some(e) => {
+            tracing::warn!("deploy-hook: on another server: {e}");
+            emit_many(&outcomes, a.json)
+        }
+        None => emit_many(&outcomes, a.json),
+    }
 }
 
 /// `adopt`: without `--apply` only the plan (nothing is opened for

@@ -364,78 +364,180 @@ fn a_crash_at_every_step_is_repaired_and_disk_and_memory_agree() {
     }
 }
 
+/// A host with HAProxy (site edge.test, server "edge") and nginx (site
+/// web.test, server "web") in one certswap config with an inbox.
+struct TwoServers {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    edge_old: Leaf,
+    web_old: Leaf,
+    edge_pem: PathBuf,
+    web_cert: PathBuf,
+    proxy: Haproxy,
+    nginx: Nginx,
+    inbox: PathBuf,
+    config: PathBuf,
+}
+
+impl TwoServers {
+    fn new() -> TwoServers {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ssl = dir.path().join("ssl");
+        fs::create_dir(&ssl).expect("mkdir");
+        let ca = Ca::new("certswap two servers root");
+        let edge_old = ca.leaf(&["edge.test"]).days(-345, 20).build();
+        let web_old = ca.leaf(&["web.test"]).days(-345, 20).build();
+        let edge_pem = ssl.join("edge.pem");
+        fs::write(&edge_pem, combined(&edge_old)).expect("edge pem");
+        let (web_cert, web_key) = pki::write(&ssl, "web.test", &web_old);
+        let proxy = Haproxy::start(&[SiteSpec::new("edge.test", &edge_pem, &edge_pem)]);
+        let nginx = Nginx::start(&[SiteSpec::new("web.test", &web_cert, &web_key)]);
+        let inbox = dir.path().join("inbox");
+        fs::create_dir(&inbox).expect("inbox");
+        let roots = dir.path().join("roots.pem");
+        fs::write(&roots, ca.root_pem()).expect("roots");
+        let config = dir.path().join("certswap.toml");
+        fs::write(
+            &config,
+            format!(
+                "state_dir = {state}\n\
+                 [[server]]\nname = \"edge\"\n{hx}\n\
+                 [[server]]\nname = \"web\"\nkind = \"nginx\"\nbinary = \"{nb}\"\nconfig = {nc}\nprefix = {np}\npid_file = {npid}\n\
+                 [probe]\ntimeout = \"2s\"\ndeadline = \"10s\"\nconsecutive = 2\nca_file = {roots}\n\
+                 [[site]]\nname = \"edge.test\"\nserver = \"edge\"\ncert = {ep}\nkey = {ep}\nendpoints = [\"{ee}\"]\n\
+                 [[site]]\nname = \"web.test\"\nserver = \"web\"\ncert = {wc}\nkey = {wk}\nendpoints = [\"{we}\"]\n\
+                 [[source]]\nkind = \"inbox\"\npath = {inbox}\ndebounce = \"200ms\"\n",
+                state = toml_path(&dir.path().join("state")),
+                hx = proxy.server_toml(),
+                nb = support::nginx::BINARY,
+                nc = toml_path(&nginx.conf_path()),
+                np = toml_path(nginx.prefix()),
+                npid = toml_path(&nginx.pid_file()),
+                roots = toml_path(&roots),
+                ep = toml_path(&edge_pem),
+                ee = proxy.endpoint(),
+                wc = toml_path(&web_cert),
+                wk = toml_path(&web_key),
+                we = nginx.endpoint(),
+                inbox = toml_path(&inbox),
+            ),
+        )
+        .expect("config");
+        TwoServers {
+            dir,
+            ca,
+            edge_old,
+            web_old,
+            edge_pem,
+            web_cert,
+            proxy,
+            nginx,
+            inbox,
+            config,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        certswap()
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run certswap")
+    }
+
+    fn served(&self) -> (String, String) {
+        (
+            served_sha256(self.proxy.port(), "edge.test").expect("edge"),
+            served_sha256(self.nginx.port(), "web.test").expect("web"),
+        )
+    }
+}
+
 #[test]
 fn one_agent_pass_renews_a_site_on_haproxy_and_one_on_nginx() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ssl = dir.path().join("ssl");
-    fs::create_dir(&ssl).expect("mkdir");
-    let ca = Ca::new("certswap two servers root");
-    let edge_old = ca.leaf(&["edge.test"]).days(-345, 20).build();
-    let web_old = ca.leaf(&["web.test"]).days(-345, 20).build();
-    let edge_pem = ssl.join("edge.pem");
-    fs::write(&edge_pem, combined(&edge_old)).expect("edge pem");
-    let (web_cert, web_key) = pki::write(&ssl, "web.test", &web_old);
-    let proxy = Haproxy::start(&[SiteSpec::new("edge.test", &edge_pem, &edge_pem)]);
-    let nginx = Nginx::start(&[SiteSpec::new("web.test", &web_cert, &web_key)]);
-    let inbox = dir.path().join("inbox");
-    fs::create_dir(&inbox).expect("inbox");
-    let roots = dir.path().join("roots.pem");
-    fs::write(&roots, ca.root_pem()).expect("roots");
-    let config = dir.path().join("certswap.toml");
-    fs::write(
-        &config,
-        format!(
-            "state_dir = {state}\n\
-             [[server]]\nname = \"edge\"\n{hx}\n\
-             [[server]]\nname = \"web\"\nkind = \"nginx\"\nbinary = \"{nb}\"\nconfig = {nc}\nprefix = {np}\npid_file = {npid}\n\
-             [probe]\ntimeout = \"2s\"\ndeadline = \"10s\"\nconsecutive = 2\nca_file = {roots}\n\
-             [[site]]\nname = \"edge.test\"\nserver = \"edge\"\ncert = {ep}\nkey = {ep}\nendpoints = [\"{ee}\"]\n\
-             [[site]]\nname = \"web.test\"\nserver = \"web\"\ncert = {wc}\nkey = {wk}\nendpoints = [\"{we}\"]\n\
-             [[source]]\nkind = \"inbox\"\npath = {inbox}\ndebounce = \"200ms\"\n",
-            state = toml_path(&dir.path().join("state")),
-            hx = proxy.server_toml(),
-            nb = support::nginx::BINARY,
-            nc = toml_path(&nginx.conf_path()),
-            np = toml_path(nginx.prefix()),
-            npid = toml_path(&nginx.pid_file()),
-            roots = toml_path(&roots),
-            ep = toml_path(&edge_pem),
-            ee = proxy.endpoint(),
-            wc = toml_path(&web_cert),
-            wk = toml_path(&web_key),
-            we = nginx.endpoint(),
-            inbox = toml_path(&inbox),
-        ),
-    )
-    .expect("config");
-    let edge_new = ca.leaf(&["edge.test"]).days(-1, 385).build();
-    let web_new = ca.leaf(&["web.test"]).days(-1, 385).build();
-    pki::write(&inbox, "edge.test", &edge_new);
-    pki::write(&inbox, "web.test", &web_new);
-    let (master, workers) = (proxy.master_pid(), proxy.worker_pids());
-    let nginx_workers = nginx.worker_pids();
+    let h = TwoServers::new();
+    let edge_new = h.ca.leaf(&["edge.test"]).days(-1, 385).build();
+    let web_new = h.ca.leaf(&["web.test"]).days(-1, 385).build();
+    pki::write(&h.inbox, "edge.test", &edge_new);
+    pki::write(&h.inbox, "web.test", &web_new);
+    let (master, workers) = (h.proxy.master_pid(), h.proxy.worker_pids());
+    let nginx_workers = h.nginx.worker_pids();
 
-    let mut cmd = agent_util::agent_cmd(&config);
+    let mut cmd = agent_util::agent_cmd(&h.config);
     cmd.arg("--once");
     let out = agent_util::output_within(cmd, Duration::from_secs(90));
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{log}");
-
-    assert_eq!(
-        served_sha256(proxy.port(), "edge.test").expect("edge"),
-        edge_new.sha256,
+    // One batch per server.
+    assert!(
+        log.contains("installing as one batch bundles=1 server=edge"),
         "{log}"
     );
+    assert!(
+        log.contains("installing as one batch bundles=1 server=web"),
+        "{log}"
+    );
+
     assert_eq!(
-        served_sha256(nginx.port(), "web.test").expect("web"),
-        web_new.sha256,
+        h.served(),
+        (edge_new.sha256.clone(), web_new.sha256.clone()),
         "{log}"
     );
     // HAProxy in memory (no reload), nginx by its one reload.
-    assert_eq!(proxy.reloads(), 0, "{log}");
-    assert_eq!(proxy.master_pid(), master);
-    assert_eq!(proxy.worker_pids(), workers);
-    assert_ne!(nginx.worker_pids(), nginx_workers, "nginx reloaded");
-    assert_eq!(pki::leaf_sha256_file(&edge_pem), edge_new.sha256);
-    assert_eq!(pki::leaf_sha256_file(&web_cert), web_new.sha256);
+    assert_eq!(h.proxy.reloads(), 0, "{log}");
+    assert_eq!(h.proxy.master_pid(), master);
+    assert_eq!(h.proxy.worker_pids(), workers);
+    assert_ne!(h.nginx.worker_pids(), nginx_workers, "nginx reloaded");
+    assert_eq!(pki::leaf_sha256_file(&h.edge_pem), edge_new.sha256);
+    assert_eq!(pki::leaf_sha256_file(&h.web_cert), web_new.sha256);
+}
+
+#[test]
+fn install_batch_and_rollback_of_two_sites_drive_each_sites_server() {
+    let h = TwoServers::new();
+    let edge_new = h.ca.leaf(&["edge.test"]).days(-1, 385).build();
+    let web_new = h.ca.leaf(&["web.test"]).days(-1, 385).build();
+    let dir = h.dir.path().join("batch");
+    fs::create_dir(&dir).expect("mkdir");
+    pki::write(&dir, "edge.test", &edge_new);
+    pki::write(&dir, "web.test", &web_new);
+    let out = h.run(&["install", "--batch", dir.to_str().expect("utf8"), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("\"verified\"")
+            .count(),
+        2
+    );
+    assert_eq!(
+        h.served(),
+        (edge_new.sha256.clone(), web_new.sha256.clone())
+    );
+    assert_eq!(h.proxy.reloads(), 0);
+
+    let out = h.run(&["rollback", "--site", "edge.test", "--site", "web.test"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        h.served(),
+        (h.edge_old.sha256.clone(), h.web_old.sha256.clone())
+    );
+    assert_eq!(h.proxy.reloads(), 0, "rolled back through the socket too");
+
+    // One site by name: its own server only.
+    let (cert, key) = pki::write(&dir, "edge.test", &edge_new);
+    let out = h.run(&[
+        "install",
+        "--site",
+        "edge.test",
+        "--cert",
+        cert.to_str().expect("utf8"),
+        "--key",
+        key.to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        h.served(),
+        (edge_new.sha256.clone(), h.web_old.sha256.clone())
+    );
 }

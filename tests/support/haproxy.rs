@@ -124,15 +124,13 @@ impl Haproxy {
             .collect();
         format!(
             "global\n  \
-               stats socket {stats} mode 600 level admin\n  \
-               pidfile {pid}\n\
+               stats socket {stats} mode 600 level admin\n\
              defaults\n  \
                mode http\n  timeout connect 2s\n  timeout client 5s\n  timeout server 5s\n\
              frontend fe\n  \
                bind 127.0.0.1:{port} ssl {crts}\n  \
                http-request return status 200 content-type text/plain string ok\n",
             stats = conf_path(&self.stats_socket()),
-            pid = conf_path(&self.pid_file()),
             port = self.port,
             crts = crts.join(" "),
         )
