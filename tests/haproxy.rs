@@ -21,17 +21,19 @@ use std::time::Duration;
 use support::haproxy::Haproxy;
 use support::nginx::Nginx;
 use support::pki::{self, Ca, Leaf};
+use support::world::text;
 use support::{SiteSpec, certswap, served_sha256, toml_path};
 
 const SITE: &str = "shop.test";
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `certswap --config CONFIG ARGS…` with `env` set.
+fn run(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = certswap();
+    cmd.arg("--config").arg(config).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run certswap")
 }
 
 fn combined(leaf: &Leaf) -> String {
@@ -104,12 +106,7 @@ impl World {
     }
 
     fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = certswap();
-        cmd.arg("--config").arg(&self.config).args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run certswap")
+        run(&self.config, args, env)
     }
 
     /// A renewed leaf as a vendor's pair of files.
@@ -438,12 +435,7 @@ impl TwoServers {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        certswap()
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .expect("run certswap")
+        run(&self.config, args, &[])
     }
 
     fn served(&self) -> (String, String) {

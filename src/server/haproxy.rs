@@ -9,9 +9,9 @@
 //!
 //! Without a `stats_socket`, for a file HAProxy has not loaded (a new
 //! `crt` line, a relative name) or when the API refuses, the fallback is a
-//! graceful reload: the master CLI's `reload` (`master_socket`), or the
-//! configured `reload_command`, or SIGUSR2 to the master the pid file
-//! names (proven as for nginx, `process.rs`). The master keeps its pid
+//! graceful reload: the configured `reload_command`, else the master
+//! CLI's `reload` (`master_socket`), else SIGUSR2 to the master the pid
+//! file names (proven as for nginx, `process.rs`). The master keeps its pid
 //! through a reload; the workers are replaced.
 
 use std::ffi::OsString;
