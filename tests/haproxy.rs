@@ -533,3 +533,74 @@ fn install_batch_and_rollback_of_two_sites_drive_each_sites_server() {
         (edge_new.sha256.clone(), h.web_old.sha256.clone())
     );
 }
+
+#[test]
+fn a_multi_certificate_bundle_is_a_dual_site_renewed_in_memory_per_key_type() {
+    use support::{ECDSA_SUITE, RSA_SUITE, served_sha256_with_cipher};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ssl = dir.path().join("ssl");
+    fs::create_dir(&ssl).expect("mkdir");
+    let ca = Ca::new("certswap haproxy bundle root");
+    let ec_old = ca.leaf(&[SITE]).days(-345, 20).build();
+    let rsa_old = ca
+        .leaf(&[SITE])
+        .days(-345, 20)
+        .key(&pki::rsa_key_pem(&ssl, "old"))
+        .build();
+    // `crt shop.pem` with shop.pem.rsa and shop.pem.ecdsa beside it.
+    let base = ssl.join("shop.pem");
+    let (rsa_pem, ec_pem) = (ssl.join("shop.pem.rsa"), ssl.join("shop.pem.ecdsa"));
+    fs::write(&rsa_pem, combined(&rsa_old)).expect("rsa");
+    fs::write(&ec_pem, combined(&ec_old)).expect("ecdsa");
+    let proxy = Haproxy::start(&[SiteSpec::new(SITE, &base, &base)]);
+    let served = |suite| served_sha256_with_cipher(proxy.port(), SITE, suite).expect("served");
+    assert_eq!(served(RSA_SUITE), rsa_old.sha256);
+    assert_eq!(served(ECDSA_SUITE), ec_old.sha256);
+
+    // discover writes the dual site; it is the config as is.
+    let config = dir.path().join("certswap.toml");
+    let server = format!(
+        "state_dir = {}\n[server]\n{}",
+        toml_path(&dir.path().join("state")),
+        proxy.server_toml()
+    );
+    fs::write(&config, &server).expect("config");
+    let out = run(&config, &["discover"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let blocks = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(blocks.contains("[[site.pair]]"), "{blocks}");
+    let roots = dir.path().join("roots.pem");
+    fs::write(&roots, ca.root_pem()).expect("roots");
+    fs::write(
+        &config,
+        format!(
+            "{server}[probe]\ndeadline = \"10s\"\nconsecutive = 2\nca_file = {}\n{blocks}",
+            toml_path(&roots)
+        ),
+    )
+    .expect("config");
+
+    let ec_new = ca.leaf(&[SITE]).days(-1, 385).build();
+    let (cert, key) = pki::write(&dir.path().join("ssl"), "ec-new", &ec_new);
+    let out = run(
+        &config,
+        &[
+            "install",
+            "--site",
+            SITE,
+            "--cert",
+            cert.to_str().expect("utf8"),
+            "--key",
+            key.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The ECDSA slot is renewed, in memory; the RSA one is untouched.
+    assert_eq!(served(ECDSA_SUITE), ec_new.sha256);
+    assert_eq!(served(RSA_SUITE), rsa_old.sha256);
+    assert_eq!(pki::leaf_sha256_file(&ec_pem), ec_new.sha256);
+    assert_eq!(pki::leaf_sha256_file(&rsa_pem), rsa_old.sha256);
+    assert_eq!(proxy.loaded_serial(&ec_pem), serial(&ec_new));
+    assert_eq!(proxy.reloads(), 0);
+}
