@@ -295,6 +295,26 @@ fn a_probe_that_never_sees_the_new_leaf_rolls_back_through_the_socket() {
     assert_eq!(w.proxy.reloads(), 0, "{}", w.proxy.log());
     assert_eq!(w.proxy.master_pid(), master);
     assert_eq!(w.proxy.worker_pids(), workers);
+
+    // The same, killed after the old bytes are back on disk but before
+    // they went through the socket: memory holds the new leaf, disk the
+    // old. The next command repairs: they agree again, still no reload.
+    let crashed = w.install_env(
+        &cert,
+        &key,
+        &[(certswap::failpoint::ENV, certswap::failpoint::AFTER_RESTORE)],
+    );
+    assert_eq!(crashed.status.code(), None, "{}", text(&crashed));
+    assert_eq!(pki::sha256_file(&w.pem), before);
+    assert_eq!(
+        w.proxy.loaded_serial(&w.pem),
+        serial(&new),
+        "memory and disk differ now"
+    );
+    let next = w.run(&["rollback", "--site", SITE]);
+    assert_eq!(next.status.code(), Some(2), "{}", text(&next));
+    w.assert_in_step(&w.old, "after the repair");
+    assert_eq!(w.proxy.reloads(), 0, "{}", w.proxy.log());
 }
 
 #[test]
