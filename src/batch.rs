@@ -776,7 +776,8 @@ fn apply_staged(
     }
     failpoint::hit("after-configtest");
 
-    // 6. ONE reload. From the swap on, new files are in place, so
+    // 6. ONE reload (haproxy: the in-memory update of the changed files,
+    //    `WebServer::apply`). From the swap on, new files are in place, so
     //    recovery reloads after a crash (src/store/mod.rs).
     let t = Instant::now();
     let changed: Vec<&Site> = batch.open.iter().map(|(o, _)| o.site).collect();

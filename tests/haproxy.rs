@@ -624,3 +624,26 @@ fn a_multi_certificate_bundle_is_a_dual_site_renewed_in_memory_per_key_type() {
     assert_eq!(proxy.loaded_serial(&ec_pem), serial(&ec_new));
     assert_eq!(proxy.reloads(), 0);
 }
+
+#[test]
+fn a_stats_socket_another_user_could_have_placed_refuses_the_change() {
+    let w = World::new();
+    // A symlink to the real socket: who made it is not known.
+    let link = w.dir.path().join("link.sock");
+    std::os::unix::fs::symlink(w.proxy.stats_socket(), &link).expect("symlink");
+    let server = w
+        .proxy
+        .server_toml()
+        .replace(&toml_path(&w.proxy.stats_socket()), &toml_path(&link));
+    w.write_config(&server, None);
+    let before = pki::sha256_file(&w.pem);
+    let new = w.ca.leaf(&[SITE]).days(-1, 385).build();
+    let (cert, key) = w.bundle("new", &new);
+    let out = w.install(&cert, &key);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("link.sock is a symlink"), "{err}");
+    assert_eq!(pki::sha256_file(&w.pem), before, "not a byte changed");
+    w.assert_in_step(&w.old, "after the refusal");
+    assert_eq!(w.proxy.reloads(), 0);
+}

@@ -184,8 +184,20 @@ impl WebServer for Haproxy {
         }
     }
 
+    /// Also: a configured stats socket that another user could have
+    /// placed (a symlink, not root's, in a directory others can change)
+    /// refuses the change before it starts, rather than falling back
+    /// quietly. One that is missing (HAProxy restarted without it) is left
+    /// to the reload fallback.
     fn preflight(&self) -> Result<(), ServerError> {
-        preflight_of(&self.cfg, &self.expect())
+        preflight_of(&self.cfg, &self.expect())?;
+        if let Some(p) = &self.cfg.stats_socket {
+            match crate::owner::trusted_socket("stats socket", p) {
+                Ok(()) | Err(crate::owner::OwnerError::Io { .. }) => {}
+                Err(e) => return Err(ServerError::Runtime(ApiError::Untrusted(e))),
+            }
+        }
+        Ok(())
     }
 
     fn reload(&self) -> Result<(), ServerError> {
