@@ -327,18 +327,10 @@ fn parse_show(answer: &str) -> Result<LoadedCert, &'static str> {
     })
 }
 
-/// An answer on one line, at most a few hundred characters.
+/// An answer on one line ([`super::summarize`]), at most a few hundred
+/// characters.
 fn one_line(answer: &str) -> String {
-    let joined: Vec<&str> = answer
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let text = joined.join(" | ");
-    if text.is_empty() {
-        return "(no answer)".into();
-    }
-    text.chars().take(300).collect()
+    super::summarize(answer, None).chars().take(300).collect()
 }
 
 /// SHA-1 of a certificate's DER as HAProxy prints it (`SHA1 FingerPrint`).
