@@ -298,3 +298,60 @@ fn the_examples_parse_and_agree_with_each_other() {
     assert_eq!(per[1].server.kind, ServerKind::Nginx);
     assert_eq!(per[1].sites[0].name, "api.internal.example.com");
 }
+
+#[test]
+fn a_daemon_without_master_worker_mode_is_not_signalled_as_if_reloaded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("certswap haproxy test root");
+    let leaf = ca.leaf(&[SITE]).days(-1, 20).build();
+    let pem = dir.path().join("shop.pem");
+    std::fs::write(&pem, combined(&leaf)).expect("pem");
+    let pid_file = dir.path().join("haproxy.pid");
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode http\n  timeout client 1s\n  timeout server 1s\n  timeout connect 1s\nfrontend f\n  bind 127.0.0.1:{} ssl crt {}\n",
+            support::free_port(),
+            pem.display()
+        ),
+    )
+    .expect("cfg");
+    // `-D`: a plain daemon, the pid file names the one process.
+    let status = std::process::Command::new(support::haproxy::BINARY)
+        .arg("-D")
+        .arg("-f")
+        .arg(&cfg)
+        .arg("-p")
+        .arg(&pid_file)
+        .status()
+        .expect("start haproxy -D");
+    assert!(status.success());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let hx = Haproxy::new(ServerConfig {
+        name: "haproxy".into(),
+        kind: ServerKind::Haproxy,
+        binary: support::haproxy::BINARY.into(),
+        config: cfg.clone(),
+        prefix: None,
+        pid_file: pid_file.clone(),
+        reload_command: None,
+        stats_socket: None,
+        master_socket: None,
+    });
+    let e = hx.reload();
+    // Stopped by its pid (ours: started above), whatever the result.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let e = e.expect_err("no reload of a non-master-worker haproxy");
+    assert!(
+        e.to_string().contains("does not run in master-worker mode"),
+        "{e}"
+    );
+}

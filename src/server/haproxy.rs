@@ -105,6 +105,18 @@ impl Haproxy {
         Ok(done)
     }
 
+    /// Whether the master `pid` runs in master-worker mode: `-W` / `-Ws`
+    /// on its command line, or `master-worker` in the config's `global`.
+    fn master_worker(&self, pid: i32) -> bool {
+        let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if args.split(|b| *b == 0).any(|a| a == b"-W" || a == b"-Ws") {
+            return true;
+        }
+        std::fs::read_to_string(&self.cfg.config)
+            .map(|t| t.lines().any(|l| l.trim() == "master-worker"))
+            .unwrap_or(false)
+    }
+
     /// What HAProxy holds for `file` now (`show ssl cert FILE`).
     pub fn loaded(&self, file: &Path) -> Result<LoadedCert, ServerError> {
         match self.stats() {
@@ -211,6 +223,16 @@ impl WebServer for Haproxy {
             return Socket::trusted("master socket", path, haproxy_api::DEFAULT_TIMEOUT)
                 .and_then(|s| s.master_reload())
                 .map_err(ServerError::Runtime);
+        }
+        // SIGUSR2 reloads only a master-worker master; a plain `-D` daemon
+        // ignores it (measured), which would look like a reload that never
+        // serves the new files.
+        let pid = process::proven_pid(&self.expect())?;
+        if !self.master_worker(pid) {
+            return Err(ServerError::NotMasterWorker {
+                pid,
+                path: self.cfg.pid_file.clone(),
+            });
         }
         process::signal(&self.expect(), Signal::SIGUSR2).map(|_| ())
     }

@@ -104,6 +104,11 @@ pub enum ServerError {
     Runtime(haproxy_api::ApiError),
     #[error("{path}: cannot read the installed file: {reason}")]
     ReadFile { path: PathBuf, reason: String },
+    /// haproxy without `-W`: SIGUSR2 would be ignored.
+    #[error(
+        "haproxy pid {pid} from {path} does not run in master-worker mode (-W), so a signal does not reload it; run it with -W or -Ws (Debian's unit does) or set reload_command"
+    )]
+    NotMasterWorker { pid: i32, path: PathBuf },
 }
 
 /// How [`WebServer::apply`] made the swapped files live.
