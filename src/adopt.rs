@@ -489,10 +489,7 @@ pub fn plan(cfg: &Config, site: &Site, managed: bool) -> Result<Plan, AdoptError
 }
 
 fn server_name(cfg: &Config) -> &'static str {
-    match cfg.server.kind {
-        crate::config::ServerKind::Nginx => "nginx",
-        crate::config::ServerKind::Apache => "apache",
-    }
+    crate::config::kind_name(cfg.server.kind)
 }
 
 /// The new text of every server config file, each directive's argument
@@ -1068,7 +1065,9 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
     if let Err(e) = rec.set_phase(Phase::Reloading) {
         return fail(rec, false, e.to_string(), report);
     }
-    if let Err(e) = crate::service::load_new(env.server) {
+    // The server's own config changed (new paths): a reload, never an
+    // in-memory update of the old names (no sites).
+    if let Err(e) = crate::service::load_new(env.server, &[]) {
         return fail(rec, true, e.to_string(), report);
     }
     crate::failpoint::hit("adopt-after-reload");
@@ -1272,7 +1271,7 @@ fn revert(env: &Env<'_>, site: &Site, mut rec: Record, why: &str) -> Result<Outc
     if reload {
         // The one restore of service: config test, then reload or start.
         let t = std::time::Instant::now();
-        match crate::service::restore_service(env.server) {
+        match crate::service::restore_service(env.server, &[]) {
             Ok(()) => {}
             Err(RestoreFailed::ConfigTest(e)) => {
                 tested = false;
@@ -1363,7 +1362,7 @@ fn reapply(env: &Env<'_>, site: &Site, rec: &mut Record, reloaded: bool) -> Stri
         }
     }
     if reloaded {
-        if let Err(e) = crate::service::restore_service(env.server) {
+        if let Err(e) = crate::service::restore_service(env.server, &[]) {
             let e = e.into_server_error();
             return format!("the adopted lines are back, but reloading failed: {e}");
         }

@@ -323,14 +323,37 @@ impl Agent {
             probers: &probers,
             store: &store,
         };
+        // One batch per server (issue 18): each `[[server]]` with its own
+        // sites, config test and reload (none for haproxy). The whole
+        // config (`env`) reads the sources, whose bundles may be for any.
+        let scoped: Vec<(Config, Box<dyn server::WebServer>)> = cfg
+            .per_server()
+            .into_iter()
+            .map(|c| {
+                let s = server::from_config(&c.server);
+                (c, s)
+            })
+            .collect();
+        let envs: Vec<Env<'_>> = scoped
+            .iter()
+            .map(|(c, s)| Env {
+                config: c,
+                server: s.as_ref(),
+                probers: &probers,
+                store: &store,
+            })
+            .collect();
 
         // 1. the host lock: busy means another certswap is changing files.
         match store.lock() {
             Ok(lock) => {
                 if !self.recovered {
-                    match batch::recover_host(&env) {
-                        Ok(_) => self.recovered = true,
-                        Err(e) => tracing::error!("repair from the journals failed: {e}"),
+                    self.recovered = true;
+                    for e in &envs {
+                        if let Err(err) = batch::recover_host(e) {
+                            self.recovered = false;
+                            tracing::error!("repair from the journals failed: {err}");
+                        }
                     }
                 }
                 drop(lock);
@@ -397,7 +420,7 @@ impl Agent {
         let mut inbox_waiting = InboxWaiting::new();
         if stop.load(Ordering::SeqCst) {
             tracing::info!("stopping: the bundles found in this pass are left for the next start");
-        } else if self.install(&env, pending, &mut inbox_waiting) {
+        } else if self.install(&env, &envs, pending, &mut inbox_waiting) {
             // The lock was taken between our look and the batch: soon again.
             let at = SystemTime::now() + self.inbox_debounce().max(Duration::from_secs(5));
             report.inbox_recheck = Some(report.inbox_recheck.map_or(at, |r| r.min(at)));
@@ -427,7 +450,9 @@ impl Agent {
         //    log lines on full passes) and drift.
         self.expiry(&cfg, kind == PassKind::Full);
         if kind == PassKind::Full && !stop.load(Ordering::SeqCst) {
-            self.drift(&env);
+            for e in &envs {
+                self.drift(e);
+            }
         }
         self.metrics.last_pass.set(crate::metrics::now_unix());
         report
@@ -865,6 +890,7 @@ impl Agent {
     fn install(
         &mut self,
         env: &Env<'_>,
+        envs: &[Env<'_>],
         pending: Vec<Pending>,
         inbox_waiting: &mut InboxWaiting,
     ) -> bool {
@@ -912,25 +938,55 @@ impl Agent {
                 inbox_waiting,
             );
         }
-        let result = if todo.is_empty() {
-            Ok(Vec::new())
-        } else {
+        // One batch per server, each over its own sites (`envs`).
+        for e in envs {
+            let group: Vec<&Pending> = todo
+                .iter()
+                .filter(|p| e.config.site(&p.candidate.site).is_ok())
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
             let mut items = Vec::new();
-            for p in &todo {
+            for p in &group {
                 // Matched against this config in this pass: always found.
-                if let Ok(site) = env.config.site(&p.candidate.site) {
+                if let Ok(site) = e.config.site(&p.candidate.site) {
                     items.push(Item {
                         site,
                         files: p.candidate.files(),
                     });
                 }
             }
-            tracing::info!(bundles = items.len(), "installing as one batch");
-            batch::install_items(env, &items, false, false)
-        };
+            tracing::info!(
+                bundles = items.len(),
+                server = %e.config.server.name,
+                "installing as one batch"
+            );
+            let result = batch::install_items(e, &items, false, false);
+            lock_busy |= self.settle_batch(e, &group, result, inbox_waiting);
+        }
+        for run in runs {
+            if let Some(state) = self.http.get_mut(&run.source.name) {
+                finish_http(&run, &env.config.state_dir, state);
+            }
+        }
+        lock_busy
+    }
+
+    /// The bookkeeping of one server's batch: each bundle's outcome, or
+    /// (the batch could not run) why they all wait. True when the host
+    /// lock was busy.
+    fn settle_batch(
+        &mut self,
+        env: &Env<'_>,
+        group: &[&Pending],
+        result: Result<Vec<Outcome>, InstallError>,
+        inbox_waiting: &mut InboxWaiting,
+    ) -> bool {
+        let mut busy = false;
         match result {
             Ok(outcomes) => {
-                for (p, out) in todo.iter().zip(outcomes) {
+                for (p, out) in group.iter().zip(outcomes) {
                     if out.result == ResultKind::Verified {
                         // A failed deploy hook of this site is settled.
                         crate::hook::clear_failure(&env.config.state_dir, &out.site);
@@ -944,7 +1000,7 @@ impl Agent {
                     "another certswap took the host lock; the bundles wait for the next pass"
                 );
                 self.metrics.skipped_passes.inc();
-                for p in &todo {
+                for p in group {
                     self.wait(
                         p,
                         Retryable::Busy,
@@ -952,7 +1008,7 @@ impl Agent {
                         inbox_waiting,
                     );
                 }
-                lock_busy = true;
+                busy = true;
             }
             Err(e) => {
                 // Nothing of the bundles was judged: the environment failed.
@@ -964,18 +1020,13 @@ impl Agent {
                     _ => Retryable::Busy,
                 };
                 let sentence = e.to_string();
-                for p in &todo {
+                for p in group {
                     self.metrics.site_error(&p.candidate.site);
                     self.wait(p, why, &sentence, inbox_waiting);
                 }
             }
         }
-        for run in runs {
-            if let Some(state) = self.http.get_mut(&run.source.name) {
-                finish_http(&run, &env.config.state_dir, state);
-            }
-        }
-        lock_busy
+        busy
     }
 
     /// Metrics and a log line for one outcome.
@@ -1241,7 +1292,11 @@ impl Agent {
         };
         // No reload without a passing config test (invariant 4); a server
         // that is not running is started (the one restore of service).
-        if let Err(e) = crate::service::restore_service(env.server) {
+        let sites: Vec<&crate::config::Site> = drifting
+            .iter()
+            .filter_map(|row| env.config.sites.iter().find(|s| s.name == row.name))
+            .collect();
+        if let Err(e) = crate::service::restore_service(env.server, &sites) {
             tracing::error!("drift not fixed: {}", e.into_server_error());
             return;
         }

@@ -115,6 +115,38 @@ pub fn install_dir(
     Ok(outcomes)
 }
 
+/// [`install_dir`] on a host with several `[[server]]` entries: the
+/// bundles of `dir` matched against every site of `full`, then one batch
+/// per server (`envs`: each scoped to one server, [`Config::for_server`]).
+pub fn install_dir_per_server(
+    full: &Config,
+    envs: &[Env<'_>],
+    dir: &Path,
+    force: bool,
+    dry_run: bool,
+) -> Result<Vec<Outcome>, InstallError> {
+    let (items, mut outcomes) = scan_dir(full, dir)?;
+    if items.is_empty() && outcomes.is_empty() {
+        tracing::warn!(
+            "{}: no bundle (SITE.pem) for any configured site; nothing to install",
+            dir.display()
+        );
+        return Ok(outcomes);
+    }
+    for env in envs {
+        let mine: Vec<Item<'_>> = items
+            .iter()
+            .filter(|it| it.site.server == env.config.server.name)
+            .cloned()
+            .collect();
+        if !mine.is_empty() {
+            outcomes.extend(install_items(env, &mine, force, dry_run)?);
+        }
+    }
+    outcomes.sort_by(|a, b| a.site.cmp(&b.site));
+    Ok(outcomes)
+}
+
 /// Install `items` as one batch (see the module docs): one outcome per
 /// item, in the order of `items`. Err only for a failure of the host, not
 /// of a site: the lock is held by another certswap, a repair from a
@@ -734,10 +766,12 @@ fn apply_staged(
     }
     failpoint::hit("after-configtest");
 
-    // 6. ONE reload. From the swap on, new files are in place, so
+    // 6. ONE reload (haproxy: the in-memory update of the changed files,
+    //    `WebServer::apply`). From the swap on, new files are in place, so
     //    recovery reloads after a crash (src/store/mod.rs).
     let t = Instant::now();
-    let reloaded = service::load_new(env.server);
+    let changed: Vec<&Site> = batch.open.iter().map(|(o, _)| o.site).collect();
+    let reloaded = service::load_new(env.server, &changed);
     batch.each_open(|o| o.timings_ms.reload = ms(t));
     clock.done("reload", batch.open.len());
     if let Err(e) = reloaded {
@@ -928,6 +962,7 @@ impl Batch<'_, '_> {
                 Ok(()) => self.restored.push((
                     o.idx,
                     recover::Restored {
+                        site: o.site.clone(),
                         store: o.store,
                         reloaded: after_reload,
                         proof: o

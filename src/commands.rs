@@ -218,6 +218,7 @@ fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
         .site
         .as_deref()
         .ok_or("install needs --site NAME (or --batch DIR)")?;
+    let cfg = site_scoped(&cfg, name)?;
     let site = cfg.site(name).map_err(|e| e.to_string())?;
     // One change through the one engine: a batch of one.
     let item = crate::batch::Item {
@@ -229,9 +230,30 @@ fn install_cmd(config: &Path, a: &InstallArgs) -> CmdResult {
     })
 }
 
+/// `cfg` scoped to the server of the site called `name` (with several
+/// `[[server]]` entries, a one-site command drives that site's server).
+fn site_scoped(cfg: &Config, name: &str) -> Result<Config, String> {
+    let site = cfg.site(name).map_err(|e| e.to_string())?;
+    cfg.for_server(&site.server)
+        .ok_or_else(|| format!("site {name} names no configured server"))
+}
+
 /// `install --batch DIR`: one outcome per bundle; the exit code is the
 /// worst of them (3 over 2 over 1 over 0).
+/// With several `[[server]]` entries, one batch per server.
 fn batch_cmd(cfg: &Config, dir: &Path, a: &InstallArgs) -> CmdResult {
+    if cfg.servers.len() > 1 {
+        let scoped = cfg.per_server();
+        let hosts = scoped
+            .iter()
+            .map(Host::open)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let envs: Vec<_> = hosts.iter().zip(&scoped).map(|(h, c)| h.env(c)).collect();
+        let outcomes = crate::batch::install_dir_per_server(cfg, &envs, dir, a.force, a.dry_run)
+            .map_err(|e| e.to_string())?;
+        return emit_many(&outcomes, a.json);
+    }
     let parts = Host::open(cfg).map_err(|e| e.to_string())?;
     let outcomes = crate::batch::install_dir(&parts.env(cfg), dir, a.force, a.dry_run)
         .map_err(|e| e.to_string())?;
@@ -255,6 +277,7 @@ fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
     let [name] = a.site.as_slice() else {
         return rollback_many(&cfg, a);
     };
+    let cfg = site_scoped(&cfg, name)?;
     let site = cfg.site(name).map_err(|e| e.to_string())?;
     // Undoing `certswap adopt`, while it is the site's last change.
     if site.pairs.is_empty() {
@@ -295,13 +318,32 @@ fn rollback_cmd(config: &Path, a: &RollbackArgs) -> CmdResult {
 /// config test, one reload); a site whose last change is `certswap adopt`
 /// is undone by adopt, as with one site. Every name is checked before
 /// anything changes.
+/// With several `[[server]]` entries, one run per server of the named
+/// sites (every name checked first).
 fn rollback_many(cfg: &Config, a: &RollbackArgs) -> CmdResult {
     let mut names: Vec<&str> = Vec::new();
     for n in &a.site {
         if !names.contains(&n.as_str()) {
+            cfg.site(n).map_err(|e| e.to_string())?;
             names.push(n);
         }
     }
+    let mut outcomes = Vec::new();
+    for scoped in cfg.per_server() {
+        let mine: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| scoped.site(n).is_ok())
+            .collect();
+        if !mine.is_empty() {
+            outcomes.extend(rollback_on(&scoped, &mine, a)?);
+        }
+    }
+    emit_many(&outcomes, a.json)
+}
+
+/// [`rollback_many`] for the sites `names` of one server's config.
+fn rollback_on(cfg: &Config, names: &[&str], a: &RollbackArgs) -> Result<Vec<Outcome>, String> {
     let mut sites = Vec::new();
     for n in names {
         let site = cfg.site(n).map_err(|e| e.to_string())?;
@@ -336,7 +378,7 @@ fn rollback_many(cfg: &Config, a: &RollbackArgs) -> CmdResult {
     if !refs.is_empty() {
         outcomes.extend(crate::batch::rollback_sites(&env, &refs).map_err(|e| e.to_string())?);
     }
-    emit_many(&outcomes, a.json)
+    Ok(outcomes)
 }
 
 fn status_cmd(config: &Path, a: &StatusArgs) -> CmdResult {
@@ -355,11 +397,21 @@ fn status_cmd(config: &Path, a: &StatusArgs) -> CmdResult {
     Ok(report.exit_code())
 }
 
-/// `discover`: the TLS sites of the server named by the config's
-/// `[server]`, as `[[site]]` blocks to paste (or JSON).
+/// `discover`: the TLS sites of the config's `[server]` (of every
+/// `[[server]]`, in order, each site block naming its server), as
+/// `[[site]]` blocks to paste (or JSON).
 fn discover_cmd(config: &Path, a: &crate::cli::DiscoverArgs) -> CmdResult {
     let cfg = Config::load(config).map_err(|e| e.to_string())?;
-    let sites = crate::discover::discover(&cfg.server).map_err(|e| e.to_string())?;
+    let mut sites = Vec::new();
+    for server in &cfg.servers {
+        let mut found = crate::discover::discover(server).map_err(|e| e.to_string())?;
+        if cfg.servers.len() > 1 {
+            for s in &mut found {
+                s.server = Some(server.name.clone());
+            }
+        }
+        sites.extend(found);
+    }
     if a.json {
         println!("{}", crate::discover::to_json(&sites));
     } else {
@@ -456,17 +508,35 @@ fn run_cmd(config: &Path, a: &RunArgs) -> CmdResult {
 
 fn deploy_hook_cmd(config: &Path, a: &DeployHookArgs) -> CmdResult {
     let cfg = host::load(config).map_err(|e| e.to_string())?;
-    let parts = Host::open(&cfg).map_err(|e| e.to_string())?;
     let vars = |k: &str| std::env::var(k).ok();
-    let outcomes =
-        crate::hook::deploy_with(&parts.env(&cfg), &vars, a.force).map_err(|e| e.to_string())?;
-    emit_many(&outcomes, a.json)
+    // One run per server: the renewal goes to the covered sites of each;
+    // a server with none of them is skipped, unless no server has any.
+    let mut outcomes = Vec::new();
+    let mut first_err = None;
+    for scoped in cfg.per_server() {
+        let parts = Host::open(&scoped).map_err(|e| e.to_string())?;
+        match crate::hook::deploy_with(&parts.env(&scoped), &vars, a.force) {
+            Ok(o) => outcomes.extend(o),
+            Err(e) => {
+                first_err.get_or_insert(e.to_string());
+            }
+        }
+    }
+    match first_err {
+        Some(e) if outcomes.is_empty() => Err(e),
+        Some(e) => {
+            tracing::warn!("deploy-hook: on another server: {e}");
+            emit_many(&outcomes, a.json)
+        }
+        None => emit_many(&outcomes, a.json),
+    }
 }
 
 /// `adopt`: without `--apply` only the plan (nothing is opened for
 /// writing, not even the state dir); with it, the change, verified.
 fn adopt_cmd(config: &Path, a: &AdoptArgs) -> CmdResult {
     let cfg = host::load(config).map_err(|e| e.to_string())?;
+    let cfg = site_scoped(&cfg, &a.site)?;
     let site = cfg.site(&a.site).map_err(|e| e.to_string())?;
     let report = if a.apply {
         let parts = Host::open(&cfg).map_err(|e| e.to_string())?;

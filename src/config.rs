@@ -51,6 +51,9 @@ pub enum ConfigError {
 pub enum ServerKind {
     Nginx,
     Apache,
+    /// HAProxy 2.2+ in master-worker mode (`-W`/`-Ws`): certificates are
+    /// replaced in memory over its runtime API (`stats_socket`).
+    Haproxy,
 }
 
 /// How a site's files are replaced.
@@ -68,7 +71,9 @@ pub enum Mode {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     state_dir: Option<PathBuf>,
-    server: RawServer,
+    /// `[server]` (one table) or `[[server]]` (named entries): read by
+    /// [`resolve_servers`], which gives each form its own messages.
+    server: toml::Value,
     #[serde(default)]
     probe: RawProbe,
     #[serde(default, rename = "site")]
@@ -91,12 +96,18 @@ struct RawTrust {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
+    /// `[[server]]` entries: what each site's `server` names.
+    name: Option<String>,
     kind: ServerKind,
     binary: Option<PathBuf>,
     config: Option<PathBuf>,
     prefix: Option<PathBuf>,
     pid_file: Option<PathBuf>,
     reload_command: Option<Vec<String>>,
+    /// haproxy: the admin-level stats socket (`stats socket … level admin`).
+    stats_socket: Option<PathBuf>,
+    /// haproxy: the master CLI socket (`-S`), for `reload`.
+    master_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +134,8 @@ struct RawSite {
     /// Further cert/key pairs of the same vhost (dual RSA + ECDSA).
     #[serde(default)]
     pair: Vec<RawPair>,
+    /// The `[[server]]` entry that serves the site (default: the only one).
+    server: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,7 +201,12 @@ pub struct Config {
     /// The file it was read from, for messages.
     pub path: PathBuf,
     pub state_dir: PathBuf,
+    /// The server the commands and the agent drive: the only one, or the
+    /// one a config scoped by [`Config::for_server`] is about.
     pub server: ServerConfig,
+    /// Every server of the host (`[server]`: one; `[[server]]`: each
+    /// entry), in config order. `server` is one of them.
+    pub servers: Vec<ServerConfig>,
     pub probe: ProbeConfig,
     pub sites: Vec<Site>,
     /// `[agent]`: the daemon's schedule and endpoints (`certswap run`).
@@ -332,12 +350,21 @@ pub struct HttpSource {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The `[[server]]` entry's `name`; for a single `[server]` table its
+    /// `name` if given, else the kind ("nginx").
+    pub name: String,
     pub kind: ServerKind,
     pub binary: PathBuf,
     pub config: PathBuf,
     pub prefix: Option<PathBuf>,
     pub pid_file: PathBuf,
     pub reload_command: Option<Vec<String>>,
+    /// haproxy only: the admin-level runtime API socket. Without it every
+    /// install reloads.
+    pub stats_socket: Option<PathBuf>,
+    /// haproxy only: the master CLI socket; its `reload` is the fallback
+    /// (else SIGUSR2 to the master, or `reload_command`).
+    pub master_socket: Option<PathBuf>,
 }
 
 /// `probe.timeout` when the config gives none and the deadline is longer.
@@ -379,6 +406,8 @@ pub struct Site {
     /// the site name, or `NAME__rsa` / `NAME__ecdsa` for one pair of a
     /// dual-certificate site, so each pair keeps its own history.
     pub store_key: String,
+    /// The name of the server that serves the site ([`ServerConfig::name`]).
+    pub server: String,
     /// The key type a probe of this site asks for: `Any`, or the pair's
     /// type for one pair of a dual-certificate site (the server shows the
     /// leaf of the type the client's signature schemes allow).
@@ -459,7 +488,7 @@ impl Config {
             return Err(invalid("state_dir", "must be an absolute path".into()));
         }
 
-        let server = resolve_server(raw.server, &invalid)?;
+        let servers = resolve_servers(raw.server, &invalid)?;
 
         let duration = |key: &str, v: Option<String>, default: Duration| match v {
             None => Ok(default),
@@ -534,10 +563,33 @@ impl Config {
                 })?;
                 endpoints.push(t);
             }
+            let server = match (&s.server, servers.as_slice()) {
+                (Some(n), _) if servers.iter().any(|v| v.name == *n) => n.clone(),
+                (Some(n), _) => {
+                    return Err(invalid(
+                        &key("server"),
+                        format!(
+                            "names no [[server]] entry: {n:?} (servers: {})",
+                            server_names(&servers)
+                        ),
+                    ));
+                }
+                (None, [only]) => only.name.clone(),
+                (None, _) => {
+                    return Err(invalid(
+                        &key("server"),
+                        format!(
+                            "is required when the host has several servers (servers: {})",
+                            server_names(&servers)
+                        ),
+                    ));
+                }
+            };
             let pairs: Vec<(PathBuf, PathBuf)> =
                 s.pair.into_iter().map(|p| (p.cert, p.key)).collect();
             let slots = slots_of(&s.cert, &s.key, &pairs);
             sites.push(Site {
+                server,
                 store_key: s.name.clone(),
                 key_family: KeyFamily::Any,
                 name: s.name,
@@ -565,13 +617,34 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             state_dir,
-            server,
+            server: servers[0].clone(),
+            servers,
             probe,
             sites,
             agent,
             sources,
             extra_roots,
         })
+    }
+
+    /// This config scoped to one server: `server` is it and `sites` are
+    /// its sites (one batch per server; the state dir, probe and sources
+    /// stay shared). None for a name that is not a server.
+    pub fn for_server(&self, name: &str) -> Option<Config> {
+        let server = self.servers.iter().find(|s| s.name == name)?.clone();
+        let mut scoped = self.clone();
+        scoped.sites.retain(|s| s.server == server.name);
+        scoped.server = server;
+        Some(scoped)
+    }
+
+    /// [`Config::for_server`] for every server, in config order: the
+    /// configs one agent pass runs a batch for each.
+    pub fn per_server(&self) -> Vec<Config> {
+        self.servers
+            .iter()
+            .filter_map(|s| self.for_server(&s.name))
+            .collect()
     }
 
     /// The site called `name`, or an error listing the known ones.
@@ -618,8 +691,80 @@ fn slots_of(cert: &Path, key: &Path, pairs: &[(PathBuf, PathBuf)]) -> Vec<Slot> 
     .collect()
 }
 
+fn server_names(servers: &[ServerConfig]) -> String {
+    servers
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `[server]` (one table, the contract since the start) or `[[server]]`
+/// (named entries, at least one, names unique).
+fn resolve_servers(
+    value: toml::Value,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Vec<ServerConfig>, ConfigError> {
+    let raw = |key: &str, v: toml::Value| -> Result<RawServer, ConfigError> {
+        v.try_into::<RawServer>()
+            .map_err(|e| invalid(key, e.message().trim().to_string()))
+    };
+    match value {
+        toml::Value::Table(_) => {
+            let server = resolve_server(raw("server", value)?, "server", &invalid)?;
+            Ok(vec![server])
+        }
+        toml::Value::Array(entries) if !entries.is_empty() => {
+            let mut out: Vec<ServerConfig> = Vec::with_capacity(entries.len());
+            for (i, v) in entries.into_iter().enumerate() {
+                let key = format!("server[{i}]");
+                let r = raw(&key, v)?;
+                let Some(name) = r.name.clone() else {
+                    return Err(invalid(
+                        &format!("{key}.name"),
+                        "is required in a [[server]] entry (e.g. name = \"edge\")".into(),
+                    ));
+                };
+                if let Err(why) = check_server_name(&name) {
+                    return Err(invalid(&format!("{key}.name"), why));
+                }
+                if out.iter().any(|s| s.name == name) {
+                    return Err(invalid(
+                        &format!("{key}.name"),
+                        format!("repeats the server name {name:?}"),
+                    ));
+                }
+                out.push(resolve_server(r, &key, &invalid)?);
+            }
+            Ok(out)
+        }
+        _ => Err(invalid(
+            "server",
+            "must be a [server] table or [[server]] entries".into(),
+        )),
+    }
+}
+
+/// A server name: letters, digits, '-', '_' (it appears in messages and
+/// site entries, never in paths).
+fn check_server_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a server name: use letters, digits, '-' and '_'"
+        ))
+    }
+}
+
 fn resolve_server(
     raw: RawServer,
+    table: &str,
     invalid: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<ServerConfig, ConfigError> {
     // Debian's package paths; RHEL users set them in the config.
@@ -630,23 +775,66 @@ fn resolve_server(
             "/etc/apache2/apache2.conf",
             "/run/apache2/apache2.pid",
         ),
+        // Debian's unit: `haproxy -Ws -f $CONFIG -p /run/haproxy.pid`.
+        ServerKind::Haproxy => (
+            "/usr/sbin/haproxy",
+            "/etc/haproxy/haproxy.cfg",
+            "/run/haproxy.pid",
+        ),
     };
+    for (key, value) in [
+        ("stats_socket", &raw.stats_socket),
+        ("master_socket", &raw.master_socket),
+    ] {
+        let key = format!("{table}.{key}");
+        match value {
+            Some(_) if raw.kind != ServerKind::Haproxy => {
+                return Err(invalid(&key, "is for kind = \"haproxy\" only".into()));
+            }
+            Some(p) if !p.is_absolute() => {
+                return Err(invalid(
+                    &key,
+                    format!("must be an absolute path, not {p:?}"),
+                ));
+            }
+            _ => {}
+        }
+    }
     if let Some(cmd) = &raw.reload_command
         && cmd.is_empty()
     {
         return Err(invalid(
-            "server.reload_command",
+            &format!("{table}.reload_command"),
             "must name a program, e.g. [\"systemctl\", \"reload\", \"nginx\"]".into(),
         ));
     }
+    let name = match raw.name {
+        Some(n) => {
+            check_server_name(&n).map_err(|why| invalid(&format!("{table}.name"), why))?;
+            n
+        }
+        None => kind_name(raw.kind).to_string(),
+    };
     Ok(ServerConfig {
+        name,
         kind: raw.kind,
         binary: raw.binary.unwrap_or_else(|| binary.into()),
         config: raw.config.unwrap_or_else(|| config.into()),
         prefix: raw.prefix,
         pid_file: raw.pid_file.unwrap_or_else(|| pid_file.into()),
         reload_command: raw.reload_command,
+        stats_socket: raw.stats_socket,
+        master_socket: raw.master_socket,
     })
+}
+
+/// The kind as the config spells it.
+pub fn kind_name(kind: ServerKind) -> &'static str {
+    match kind {
+        ServerKind::Nginx => "nginx",
+        ServerKind::Apache => "apache",
+        ServerKind::Haproxy => "haproxy",
+    }
 }
 
 fn parse_duration(
@@ -1056,6 +1244,92 @@ cert = "/etc/ssl/a.pem"
 key = "/etc/ssl/a.key"
 endpoints = ["127.0.0.1:443", "alt.example.com@127.0.0.1:8443"]
 "#;
+
+    #[test]
+    fn one_server_table_keeps_working_and_names_itself_after_its_kind() {
+        let c = parse(MIN).expect("valid");
+        assert_eq!(c.servers.len(), 1);
+        assert_eq!(c.server.name, "nginx");
+        assert_eq!(c.sites[0].server, "nginx");
+        assert_eq!(c.per_server().len(), 1);
+    }
+
+    const TWO: &str = r#"
+state_dir = "/tmp/st"
+[[server]]
+name = "edge"
+kind = "haproxy"
+stats_socket = "/run/haproxy-admin.sock"
+[[server]]
+name = "web"
+kind = "nginx"
+[[site]]
+name = "a.example.com"
+server = "edge"
+cert = "/etc/haproxy/a.pem"
+key = "/etc/haproxy/a.pem"
+endpoints = ["127.0.0.1:443"]
+[[site]]
+name = "b.example.com"
+server = "web"
+cert = "/etc/ssl/b.pem"
+key = "/etc/ssl/b.key"
+endpoints = ["127.0.0.1:8443"]
+"#;
+
+    #[test]
+    fn named_servers_each_get_their_sites() {
+        let c = parse(TWO).expect("valid");
+        let names: Vec<&str> = c.servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["edge", "web"]);
+        assert_eq!(c.servers[0].binary, PathBuf::from("/usr/sbin/haproxy"));
+        assert_eq!(
+            c.servers[0].stats_socket.as_deref(),
+            Some(Path::new("/run/haproxy-admin.sock"))
+        );
+        let per = c.per_server();
+        assert_eq!(per.len(), 2);
+        assert_eq!(per[0].server.kind, ServerKind::Haproxy);
+        assert_eq!(per[0].sites.len(), 1);
+        assert_eq!(per[0].sites[0].name, "a.example.com");
+        assert_eq!(per[1].server.kind, ServerKind::Nginx);
+        assert_eq!(per[1].sites[0].name, "b.example.com");
+        assert!(c.for_server("nope").is_none());
+    }
+
+    #[test]
+    fn server_mistakes_name_the_key() {
+        let no_site_server = TWO.replace("server = \"web\"\n", "");
+        let e = parse(&no_site_server).expect_err("ambiguous").to_string();
+        assert!(
+            e.contains("`site[1].server` is required") && e.contains("edge, web"),
+            "{e}"
+        );
+        let unknown = TWO.replace("server = \"web\"", "server = \"db\"");
+        let e = parse(&unknown).expect_err("unknown").to_string();
+        assert!(
+            e.contains("`site[1].server` names no [[server]] entry: \"db\""),
+            "{e}"
+        );
+        let twice = TWO.replace("name = \"web\"", "name = \"edge\"");
+        let e = parse(&twice).expect_err("twice").to_string();
+        assert!(e.contains("`server[1].name` repeats"), "{e}");
+        let unnamed = TWO.replace("name = \"web\"\n", "");
+        let e = parse(&unnamed).expect_err("unnamed").to_string();
+        assert!(e.contains("`server[1].name` is required"), "{e}");
+        let stray = TWO.replace(
+            "kind = \"nginx\"",
+            "kind = \"nginx\"\nstats_socket = \"/x.sock\"",
+        );
+        let e = parse(&stray).expect_err("stray").to_string();
+        assert!(
+            e.contains("`server[1].stats_socket` is for kind = \"haproxy\" only"),
+            "{e}"
+        );
+        let typo = MIN.replace("kind = \"nginx\"", "kind = \"nginx\"\nbinnary = \"/x\"");
+        let e = parse(&typo).expect_err("typo").to_string();
+        assert!(e.contains("`server`") && e.contains("binnary"), "{e}");
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

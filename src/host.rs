@@ -1,12 +1,12 @@
 //! Opening the host: what a command that changes or probes sites needs
 //! besides the config file — the endpoints a site leaves out of the
-//! config, discovered from the server's own config (`nginx -T` /
+//! config, discovered from its server's own config (`nginx -T` /
 //! `apache2ctl -S`), then the web server, the prober and the store.
 //! `Config::load` runs no program; [`load`] does, for the CLI's commands
 //! that install, roll back, adopt or probe and for the agent (at start and
 //! on SIGHUP) alike.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ServerConfig, Site};
 use crate::discover;
 use crate::install::Env;
 use crate::probe::{ProbeError, Prober, Probers, Target};
@@ -79,20 +79,35 @@ fn prober(cfg: &Config) -> Result<Prober, ProbeError> {
     Prober::with_trust(trust, cfg.probe.timeout)
 }
 
-/// Sites without `endpoints` get the ones the server's own config
+/// Sites without `endpoints` get the ones their server's own config
 /// gives them (`certswap discover`): matched by site name or any of
-/// its names. Runs the server's config dump only when needed.
+/// its names. Runs a server's config dump only when one of its sites
+/// needs it.
 pub fn discover_endpoints(cfg: &mut Config) -> Result<(), ConfigError> {
-    if cfg.sites.iter().all(|s| !s.endpoints.is_empty()) {
+    for server in cfg.servers.clone() {
+        discover_endpoints_of(cfg, &server)?;
+    }
+    Ok(())
+}
+
+/// [`discover_endpoints`] for the sites of `server`.
+fn discover_endpoints_of(cfg: &mut Config, server: &ServerConfig) -> Result<(), ConfigError> {
+    let mine = |s: &Site| s.server == server.name;
+    if cfg
+        .sites
+        .iter()
+        .filter(|s| mine(s))
+        .all(|s| !s.endpoints.is_empty())
+    {
         return Ok(());
     }
-    let found = discover::discover(&cfg.server).map_err(|e| ConfigError::Invalid {
+    let found = discover::discover(server).map_err(|e| ConfigError::Invalid {
         path: cfg.path.clone(),
         key: "site.endpoints".into(),
         message: format!("is missing for some site and cannot be discovered: {e}"),
     })?;
     for (i, site) in cfg.sites.iter_mut().enumerate() {
-        if !site.endpoints.is_empty() {
+        if !site.endpoints.is_empty() || !mine(site) {
             continue;
         }
         let names = site.all_names();
@@ -106,7 +121,7 @@ pub fn discover_endpoints(cfg: &mut Config) -> Result<(), ConfigError> {
                 message: format!(
                     "is missing and no TLS server block / vhost for {} was found in {}; list them: endpoints = [\"127.0.0.1:443\"]",
                     site.name,
-                    cfg.server.config.display()
+                    server.config.display()
                 ),
             });
         };

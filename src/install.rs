@@ -433,12 +433,13 @@ pub(crate) fn saved_version(
     Ok(Some((op, files, leaf.sha256)))
 }
 
-/// Every file the server reads for `site`, with its role.
+/// Every file the server reads for `site`, with its role. A combined PEM
+/// (HAProxy's: `key` is the `cert` file) is one file, in the cert role.
 pub(crate) fn site_targets(site: &Site) -> Vec<(Role, PathBuf)> {
-    let mut t = vec![
-        (Role::Cert, site.cert.clone()),
-        (Role::Key, site.key.clone()),
-    ];
+    let mut t = vec![(Role::Cert, site.cert.clone())];
+    if !is_combined(site) {
+        t.push((Role::Key, site.key.clone()));
+    }
     if let Some(chain) = &site.chain {
         t.push((Role::Chain, chain.clone()));
     }
@@ -491,20 +492,41 @@ fn read_installed_with_chain(site: &Site) -> (Installed, Vec<CertInfo>, Vec<Stri
     (installed, chain_certs, warnings)
 }
 
+/// The site's key lives in its cert file: one combined PEM (cert, chain,
+/// key), as HAProxy reads it.
+pub(crate) fn is_combined(site: &Site) -> bool {
+    site.key == site.cert
+}
+
 /// The bytes each of the site's files gets from `bundle`: a full chain in
 /// `cert`, or leaf in `cert` and chain in `chain` when the site has one.
+/// A combined PEM ([`is_combined`]) gets the full chain and then the key:
+/// the bundle's, or for an own-CSR renewal the one the file holds now
+/// (validation proved it matches the new leaf).
 pub(crate) fn new_files(site: &Site, bundle: &Bundle) -> Vec<NewFile> {
     let mut files = Vec::new();
-    let cert_pem = match &site.chain {
+    let mut cert_pem = match &site.chain {
         Some(_) => bundle.leaf.to_pem(),
         None => bundle.fullchain_pem(),
     };
+    if is_combined(site) {
+        let key = match &bundle.key {
+            Some(k) => Some(k.pem.clone()),
+            None => bundle::read_key(&site.cert).ok().map(|k| k.pem),
+        };
+        if let Some(key) = key {
+            if !cert_pem.ends_with('\n') {
+                cert_pem.push('\n');
+            }
+            cert_pem.push_str(&key);
+        }
+    }
     files.push(NewFile {
         role: Role::Cert,
         target: site.cert.clone(),
         bytes: cert_pem.into_bytes(),
     });
-    if let Some(key) = &bundle.key {
+    if let Some(key) = bundle.key.as_ref().filter(|_| !is_combined(site)) {
         files.push(NewFile {
             role: Role::Key,
             target: site.key.clone(),

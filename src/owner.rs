@@ -259,6 +259,32 @@ pub fn trusted_file(what: &'static str, path: &Path) -> Result<(), OwnerError> {
     ancestors_trusted(what, path)
 }
 
+/// `path` is a Unix socket (not a symlink) owned by root, in directories
+/// only root can change: the server's admin socket, which certswap talks to
+/// as root. Its own mode is not checked: write on a socket is who may
+/// connect, not who placed it; the owner and the directories say that.
+pub fn trusted_socket(what: &'static str, path: &Path) -> Result<(), OwnerError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = lstat(what, path)?;
+    of_kind(
+        what,
+        path,
+        &meta,
+        meta.file_type().is_socket(),
+        "socket",
+        "socket",
+    )?;
+    if !trusted_uid(meta.uid()) {
+        return Err(OwnerError::Owner {
+            what,
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            fix: path.to_path_buf(),
+        });
+    }
+    ancestors_trusted(what, path)
+}
+
 /// A secret (a token, a client key, a vendor secret) is also readable by
 /// nobody but root: not by others, and by its group only when the group is
 /// root's.

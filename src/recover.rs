@@ -43,6 +43,8 @@ pub(crate) fn put_back(mut txn: Txn, reloaded: bool) -> Result<(), StoreError> {
 
 /// A site whose old files are back, waiting for [`settle`].
 pub(crate) struct Restored {
+    /// The site (one pair of a dual site): what service is restored for.
+    pub(crate) site: Site,
     pub(crate) store: SiteStore,
     /// The server may have loaded the new files: service is restored, and
     /// the change stays open until that was tried.
@@ -96,7 +98,12 @@ pub(crate) fn settle(
         if when == When::FailedChange {
             failpoint::hit(failpoint::AFTER_RESTORE);
         }
-        let problem = match restore_service(env.server) {
+        let sites: Vec<&Site> = restored
+            .iter()
+            .filter(|r| r.reloaded)
+            .map(|r| &r.site)
+            .collect();
+        let problem = match restore_service(env.server, &sites) {
             Ok(()) => None,
             Err(e) if when == When::AtStart => return Err(e),
             Err(e) => Some(e.to_string()),
@@ -267,6 +274,7 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
     let restored: Vec<Restored> = reload
         .iter()
         .map(|site| Restored {
+            site: (*site).clone(),
             store: env.store.site(&site.store_key),
             reloaded: true,
             proof: match bundle::read_leaf(&site.cert) {

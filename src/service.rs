@@ -6,25 +6,32 @@
 //! ```text
 //! step 5  configtest        the server's own test of what it would load
 //! step 6  load_new          the ONE reload that makes it read the new files
+//!                           (haproxy: the in-memory update, no reload)
 //! after   restore_service   config test → alive? → reload, or start it
 //!                           (the second reload of a failed change, the
 //!                           reload of a repair, the drift fix)
 //! ```
 //!
 //! A server that can take new certificates without a reload (HAProxy's
-//! runtime API) hooks in at [`load_new`] and [`restore_service`].
+//! runtime API) does so at [`load_new`] and [`restore_service`], through
+//! [`WebServer::apply`] with the sites whose files changed: it sends the
+//! bytes now on disk, so after a rollback or a repair memory holds the old
+//! ones again. With no sites (adopt changed the server's own config) it is
+//! a reload.
 
-use crate::server::{self, ServerError, WebServer};
+use crate::config::Site;
+use crate::server::{self, Applied, ServerError, WebServer};
 
 /// Step 5: no reload without a passing config test (invariant 4).
 pub fn configtest(server: &dyn WebServer) -> Result<(), ServerError> {
     server.configtest()
 }
 
-/// Step 6: make the running server read the files now in place (one
-/// graceful reload for every change of the run).
-pub fn load_new(server: &dyn WebServer) -> Result<(), ServerError> {
-    server.reload()
+/// Step 6: make the running server serve the files of `sites` now in
+/// place: one graceful reload for every change of the run, or (haproxy)
+/// their certificates replaced in memory.
+pub fn load_new(server: &dyn WebServer, sites: &[&Site]) -> Result<Applied, ServerError> {
+    server.apply(sites)
 }
 
 /// Why service could not be restored on the old files.
@@ -49,14 +56,16 @@ impl RestoreFailed {
     }
 }
 
-/// Config test, then reload a running server, or start one that is not
-/// running (apache's parent exits on a pair it cannot load; it was proven
-/// running before the change, so this start follows its death on our
-/// reload). A pid file naming another process starts nothing.
-pub fn restore_service(server: &dyn WebServer) -> Result<(), RestoreFailed> {
+/// Config test, then make a running server serve the files of `sites` as
+/// they are on disk again ([`WebServer::apply`]: a reload, or haproxy's
+/// in-memory update), or start one that is not running (apache's parent
+/// exits on a pair it cannot load; it was proven running before the
+/// change, so this start follows its death on our reload). A pid file
+/// naming another process starts nothing.
+pub fn restore_service(server: &dyn WebServer, sites: &[&Site]) -> Result<(), RestoreFailed> {
     server.configtest().map_err(RestoreFailed::ConfigTest)?;
     match server.check_alive() {
-        Ok(()) => server.reload(),
+        Ok(()) => server.apply(sites).map(|_| ()),
         Err(e) if server::is_not_running(&e) => server.start(),
         Err(e) => Err(e),
     }

@@ -224,6 +224,9 @@ fn nginx_sites_from_a_real_dump_are_served_where_discovered() {
             prefix: Some(p.to_path_buf()),
             pid_file: p.join("logs/nginx.pid"),
             reload_command: None,
+            name: "nginx".into(),
+            stats_socket: None,
+            master_socket: None,
         };
 
         // nginx -T needs no running nginx.
@@ -353,6 +356,9 @@ fn apache_vhosts_from_included_files_are_served_where_discovered() {
             prefix: None,
             pid_file: p.join("run/httpd.pid"),
             reload_command: None,
+            name: "apache".into(),
+            stats_socket: None,
+            master_socket: None,
         };
         let sites = discover(&cfg).expect("discover");
         let names: Vec<&str> = sites.iter().map(|s| s.name.as_str()).collect();

@@ -523,6 +523,7 @@ impl Reader {
             notes,
             refs,
             acme: Vec::new(),
+            server: None,
         })
     }
 

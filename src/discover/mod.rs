@@ -7,11 +7,13 @@
 //! helpers both readers use (names, endpoints, glob matching). The readers:
 //! - [`nginx`]  runs `nginx -T` and parses the dump it prints.
 //! - [`apache`] reads the config files itself, following `Include`s.
+//! - [`haproxy`] reads haproxy.cfg's TLS `bind` lines (`crt`, `crt-list`).
 //! - [`acme`]   marks paths an ACME client owns (certbot's `live/`
 //!   symlinks, acme.sh's domain directories): `certswap adopt` material.
 
 pub mod acme;
 pub mod apache;
+pub mod haproxy;
 pub mod nginx;
 
 use std::collections::HashSet;
@@ -53,6 +55,9 @@ pub struct DiscoveredSite {
     /// The site's files that an ACME client owns (filled by [`discover`]
     /// from the file system; the parsers leave it empty).
     pub acme: Vec<acme::AcmePath>,
+    /// The `[[server]]` entry the site was found on, when the config has
+    /// several (printed as the block's `server = …`).
+    pub server: Option<String>,
 }
 
 /// One path-valued directive in the server's config: where it is and how
@@ -141,6 +146,7 @@ pub fn discover(cfg: &ServerConfig) -> Result<Vec<DiscoveredSite>, DiscoverError
     let mut sites = match cfg.kind {
         ServerKind::Nginx => nginx::discover(cfg)?,
         ServerKind::Apache => apache::parse_config(&cfg.config, cfg.prefix.as_deref())?,
+        ServerKind::Haproxy => haproxy::parse_config(&cfg.config)?,
     };
     mark_acme(&mut sites);
     Ok(sites)
@@ -224,6 +230,9 @@ pub fn to_toml(sites: &[DiscoveredSite]) -> String {
         };
         line("[[site]]".into());
         line(format!("name = {}", toml_str(&site.name)));
+        if let Some(server) = &site.server {
+            line(format!("server = {}", toml_str(server)));
+        }
         if !site.names.is_empty() {
             line(format!("names = {}", toml_array(&site.names)));
         }
@@ -261,6 +270,7 @@ pub fn to_json(sites: &[DiscoveredSite]) -> serde_json::Value {
                     "key": k.display().to_string(),
                 })).collect::<Vec<_>>(),
                 "endpoints": s.endpoints,
+                "server": s.server,
                 "source": s.source,
                 "notes": s.notes,
                 "acme": s.acme.iter().map(|a| json!({
@@ -540,6 +550,7 @@ mod tests {
             notes: vec!["default_server".into()],
             refs: Vec::new(),
             acme: Vec::new(),
+            server: None,
         }
     }
 
@@ -618,6 +629,7 @@ mod tests {
             notes: vec!["odd \u{1b}[31m note".into()],
             refs: Vec::new(),
             acme: Vec::new(),
+            server: None,
         };
         let text = to_toml(std::slice::from_ref(&site));
         text.parse::<toml::Table>()

@@ -682,6 +682,7 @@ impl<'a> Dump<'a> {
             notes,
             refs,
             acme: Vec::new(),
+            server: None,
         })
     }
 

@@ -1,19 +1,24 @@
 //! The web servers certswap drives, behind one small trait: test the config
-//! (DESIGN.md step 5) and reload gracefully (step 6). One file per server;
-//! the proof that a pid names the server before it is signalled is in
-//! `process.rs`.
+//! (DESIGN.md step 5) and make the swapped files live (step 6): a graceful
+//! reload for nginx and apache, the in-memory update over the runtime API
+//! for haproxy ([`WebServer::apply`]). One file per server; the proof that
+//! a pid names the server before it is signalled is in `process.rs`, the
+//! HAProxy runtime API client in `haproxy_api.rs`.
 
 mod apache;
+mod haproxy;
+pub mod haproxy_api;
 mod nginx;
 mod process;
 
 use std::path::PathBuf;
 
 pub use apache::Apache;
+pub use haproxy::{Haproxy, Replaced};
 pub use nginx::Nginx;
 pub use process::{ProcessState, process_state, read_pid};
 
-use crate::config::{ServerConfig, ServerKind};
+use crate::config::{ServerConfig, ServerKind, Site};
 
 /// Why a server step failed. Each names the server, command or file.
 #[derive(Debug, thiserror::Error)]
@@ -89,11 +94,36 @@ pub enum ServerError {
         server: &'static str,
         output: String,
     },
+    /// haproxy without `stats_socket`: no in-memory update, a reload.
+    #[error("no server.stats_socket is configured")]
+    NoRuntimeApi,
+    /// HAProxy holds no certificate under this name (`show ssl cert`).
+    #[error("{file} is not a certificate HAProxy has loaded")]
+    NotLoaded { file: PathBuf },
+    #[error("haproxy runtime API: {0}")]
+    Runtime(haproxy_api::ApiError),
+    #[error("{path}: cannot read the installed file: {reason}")]
+    ReadFile { path: PathBuf, reason: String },
+    /// haproxy without `-W`: SIGUSR2 would be ignored.
+    #[error(
+        "haproxy pid {pid} from {path} does not run in master-worker mode (-W), so a signal does not reload it; run it with -W or -Ws (Debian's unit does) or set reload_command"
+    )]
+    NotMasterWorker { pid: i32, path: PathBuf },
+}
+
+/// How [`WebServer::apply`] made the swapped files live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Replaced in the running processes' memory (haproxy's runtime API),
+    /// this many certificates: no reload, every pid unchanged.
+    InMemory(usize),
+    /// A graceful reload was sent.
+    Reloaded,
 }
 
 /// A web server certswap can test and reload.
 pub trait WebServer {
-    /// "nginx" or "apache", for messages.
+    /// "nginx", "apache" or "haproxy", for messages.
     fn name(&self) -> &'static str;
     /// Run the server's own config test; Err carries its output.
     fn configtest(&self) -> Result<(), ServerError>;
@@ -106,6 +136,12 @@ pub trait WebServer {
     /// Ask the running server to reload gracefully (the pid proven again
     /// right before the signal).
     fn reload(&self) -> Result<(), ServerError>;
+    /// Make the files of `sites`, as now on disk, what the server serves:
+    /// a reload, unless the server can replace them in memory (haproxy).
+    fn apply(&self, sites: &[&Site]) -> Result<Applied, ServerError> {
+        let _ = sites;
+        self.reload().map(|()| Applied::Reloaded)
+    }
     /// After a reload: the server is still running (apache's parent exits
     /// on a bad cert/key instead of keeping the old one).
     fn check_alive(&self) -> Result<(), ServerError>;
@@ -139,6 +175,7 @@ pub fn from_config(cfg: &ServerConfig) -> Box<dyn WebServer> {
     match cfg.kind {
         ServerKind::Nginx => Box::new(Nginx::new(cfg.clone())),
         ServerKind::Apache => Box::new(Apache::new(cfg.clone())),
+        ServerKind::Haproxy => Box::new(Haproxy::new(cfg.clone())),
     }
 }
 

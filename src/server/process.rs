@@ -3,10 +3,11 @@
 //! program writes ([`crate::owner::read_trusted`]: a regular file only root
 //! can change, no symlink, no blocking read), and the process it names must
 //! be alive (`kill(pid, 0)` succeeds on a zombie, so the state comes from
-//! /proc), run the configured binary, and be the server's master (nginx)
-//! or parent (apache), not one of its children. The proof is repeated
-//! right before every signal, which goes through a pidfd opened before the
-//! proof, so a pid reused in between cannot receive it. Where certswap
+//! /proc), run the configured binary, and be the server's master (nginx,
+//! haproxy's `-W` master) or parent (apache), not one of its children. The
+//! proof is repeated right before every signal, which goes through a pidfd
+//! opened before the proof, so a pid reused in between cannot receive it.
+//! Where certswap
 //! may not read a root process's executable (no CAP_SYS_PTRACE, as under
 //! the systemd unit), "runs the binary" falls back to "owned by root and
 //! named after it" ([`runs_binary`]). docs/reliability.md has the model.
@@ -36,6 +37,9 @@ pub(crate) enum Leader {
     NginxMaster,
     /// apache: the parent that forks the children.
     ApacheParent,
+    /// haproxy in master-worker mode: the master (`-W`), whose pid the
+    /// `-p` file holds; the workers are its children.
+    HaproxyMaster,
 }
 
 /// What certswap expects the pid file to name.
@@ -208,7 +212,7 @@ fn prove(want: &Expect<'_>, pid: i32) -> Result<(), ServerError> {
             path: want.pid_file.to_path_buf(),
             parent: ppid,
             leader: match want.leader {
-                Leader::NginxMaster => "master process",
+                Leader::NginxMaster | Leader::HaproxyMaster => "master process",
                 Leader::ApacheParent => "parent process",
             },
         });

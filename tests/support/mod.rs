@@ -9,6 +9,7 @@
 
 pub mod acme;
 pub mod apache;
+pub mod haproxy;
 pub mod nginx;
 pub mod pki;
 pub mod world;
