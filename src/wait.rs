@@ -121,6 +121,7 @@ pub(crate) fn wait_all(
         // per site proves the rest. A site whose single check saw anything
         // else first is held to the full rule.
         let gated = new && consecutive > 1 && waits.len() >= GATE_MIN_SITES;
+        let sliced = waits.len() < GATE_MIN_SITES;
         let (settled, first_looks) = if gated {
             // The gate only saves time: it must never eat the deadline of
             // the sites behind an address that does not settle (a load
@@ -176,10 +177,25 @@ pub(crate) fn wait_all(
                             return (i, o, ms(started));
                         }
                     }
-                    let left = until.saturating_duration_since(Instant::now());
-                    let o =
-                        probe::wait_until_served(&prober, &targets, &sha, consecutive, left).await;
-                    (i, o, ms(started))
+                    // A small wait (one site's install or rollback) probes
+                    // in slices: each starts again from the shortest
+                    // backoff, so a leaf served right after a long run of
+                    // old answers is seen within ~10 ms, not after a
+                    // 250 ms pause. A big one keeps its backoff: fewer
+                    // handshakes on a server still loading its config.
+                    loop {
+                        let left = until.saturating_duration_since(Instant::now());
+                        let slice = match sliced {
+                            true => left.min(ALIVE_EVERY),
+                            false => left,
+                        };
+                        let o =
+                            probe::wait_until_served(&prober, &targets, &sha, consecutive, slice)
+                                .await;
+                        if o.ok || Instant::now() >= until {
+                            return (i, o, ms(started));
+                        }
+                    }
                 });
             }
             let Some(joined) = tasks.join_next().await else {
