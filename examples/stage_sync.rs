@@ -19,6 +19,7 @@
 //! - `syncfs`: write everything, one syncfs(2), rename the journals, one
 //!   syncfs(2).
 //!
+//! STAGE_SYNC_THREADS (default 16): the threads that write and fsync.
 //! DIRTY_MB (default 0): first leave that many MB of someone else's dirty
 //! page cache on the same filesystem (a log, a build), which syncfs(2)
 //! must write too and fsync(2) need not. Prints one line:
@@ -32,7 +33,14 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-const THREADS: usize = 16;
+/// Threads writing (and, for `perfile` and `parallel`, syncing):
+/// STAGE_SYNC_THREADS, default 16 as the batch's I/O threads were.
+fn threads() -> usize {
+    std::env::var("STAGE_SYNC_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(16)
+}
 static FSYNCS: AtomicUsize = AtomicUsize::new(0);
 
 fn main() -> ExitCode {
@@ -138,7 +146,8 @@ fn run(dir: &Path, n: usize, mode: &str, dirty_mb: usize) -> std::io::Result<Str
     let fsyncs = FSYNCS.load(Ordering::Relaxed);
     fs::remove_dir_all(dir)?;
     Ok(format!(
-        "mode={mode} n={n} dirty_mb={dirty_mb} write_ms={write_ms} sync_ms={} rename_ms={rename_ms} swap_ms={swap_ms} total_ms={total_ms} fsyncs={fsyncs}",
+        "mode={mode} threads={} n={n} dirty_mb={dirty_mb} write_ms={write_ms} sync_ms={} rename_ms={rename_ms} swap_ms={swap_ms} total_ms={total_ms} fsyncs={fsyncs}",
+        threads(),
         sync1_ms + sync2_ms
     ))
 }
@@ -218,7 +227,7 @@ fn syncfs(path: &Path) -> std::io::Result<()> {
 fn par(n: usize, f: impl Fn(usize) -> std::io::Result<()> + Sync) -> std::io::Result<()> {
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..THREADS)
+        let workers: Vec<_> = (0..threads())
             .map(|_| {
                 s.spawn(|| {
                     loop {
