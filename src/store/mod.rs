@@ -36,6 +36,10 @@
 //!      with no fsync: either coming back only makes recovery finish again.
 //!      An abort removes the journal before `undo/`, for the same reason.
 //!
+//! A batch keeps this order with the syncs of steps 1–3 and 5 grouped,
+//! one syncfs(2) per filesystem for all its sites (`bulk.rs`:
+//! [`begin_all`], [`commit_all`]).
+//!
 //! The commit point allocates nothing: what it needs exists before the
 //! first rename of step 4 — `versions/` is created in step 1, and a
 //! managed change's `committed` journal is written in step 3 beside the
@@ -1380,6 +1384,52 @@ mod tests {
         String::from_utf8(std::fs::read(p).expect("read")).expect("utf8")
     }
 
+    #[test]
+    fn a_bulk_stage_and_commit_keep_every_step_of_one_site() {
+        let f = fixture();
+        // A second site whose target is a symlink: refused, the first goes on.
+        let ssl = f.cert.parent().expect("ssl").to_path_buf();
+        std::os::unix::fs::symlink(&f.cert, ssl.join("b.pem")).expect("symlink");
+        let (a, b) = (f.store.site("a.test"), f.store.site("b.test"));
+        let changes = vec![
+            Change {
+                store: a.clone(),
+                op: Op::Install,
+                files: new_files(&f, "new"),
+            },
+            Change {
+                store: b.clone(),
+                op: Op::Install,
+                files: vec![NewFile {
+                    role: Role::Cert,
+                    target: ssl.join("b.pem"),
+                    bytes: b"b cert".to_vec(),
+                }],
+            },
+        ];
+        let mut staged = begin_all(changes, 4).into_iter();
+        let mut txn = staged.next().expect("a").expect("a stages");
+        assert!(matches!(
+            staged.next().expect("b"),
+            Err(StoreError::TargetIsSymlink { .. })
+        ));
+        // Staged and journalled under its real name, targets untouched.
+        assert!(a.has_open_change() && !b.has_open_change());
+        assert!(!a.journal_tmp_path().exists());
+        assert_eq!(read(&f.cert), "old cert");
+        assert_eq!(leftovers(&f).len(), 2, "{:?}", leftovers(&f));
+        let dirs = txn.swap_unsynced().expect("swap");
+        fsync_dirs(&dirs).expect("fsync");
+        assert_eq!(read(&f.cert), "new cert");
+        let done = commit_all(vec![txn], KEEP_VERSIONS, 4);
+        assert!(done.into_iter().all(|r| r.is_ok()));
+        assert!(!a.has_open_change());
+        let versions = a.versions().expect("versions");
+        assert_eq!(versions.len(), 1);
+        assert_eq!(read(&versions[0].dir.join("key")), "old key");
+        assert!(leftovers(&f).is_empty(), "{:?}", leftovers(&f));
+    }
+
     fn leftovers(f: &Fixture) -> Vec<String> {
         std::fs::read_dir(f.cert.parent().expect("parent"))
             .expect("ls")
@@ -1570,7 +1620,7 @@ mod tests {
                 txn.journal.phase = Phase::Committed;
                 txn.write_journal().expect("journal");
             } else {
-                txn.retire_undo().expect("commit point");
+                txn.retire_undo(SyncMode::Now).expect("commit point");
             }
             drop(txn); // a crash: the journal stays
             assert!(site.journal_path().exists());
