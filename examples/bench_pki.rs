@@ -289,7 +289,11 @@ fn certswap_toml(dir: &Path, names: &[String], port: u16) -> Result<String> {
     let mut t = format!(
         "state_dir = {state}\n\n[server]\nkind = \"nginx\"\nbinary = \"/usr/sbin/nginx\"\n\
          config = {conf}\nprefix = {prefix}\npid_file = {pid}\n\n\
-         [probe]\ntimeout = \"5s\"\ndeadline = \"30s\"\nconsecutive = 3\nca_file = {ca}\n",
+         [probe]\ntimeout = \"5s\"\ndeadline = \"{deadline}s\"\nconsecutive = 3\nca_file = {ca}\n",
+        // nginx needs ~1 s per 1000 sites to settle after a reload on this
+        // box, and the wait makes 3 handshakes per site: 30 s, and 1 s
+        // more per 100 sites above 3000 (10,000 sites: 100 s).
+        deadline = 30 + names.len().saturating_sub(3000) / 100,
         state = q("state")?,
         conf = q("nginx/nginx.conf")?,
         prefix = q("nginx")?,

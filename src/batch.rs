@@ -604,7 +604,7 @@ fn apply_staged(
         env.server.preflight().map_err(InstallError::Server)?;
     }
     let before_probe = (!strict).then(|| BeforeProbe::start(env, &staging));
-    let staged = par_map(staging, IO_THREADS, stage);
+    let staged = stage_all(staging);
     clock.done("stage", staged.len());
 
     let mut batch = Batch {
@@ -817,10 +817,12 @@ fn apply_staged(
             Some(why) => unverified.push((open, txn, why)),
         }
     }
-    let committed = par_map(verified, IO_THREADS, |(open, txn)| {
-        let r = txn.try_commit(store::KEEP_VERSIONS);
-        (open, r)
-    });
+    // One sync for all the commit points (store::commit_all).
+    let (opens, txns): (Vec<_>, Vec<_>) = verified.into_iter().unzip();
+    let committed =
+        opens
+            .into_iter()
+            .zip(store::commit_all(txns, store::KEEP_VERSIONS, IO_THREADS));
     // A failed commit (the commit point allocates nothing, so not for want
     // of space): past the commit point the site stands; before it, its new
     // files join the restore and its old leaf is proven like any other
@@ -919,6 +921,44 @@ fn stage(s: Staging<'_>) -> Staged<'_> {
         ms: ms(t),
         txn,
     }
+}
+
+/// Step 3 for every site: the in-place ones through the store's bulk
+/// stage (one sync per filesystem for all of them, [`store::begin_all`]),
+/// managed ones each on its own ([`stage`]). In input order.
+fn stage_all(staging: Vec<Staging<'_>>) -> Vec<Staged<'_>> {
+    let t = Instant::now();
+    let (in_place, managed): (Vec<_>, Vec<_>) = staging
+        .into_iter()
+        .partition(|s| matches!(s.site.mode, Mode::InPlace));
+    let mut staged = par_map(managed, IO_THREADS, stage);
+    let mut sites = Vec::with_capacity(in_place.len());
+    let mut changes = Vec::with_capacity(in_place.len());
+    for s in in_place {
+        changes.push(store::Change {
+            store: s.store.clone(),
+            op: s.op,
+            files: s.files,
+        });
+        sites.push((s.idx, s.site, s.store, s.new_sha));
+    }
+    let txns = store::begin_all(changes, IO_THREADS);
+    let ms = ms(t);
+    staged.extend(
+        sites
+            .into_iter()
+            .zip(txns)
+            .map(|((idx, site, store, new_sha), txn)| Staged {
+                idx,
+                site,
+                store,
+                new_sha,
+                ms,
+                txn,
+            }),
+    );
+    staged.sort_by_key(|s| s.idx);
+    staged
 }
 
 /// The state of one batch from the first swap on.

@@ -2,7 +2,10 @@
 //! files: create-exclusive without following symlinks, with the final mode
 //! and owner before the first byte, fsync; and PostgreSQL's durable_rename
 //! (fsync file, rename, fsync the directory) so after a crash a path holds
-//! either the old or the new file, never a mix or a truncated one.
+//! either the old or the new file, never a mix or a truncated one. For a
+//! batch, the same order with the syncs grouped: files written unsynced
+//! ([`create_new_unsynced`]), then made durable together, one syncfs(2)
+//! per filesystem ([`sync_filesystems`]), before any is renamed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -54,13 +57,23 @@ impl Perms {
 /// and fsync it. The file starts as 0600 of the current user, gets its
 /// owner, then its mode, then its bytes: it is never wider than its target.
 pub fn create_new(path: &Path, bytes: &[u8], perms: Perms) -> io::Result<()> {
+    create(path, bytes, perms, true)
+}
+
+/// [`create_new`] without the fsync: the caller makes the file durable
+/// with [`sync_filesystems`] before anything relies on it (a rename).
+pub fn create_new_unsynced(path: &Path, bytes: &[u8], perms: Perms) -> io::Result<()> {
+    create(path, bytes, perms, false)
+}
+
+fn create(path: &Path, bytes: &[u8], perms: Perms, sync: bool) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)?;
-    let result = fill(&mut f, bytes, perms);
+    let result = fill(&mut f, bytes, perms).and_then(|()| if sync { f.sync_all() } else { Ok(()) });
     if result.is_err() {
         // A half-written file must not be left for anyone to pick up.
         let _ = std::fs::remove_file(path);
@@ -74,8 +87,31 @@ fn fill(f: &mut File, bytes: &[u8], perms: Perms) -> io::Result<()> {
         fchown(&*f, Some(uid), Some(gid)).map_err(io::Error::from)?;
     }
     f.set_permissions(std::fs::Permissions::from_mode(perms.mode))?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    f.write_all(bytes)
+}
+
+/// Make everything written so far on the filesystems holding `paths`
+/// durable: one syncfs(2) per filesystem (paths on one device count
+/// once). Covers file data, new names, links and renames alike, so a
+/// batch of thousands of files needs one call where it needed one fsync
+/// per file and per directory (docs/performance.md measures both).
+/// syncfs also writes other processes' dirty pages of those filesystems;
+/// what that costs is measured there too.
+pub fn sync_filesystems(paths: &[PathBuf]) -> io::Result<()> {
+    let mut done: Vec<u64> = Vec::new();
+    for p in paths {
+        let dev = std::fs::metadata(p)?.dev();
+        if done.contains(&dev) {
+            continue;
+        }
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_CLOEXEC)
+            .open(p)?;
+        nix::unistd::syncfs(&dir).map_err(io::Error::from)?;
+        done.push(dev);
+    }
+    Ok(())
 }
 
 /// fsync a directory so a rename or unlink inside it is durable.

@@ -753,7 +753,13 @@ pub async fn probe_many(
     targets: &[Target],
     concurrency: usize,
 ) -> Vec<Result<Served, ProbeError>> {
-    probe_jobs(targets.len(), concurrency, |i| (prober, &targets[i])).await
+    probe_jobs(
+        targets.len(),
+        concurrency,
+        |i| (prober, &targets[i]),
+        |_, r| r,
+    )
+    .await
 }
 
 /// [`probe_many`] with a prober per target (each site's own key type,
@@ -763,18 +769,31 @@ pub async fn probe_each(
     jobs: &[(Prober, Target)],
     concurrency: usize,
 ) -> Vec<Result<Served, ProbeError>> {
-    probe_jobs(jobs.len(), concurrency, |i| (&jobs[i].0, &jobs[i].1)).await
+    probe_each_into(jobs, concurrency, |_, r| r).await
 }
 
-/// The `n` probes `job(0..n)`, at most `concurrency` in flight, results in
-/// index order.
-async fn probe_jobs<'a>(
+/// [`probe_each`], each result handed to `keep` (with its index) as soon
+/// as its handshake ends: what the caller keeps of it, in input order. A
+/// caller that needs a few fields of 10,000 answers then never holds
+/// 10,000 parsed chains at once (the agent's drift check).
+pub async fn probe_each_into<R>(
+    jobs: &[(Prober, Target)],
+    concurrency: usize,
+    keep: impl FnMut(usize, Result<Served, ProbeError>) -> R,
+) -> Vec<R> {
+    probe_jobs(jobs.len(), concurrency, |i| (&jobs[i].0, &jobs[i].1), keep).await
+}
+
+/// The `n` probes `job(0..n)`, at most `concurrency` in flight, what
+/// `keep` makes of each result in index order.
+async fn probe_jobs<'a, R>(
     n: usize,
     concurrency: usize,
     job: impl Fn(usize) -> (&'a Prober, &'a Target),
-) -> Vec<Result<Served, ProbeError>> {
+    mut keep: impl FnMut(usize, Result<Served, ProbeError>) -> R,
+) -> Vec<R> {
     let concurrency = concurrency.max(1);
-    let mut slots: Vec<Option<Result<Served, ProbeError>>> = (0..n).map(|_| None).collect();
+    let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
     let mut tasks = JoinSet::new();
     let mut pending = 0..n;
 
@@ -792,7 +811,7 @@ async fn probe_jobs<'a>(
             break;
         };
         match joined {
-            Ok((i, result)) => slots[i] = Some(result),
+            Ok((i, result)) => slots[i] = Some(keep(i, result)),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => {}
         }
@@ -803,9 +822,10 @@ async fn probe_jobs<'a>(
         .enumerate()
         .map(|(i, slot)| {
             slot.unwrap_or_else(|| {
-                Err(ProbeError::Cancelled {
+                let cancelled = Err(ProbeError::Cancelled {
                     target: job(i).1.to_string(),
-                })
+                });
+                keep(i, cancelled)
             })
         })
         .collect()

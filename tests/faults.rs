@@ -760,25 +760,68 @@ fn every_rename_of_a_batch_is_fsynced_before_and_after() {
 
 fn renames_are_fsynced(batch: bool, test: &str) {
     let w = World::nginx();
-    let Some(calls) = traced(&w, "fsync,fdatasync,rename,renameat,renameat2", test, batch) else {
+    let Some(calls) = traced(
+        &w,
+        "fsync,fdatasync,syncfs,rename,renameat,renameat2,openat,write,link,linkat",
+        test,
+        batch,
+    ) else {
         return;
     };
     let is_rename = |c: &Call| c.name.starts_with("rename") && c.ok();
-    let is_fsync = |c: &Call, p: &str| {
-        (c.name == "fsync" || c.name == "fdatasync") && c.ok() && c.fd_path().as_deref() == Some(p)
+    // A batch syncs with syncfs(2): it makes everything written before it
+    // on that filesystem durable (here one filesystem: the temp dir).
+    let is_sync_of = |c: &Call, p: &str| {
+        c.ok()
+            && ((c.name == "fsync" || c.name == "fdatasync") && c.fd_path().as_deref() == Some(p)
+                || c.name == "syncfs")
     };
-    // Paths whose file (or directory) was fsynced under this or an earlier
-    // name: a directory fsynced as `undo.tmp` is still synced as `undo`.
-    let mut synced: std::collections::BTreeSet<String> = Default::default();
+    // Per path: the index of its last change (created, written, linked,
+    // renamed to, or a name created or renamed in it, for a directory) and
+    // of its last sync (fsync of it, or any syncfs). A file (or
+    // directory) keeps both when renamed: `undo.tmp` synced is `undo`
+    // synced.
+    let mut changed: BTreeMap<String, usize> = BTreeMap::new();
+    let mut synced: BTreeMap<String, usize> = BTreeMap::new();
+    let mut last_syncfs: Option<usize> = None;
     let mut renamed_targets = Vec::new();
     let mut renames = 0;
+    let mut syncfs_calls = 0;
     let mut problems = Vec::new();
     for (i, c) in calls.iter().enumerate() {
-        if c.name == "fsync" || c.name == "fdatasync" {
-            if let (true, Some(p)) = (c.ok(), c.fd_path()) {
-                synced.insert(p);
+        match c.name.as_str() {
+            "fsync" | "fdatasync" => {
+                if let (true, Some(p)) = (c.ok(), c.fd_path()) {
+                    synced.insert(p, i);
+                }
+                continue;
             }
-            continue;
+            "syncfs" if c.ok() => {
+                syncfs_calls += 1;
+                last_syncfs = Some(i);
+                continue;
+            }
+            "openat" if c.ok() && c.args.contains("O_CREAT") => {
+                if let Some(p) = c.strings().into_iter().next() {
+                    changed.insert(parent(&p), i);
+                    changed.insert(p, i);
+                }
+                continue;
+            }
+            "write" if c.ok() => {
+                if let Some(p) = c.fd_path() {
+                    changed.insert(p, i);
+                }
+                continue;
+            }
+            "link" | "linkat" if c.ok() => {
+                if let Some(p) = c.strings().into_iter().nth(1) {
+                    changed.insert(parent(&p), i);
+                    changed.insert(p, i);
+                }
+                continue;
+            }
+            _ => {}
         }
         if !is_rename(c) {
             continue;
@@ -786,14 +829,23 @@ fn renames_are_fsynced(batch: bool, test: &str) {
         renames += 1;
         let s = c.strings();
         let [from, to] = [&s[0], &s[1]];
-        if !synced.remove(from.as_str()) {
+        let last_sync = synced.get(from.as_str()).copied().max(last_syncfs);
+        let last_change = changed.get(from.as_str()).copied();
+        if last_sync.is_none() || last_sync < last_change {
             problems.push(format!(
-                "{from} renamed to {to} without an fsync of it first"
+                "{from} renamed to {to} without an fsync of it (or a syncfs) after its last write"
             ));
         }
-        synced.insert(to.clone());
+        if let Some(t) = last_sync {
+            synced.insert(to.clone(), t);
+        }
+        if let Some(t) = last_change {
+            changed.insert(to.clone(), t);
+        }
+        changed.insert(parent(to), i);
+        changed.insert(parent(from), i);
         let dir = parent(to);
-        if !calls[i + 1..].iter().any(|e| is_fsync(e, &dir)) {
+        if !calls[i + 1..].iter().any(|e| is_sync_of(e, &dir)) {
             problems.push(format!("rename to {to} not followed by an fsync of {dir}"));
         }
         if Path::new(to) == w.cert || Path::new(to) == w.key {
@@ -802,6 +854,14 @@ fn renames_are_fsynced(batch: bool, test: &str) {
     }
     eprintln!("{renames} renames checked, each fsynced before and after");
     assert!(problems.is_empty(), "{problems:#?}");
+    if batch {
+        // The batch groups its syncs (src/store/bulk.rs): two before the
+        // swap, one at the commit.
+        assert!(
+            syncfs_calls >= 3,
+            "a batch syncs with syncfs: {syncfs_calls}"
+        );
+    }
     assert_eq!(
         renamed_targets,
         [path(&w.cert), path(&w.key)],

@@ -271,7 +271,7 @@ impl SiteStore {
                 perms: Some(*perms),
             });
         }
-        write_meta(&tmp, &saved)?;
+        write_meta(&tmp, &saved, super::SyncMode::Now)?;
         fsio::durable_rename(&tmp, &dest).map_err(io_err(&dest, "name the new version"))
     }
 

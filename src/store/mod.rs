@@ -36,6 +36,10 @@
 //!      with no fsync: either coming back only makes recovery finish again.
 //!      An abort removes the journal before `undo/`, for the same reason.
 //!
+//! A batch keeps this order with the syncs of steps 1–3 and 5 grouped,
+//! one syncfs(2) per filesystem for all its sites (`bulk.rs`:
+//! [`begin_all`], [`commit_all`]).
+//!
 //! The commit point allocates nothing: what it needs exists before the
 //! first rename of step 4 — `versions/` is created in step 1, and a
 //! managed change's `committed` journal is written in step 3 beside the
@@ -52,7 +56,10 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+mod bulk;
 mod managed;
+
+pub use bulk::{Change, begin_all, commit_all};
 
 use crate::cert::sha256_hex;
 use crate::failpoint;
@@ -365,6 +372,10 @@ impl SiteStore {
     fn journal_path(&self) -> PathBuf {
         self.dir.join("journal.json")
     }
+    /// Where [`fsio::write_atomic`] writes the journal before renaming it.
+    fn journal_tmp_path(&self) -> PathBuf {
+        fsio::sibling(&self.journal_path(), ".tmp")
+    }
     fn undo_dir(&self) -> PathBuf {
         self.dir.join("undo")
     }
@@ -566,33 +577,46 @@ impl SiteStore {
     /// Steps 1–3: save the current files, stage `files` beside their
     /// targets, write the journal. Nothing a server reads has changed yet.
     pub fn begin(&self, op: Op, files: Vec<NewFile>) -> Result<Txn, StoreError> {
+        let txn = self.begin_with(op, &files, SyncMode::Now)?;
+        failpoint::hit("after-stage");
+        Ok(txn)
+    }
+
+    /// [`SiteStore::begin`] without the failpoint, synced as `sync` says.
+    fn begin_with(&self, op: Op, files: &[NewFile], sync: SyncMode) -> Result<Txn, StoreError> {
         mkdir_private(&self.dir)?;
-        for f in &files {
+        for f in files {
             check_acme(&self.name, &f.target)?;
             check_target(f)?;
         }
-        match self.prepare(op, &files) {
-            Ok(txn) => {
-                failpoint::hit("after-stage");
-                Ok(txn)
-            }
-            Err(e) => {
-                // No target was touched (the journal is the last step): take
-                // back what was written, so a failed stage (disk full, a
-                // refused chown) leaves no trace beside the targets.
-                for f in &files {
-                    let _ = fsio::durable_remove(&fsio::sibling(&f.target, STAGED_SUFFIX));
-                }
-                // The journal first: a journal without undo/ means committed.
-                let _ = fsio::durable_remove(&self.journal_path());
-                let _ = remove_dir_durable(&self.undo_dir());
-                Err(e)
-            }
-        }
+        self.prepare(op, files, sync).inspect_err(|_| {
+            self.unstage(
+                files
+                    .iter()
+                    .map(|f| fsio::sibling(&f.target, STAGED_SUFFIX)),
+            );
+        })
     }
 
-    /// Steps 1–3 of [`SiteStore::begin`].
-    fn prepare(&self, op: Op, files: &[NewFile]) -> Result<Txn, StoreError> {
+    /// Take back what a failed stage wrote (`staged`: the staged files):
+    /// no target was touched (the journal is the last step), so a failed
+    /// stage (disk full, a refused chown) leaves no trace beside the
+    /// targets.
+    fn unstage(&self, staged: impl IntoIterator<Item = PathBuf>) {
+        for p in staged {
+            let _ = fsio::durable_remove(&p);
+        }
+        // The journal first: a journal without undo/ means committed.
+        let _ = fsio::durable_remove(&self.journal_path());
+        let _ = fsio::durable_remove(&self.journal_tmp_path());
+        let _ = remove_dir_durable(&self.undo_dir());
+    }
+
+    /// Steps 1–3 of [`SiteStore::begin`]. With [`SyncMode::Later`] nothing is
+    /// fsynced and the journal is left under its temporary name
+    /// ([`SiteStore::journal_tmp_path`]): the caller syncs, renames it
+    /// into place and syncs again ([`begin_all`]).
+    fn prepare(&self, op: Op, files: &[NewFile], sync: SyncMode) -> Result<Txn, StoreError> {
         // 1. The undo copy. It needs no temporary name: until the journal
         //    exists, recovery removes whatever is in undo/. And versions/,
         //    where the commit renames it: the commit allocates nothing.
@@ -603,9 +627,9 @@ impl SiteStore {
         mkdir_private(&undo)?;
         let mut saved = Vec::new();
         for f in files {
-            saved.push(save_copy(f.role, &f.target, &undo)?);
+            saved.push(save_copy(f.role, &f.target, &undo, sync)?);
         }
-        write_meta(&undo, &saved)?;
+        write_meta(&undo, &saved, sync)?;
 
         // 2. Stage, with the mode and owner of the file each one replaces.
         let mut journal_files = Vec::new();
@@ -613,7 +637,7 @@ impl SiteStore {
             let staged = fsio::sibling(&f.target, STAGED_SUFFIX);
             fsio::durable_remove(&staged).map_err(io_err(&staged, "remove an old staged file"))?;
             let perms = old.perms.unwrap_or_else(|| f.role.default_perms());
-            fsio::create_new(&staged, &f.bytes, perms)
+            sync.create(&staged, &f.bytes, perms)
                 .map_err(io_err(&staged, "stage the new file"))?;
             journal_files.push(JournalFile {
                 role: f.role,
@@ -625,7 +649,10 @@ impl SiteStore {
         }
 
         // 3. The journal, before the first rename.
-        Txn::start(self, op, journal_files, None)
+        match sync {
+            SyncMode::Now => Txn::start(self, op, journal_files, None),
+            SyncMode::Later => Txn::start_unsynced(self, op, journal_files),
+        }
     }
 
     /// Saved versions, oldest first.
@@ -718,15 +745,53 @@ impl Txn {
         Ok(txn)
     }
 
+    /// [`Txn::start`] for in-place changes of a batch: the journal is
+    /// written, unsynced, under its temporary name only ([`begin_all`]
+    /// makes it durable, renames it into place and makes that durable).
+    fn start_unsynced(
+        site: &SiteStore,
+        op: Op,
+        files: Vec<JournalFile>,
+    ) -> Result<Txn, StoreError> {
+        let txn = Txn {
+            site: site.clone(),
+            journal: Journal {
+                version: 1,
+                site: site.name.clone(),
+                op,
+                phase: Phase::Staged,
+                started: now_rfc3339(),
+                files,
+                flip: None,
+            },
+        };
+        let tmp = site.journal_tmp_path();
+        let bytes = txn.journal_bytes()?;
+        fsio::durable_remove(&tmp).map_err(io_err(&tmp, "remove an old journal"))?;
+        fsio::create_new_unsynced(&tmp, &bytes, Perms::own(0o600))
+            .map_err(io_err(&tmp, "write the journal"))?;
+        Ok(txn)
+    }
+
+    fn journal_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec_pretty(&self.journal).map_err(|e| StoreError::BadJournal {
+            path: self.site.journal_path(),
+            reason: e.to_string(),
+        })
+    }
+
     fn write_journal(&self) -> Result<(), StoreError> {
         let path = self.site.journal_path();
-        let bytes =
-            serde_json::to_vec_pretty(&self.journal).map_err(|e| StoreError::BadJournal {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let bytes = self.journal_bytes()?;
         fsio::write_atomic(&path, &bytes, Perms::own(0o600))
             .map_err(io_err(&path, "write the journal"))
+    }
+
+    /// Take back a staged change whose targets were never renamed
+    /// ([`SiteStore::unstage`]).
+    fn unstage(self) {
+        let staged = self.journal.files.iter().map(|f| f.staged.clone());
+        self.site.unstage(staged);
     }
 
     /// The SHA-256 each target had before this change (None: did not exist).
@@ -836,7 +901,7 @@ impl Txn {
         } else {
             // In place, the commit point is one rename: the undo copy
             // leaves undo/, and a journal without undo/ is committed.
-            self.retire_undo()
+            self.retire_undo(SyncMode::Now)
         }
     }
 
@@ -852,8 +917,8 @@ impl Txn {
 
     /// The in-place commit point: move undo/ to the next `versions/N` (or,
     /// when it holds nothing worth keeping, to `undo.done` to be dropped),
-    /// durably.
-    fn retire_undo(&self) -> Result<(), StoreError> {
+    /// durably ([`SyncMode::Later`]: the caller syncs, [`commit_all`]).
+    fn retire_undo(&self, sync: SyncMode) -> Result<(), StoreError> {
         let site = &self.site;
         let undo = site.undo_dir();
         let keep = self.journal.op == Op::Install
@@ -868,6 +933,9 @@ impl Txn {
             done
         };
         std::fs::rename(&undo, &dest).map_err(io_err(&undo, "save the previous version"))?;
+        if sync == SyncMode::Later {
+            return Ok(());
+        }
         let parent = fsio::parent_of(&dest);
         fsio::fsync_dir(&parent).map_err(io_err(&parent, "fsync"))?;
         if parent != site.dir {
@@ -890,7 +958,7 @@ impl Txn {
         // A journal marked `committed` by an earlier build may still have
         // its undo copy in place.
         if site.undo_dir().exists() {
-            self.retire_undo()?;
+            self.retire_undo(SyncMode::Now)?;
         }
         remove_dir(&site.dir.join(UNDO_DONE))?;
         if let Op::Rollback { version } = &self.journal.op {
@@ -1111,9 +1179,17 @@ fn current_sha256(path: &Path) -> Result<Option<String>, StoreError> {
 /// replaced meanwhile. Otherwise (another filesystem, protected_hardlinks)
 /// a copy, private to root whatever the original's mode: it may be a key.
 /// `dir` lives in the 0700 state dir either way; [`write_meta`] fsyncs it.
-fn save_copy(role: Role, target: &Path, dir: &Path) -> Result<SavedFile, StoreError> {
+fn save_copy(
+    role: Role,
+    target: &Path,
+    dir: &Path,
+    sync: SyncMode,
+) -> Result<SavedFile, StoreError> {
     let dest = dir.join(role.file_name());
-    let linked = fsio::link_synced(target, &dest).is_ok();
+    let linked = match sync {
+        SyncMode::Now => fsio::link_synced(target, &dest).is_ok(),
+        SyncMode::Later => std::fs::hard_link(target, &dest).is_ok(),
+    };
     let source = if linked { &dest } else { target };
     let bytes = match fsio::read_limited(source, MAX_TARGET_BYTES) {
         Ok(b) => b,
@@ -1129,7 +1205,8 @@ fn save_copy(role: Role, target: &Path, dir: &Path) -> Result<SavedFile, StoreEr
     };
     let perms = Perms::of(source).map_err(io_err(target, "read the mode of"))?;
     if !linked {
-        fsio::create_new(&dest, &bytes, Perms::own(0o600)).map_err(io_err(&dest, "save a copy"))?;
+        sync.create(&dest, &bytes, Perms::own(0o600))
+            .map_err(io_err(&dest, "save a copy"))?;
     }
     Ok(SavedFile {
         role,
@@ -1163,7 +1240,7 @@ fn load_saved(
     Ok(out)
 }
 
-fn write_meta(dir: &Path, files: &[SavedFile]) -> Result<(), StoreError> {
+fn write_meta(dir: &Path, files: &[SavedFile], sync: SyncMode) -> Result<(), StoreError> {
     let meta = SavedMeta {
         created: now_rfc3339(),
         files: files.to_vec(),
@@ -1173,8 +1250,29 @@ fn write_meta(dir: &Path, files: &[SavedFile]) -> Result<(), StoreError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    fsio::create_new(&path, &bytes, Perms::own(0o600)).map_err(io_err(&path, "write"))?;
-    fsio::fsync_dir(dir).map_err(io_err(dir, "fsync"))
+    sync.create(&path, &bytes, Perms::own(0o600))
+        .map_err(io_err(&path, "write"))?;
+    match sync {
+        SyncMode::Now => fsio::fsync_dir(dir).map_err(io_err(dir, "fsync")),
+        SyncMode::Later => Ok(()),
+    }
+}
+
+/// When what a stage writes becomes durable: as each file is written (one
+/// site), or all at once by the caller ([`begin_all`], a batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncMode {
+    Now,
+    Later,
+}
+
+impl SyncMode {
+    fn create(self, path: &Path, bytes: &[u8], perms: Perms) -> io::Result<()> {
+        match self {
+            SyncMode::Now => fsio::create_new(path, bytes, perms),
+            SyncMode::Later => fsio::create_new_unsynced(path, bytes, perms),
+        }
+    }
 }
 
 fn read_meta(dir: &Path) -> Result<SavedMeta, StoreError> {
@@ -1284,6 +1382,52 @@ mod tests {
 
     fn read(p: &Path) -> String {
         String::from_utf8(std::fs::read(p).expect("read")).expect("utf8")
+    }
+
+    #[test]
+    fn a_bulk_stage_and_commit_keep_every_step_of_one_site() {
+        let f = fixture();
+        // A second site whose target is a symlink: refused, the first goes on.
+        let ssl = f.cert.parent().expect("ssl").to_path_buf();
+        std::os::unix::fs::symlink(&f.cert, ssl.join("b.pem")).expect("symlink");
+        let (a, b) = (f.store.site("a.test"), f.store.site("b.test"));
+        let changes = vec![
+            Change {
+                store: a.clone(),
+                op: Op::Install,
+                files: new_files(&f, "new"),
+            },
+            Change {
+                store: b.clone(),
+                op: Op::Install,
+                files: vec![NewFile {
+                    role: Role::Cert,
+                    target: ssl.join("b.pem"),
+                    bytes: b"b cert".to_vec(),
+                }],
+            },
+        ];
+        let mut staged = begin_all(changes, 4).into_iter();
+        let mut txn = staged.next().expect("a").expect("a stages");
+        assert!(matches!(
+            staged.next().expect("b"),
+            Err(StoreError::TargetIsSymlink { .. })
+        ));
+        // Staged and journalled under its real name, targets untouched.
+        assert!(a.has_open_change() && !b.has_open_change());
+        assert!(!a.journal_tmp_path().exists());
+        assert_eq!(read(&f.cert), "old cert");
+        assert_eq!(leftovers(&f).len(), 2, "{:?}", leftovers(&f));
+        let dirs = txn.swap_unsynced().expect("swap");
+        fsync_dirs(&dirs).expect("fsync");
+        assert_eq!(read(&f.cert), "new cert");
+        let done = commit_all(vec![txn], KEEP_VERSIONS, 4);
+        assert!(done.into_iter().all(|r| r.is_ok()));
+        assert!(!a.has_open_change());
+        let versions = a.versions().expect("versions");
+        assert_eq!(versions.len(), 1);
+        assert_eq!(read(&versions[0].dir.join("key")), "old key");
+        assert!(leftovers(&f).is_empty(), "{:?}", leftovers(&f));
     }
 
     fn leftovers(f: &Fixture) -> Vec<String> {
@@ -1476,7 +1620,7 @@ mod tests {
                 txn.journal.phase = Phase::Committed;
                 txn.write_journal().expect("journal");
             } else {
-                txn.retire_undo().expect("commit point");
+                txn.retire_undo(SyncMode::Now).expect("commit point");
             }
             drop(txn); // a crash: the journal stays
             assert!(site.journal_path().exists());
