@@ -704,15 +704,9 @@ impl SiteStore {
 }
 
 impl Txn {
-    /// Open a change in phase `staged`: its journal is written (durably)
-    /// before this returns, i.e. before any target is renamed.
-    fn start(
-        site: &SiteStore,
-        op: Op,
-        files: Vec<JournalFile>,
-        flip: Option<Flip>,
-    ) -> Result<Txn, StoreError> {
-        let txn = Txn {
+    /// The change of `site` in phase `staged`, its journal not yet written.
+    fn staged(site: &SiteStore, op: Op, files: Vec<JournalFile>, flip: Option<Flip>) -> Txn {
+        Txn {
             site: site.clone(),
             journal: Journal {
                 version: 1,
@@ -723,7 +717,18 @@ impl Txn {
                 files,
                 flip,
             },
-        };
+        }
+    }
+
+    /// Open a change in phase `staged`: its journal is written (durably)
+    /// before this returns, i.e. before any target is renamed.
+    fn start(
+        site: &SiteStore,
+        op: Op,
+        files: Vec<JournalFile>,
+        flip: Option<Flip>,
+    ) -> Result<Txn, StoreError> {
+        let txn = Txn::staged(site, op, files, flip);
         txn.write_journal()?;
         if txn.journal.flip.is_some() {
             // The managed commit point is this record renamed over the
@@ -753,18 +758,7 @@ impl Txn {
         op: Op,
         files: Vec<JournalFile>,
     ) -> Result<Txn, StoreError> {
-        let txn = Txn {
-            site: site.clone(),
-            journal: Journal {
-                version: 1,
-                site: site.name.clone(),
-                op,
-                phase: Phase::Staged,
-                started: now_rfc3339(),
-                files,
-                flip: None,
-            },
-        };
+        let txn = Txn::staged(site, op, files, None);
         let tmp = site.journal_tmp_path();
         let bytes = txn.journal_bytes()?;
         fsio::durable_remove(&tmp).map_err(io_err(&tmp, "remove an old journal"))?;
