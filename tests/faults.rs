@@ -67,7 +67,7 @@ fn site_files(w: &World) -> BTreeMap<PathBuf, String> {
 
 /// No journal, undo copy or staged copy of one is left in the state dir.
 fn assert_no_open_change(w: &World) {
-    let site_state = w.dir.path().join("state/sites").join(SITE);
+    let site_state = w.site_state();
     for name in ["journal.json", "undo", "undo.tmp"] {
         assert!(
             !site_state.join(name).exists(),
@@ -554,12 +554,7 @@ fn random_kill_9_is_repaired_by_the_next_command() {
         let finished = child.try_wait().expect("try_wait").is_some();
         let _ = child.kill();
         let status = child.wait().expect("reap");
-        let journal = w
-            .dir
-            .path()
-            .join("state/sites")
-            .join(SITE)
-            .join("journal.json");
+        let journal = w.site_state().join("journal.json");
         let phase = match fs::read_to_string(&journal) {
             Ok(j) => serde_json::from_str::<serde_json::Value>(&j)
                 .map(|v| v["phase"].as_str().unwrap_or("?").to_string())

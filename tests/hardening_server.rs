@@ -205,12 +205,7 @@ fn recovery_after_a_crash_signals_no_process_a_stale_pid_file_names() {
     // in place, and the next command's recovery would reload.
     let out = w.install_env(&cert, &key, &[], &[("CERTSWAP_FAILPOINT", "after-swap")]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-    let journal = w
-        .dir
-        .path()
-        .join("state/sites")
-        .join(SITE)
-        .join("journal.json");
+    let journal = w.site_state().join("journal.json");
     assert!(journal.exists(), "the crash left the change open");
     let mut bystander = Bystander::start();
     write_pid_file(&pid_file, bystander.pid());
@@ -530,7 +525,7 @@ fn failed_commit(managed: bool) {
         "{j}"
     );
     assert_serves(&w, &w.old.sha256, "after the failed commit");
-    let site_state = w.dir.path().join("state/sites").join(SITE);
+    let site_state = w.site_state();
     assert!(
         !site_state.join("journal.json").exists(),
         "no change left open"
@@ -581,7 +576,7 @@ fn a_commit_that_fails_in_a_batch_rolls_that_site_back_and_proves_it() {
         "{row}"
     );
     assert_serves(&w, &w.old.sha256, "after the failed batch commit");
-    let site_state = w.dir.path().join("state/sites").join(SITE);
+    let site_state = w.site_state();
     assert!(
         !site_state.join("journal.json").exists(),
         "no change left open"

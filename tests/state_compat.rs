@@ -100,12 +100,7 @@ fn state_dir_of_the_release_keeps_working(managed: bool) {
     let v2 = pki::leaf_sha256_file(&incoming.join("v2.pem"));
     let v3 = pki::leaf_sha256_file(&incoming.join("v3.pem"));
     // The release crashed after its reload of v3: its journal is open.
-    let journal = w
-        .dir
-        .path()
-        .join("state/sites")
-        .join(SITE)
-        .join("journal.json");
+    let journal = w.site_state().join("journal.json");
     assert!(journal.exists(), "the fixture holds an open change");
 
     // The next install repairs it first (v2 back), then installs v3.

@@ -108,6 +108,11 @@ pub struct World {
 }
 
 impl World {
+    /// The store's directory of the site ([`SITE`]), under the state dir.
+    pub fn site_state(&self) -> PathBuf {
+        self.dir.path().join("state/sites").join(SITE)
+    }
+
     pub fn nginx() -> World {
         World::new(Options::new(Kind::Nginx))
     }
