@@ -51,7 +51,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::bundle::{Bundle, Files};
@@ -59,6 +58,7 @@ use crate::config::{Config, Mode, Site};
 use crate::failpoint;
 use crate::install::{self, Env, InstallError};
 use crate::matcher::{self, Hint, MatchError};
+use crate::par;
 use crate::probe::{self, Target};
 pub use crate::recover::recover_host;
 pub use crate::recover::stored_sites;
@@ -67,7 +67,7 @@ use crate::report::{Outcome, ResultKind, Retryable, ServedRow};
 use crate::service;
 use crate::store::{self, NewFile, Op, Recovery, SiteStore, StoreError, Txn};
 use crate::trust::TrustStore;
-use crate::wait::{PROBE_CONCURRENCY, Wait, lock, ms, wait_all};
+use crate::wait::{PROBE_CONCURRENCY, Wait, ms, wait_all};
 
 /// Threads for staging, swapping, committing and restoring: each site costs
 /// ~10–20 fsyncs, and concurrent fsyncs share the filesystem journal's
@@ -280,7 +280,7 @@ fn install_batch(
     // 1–2. bundle and validate, before the lock: a batch that is rejected
     //      as a whole writes nothing, not even a lock file (invariant 1).
     let (mut outs, checks): (Vec<Outcome>, Vec<install::Checked>) =
-        par_map(items.iter().collect(), cpu_threads(), |it| {
+        par::map(items.iter().collect(), par::cpu_threads(), |it| {
             check_item(it, force, trust)
         })
         .into_iter()
@@ -554,14 +554,15 @@ fn apply_staged(
     } = run;
     // 3. stage every site (I/O threads).
     // ONE bulk probe of what every endpoint serves now, the proof target
-    // of a rollback, runs from here through the config test: the server
-    // reads the new files only at the reload, and the handshakes use the
-    // CPU that staging (fsync waits) and the config test (one core) leave.
+    // of a rollback, runs alongside the stage's syncs and the config test:
+    // the server reads the new files only at the reload, and the
+    // handshakes use the CPU that the syncs and the config test (one core)
+    // leave.
     // With install's rule (`strict`) the probe ends before staging, and a
     // site it refuses is refused before any of its files moves.
     let mut judged: HashMap<usize, Before> = HashMap::new();
     if strict {
-        let mut probed = BeforeProbe::start(env, &staging).results();
+        let mut probed = BeforeProbe::plan(env, &staging).results();
         let mut kept = Vec::with_capacity(staging.len());
         let mut silent = None;
         let mut answered = answered_already(&outs);
@@ -603,8 +604,16 @@ fn apply_staged(
     if !staging.is_empty() {
         env.server.preflight().map_err(InstallError::Server)?;
     }
-    let before_probe = (!strict).then(|| BeforeProbe::start(env, &staging));
-    let staged = stage_all(staging);
+    // It starts once the staged files are written: the writes are work of
+    // the cores (inode allocation, directory locks) that the handshakes
+    // would slow; the syncs after them and the config test (one core)
+    // leave room (docs/performance.md).
+    let mut before_probe = (!strict).then(|| BeforeProbe::plan(env, &staging));
+    let staged = stage_all(staging, || {
+        if let Some(p) = before_probe.as_mut() {
+            p.start();
+        }
+    });
     clock.done("stage", staged.len());
 
     let mut batch = Batch {
@@ -642,7 +651,7 @@ fn apply_staged(
     //    a host's sites share a few directories.
     let mut failed = Vec::new();
     let mut dirs = Vec::new();
-    let swapped = par_map(to_swap, IO_THREADS, |(open, mut txn)| {
+    let swapped = par::map(to_swap, IO_THREADS, |(open, mut txn)| {
         let t = Instant::now();
         let r = txn.swap_unsynced();
         (open, txn, ms(t), r)
@@ -723,7 +732,7 @@ fn apply_staged(
         }
     }
     let put_back = !refused.is_empty();
-    let aborted = par_map(refused, IO_THREADS, |(open, txn, why)| {
+    let aborted = par::map(refused, IO_THREADS, |(open, txn, why)| {
         let r = txn.abort();
         (open, why, r)
     });
@@ -925,13 +934,14 @@ fn stage(s: Staging<'_>) -> Staged<'_> {
 
 /// Step 3 for every site: the in-place ones through the store's bulk
 /// stage (one sync per filesystem for all of them, [`store::begin_all`]),
-/// managed ones each on its own ([`stage`]). In input order.
-fn stage_all(staging: Vec<Staging<'_>>) -> Vec<Staged<'_>> {
+/// managed ones each on its own ([`stage`]). In input order. `written`
+/// runs once every file is written, before the in-place sites' syncs.
+fn stage_all<'a>(staging: Vec<Staging<'a>>, written: impl FnOnce()) -> Vec<Staged<'a>> {
     let t = Instant::now();
     let (in_place, managed): (Vec<_>, Vec<_>) = staging
         .into_iter()
         .partition(|s| matches!(s.site.mode, Mode::InPlace));
-    let mut staged = par_map(managed, IO_THREADS, stage);
+    let mut staged = par::map(managed, IO_THREADS, stage);
     let mut sites = Vec::with_capacity(in_place.len());
     let mut changes = Vec::with_capacity(in_place.len());
     for s in in_place {
@@ -942,7 +952,7 @@ fn stage_all(staging: Vec<Staging<'_>>) -> Vec<Staged<'_>> {
         });
         sites.push((s.idx, s.site, s.store, s.new_sha));
     }
-    let txns = store::begin_all(changes, IO_THREADS);
+    let txns = store::begin_all(changes, IO_THREADS, written);
     let ms = ms(t);
     staged.extend(
         sites
@@ -990,7 +1000,7 @@ impl Batch<'_, '_> {
     /// Put the old files of each site back (in parallel); each outcome
     /// ends rolled back with its reason. The proof comes in [`Batch::finish`].
     fn restore(&mut self, failed: Vec<(Open<'_>, Txn, String)>, after_reload: bool) {
-        let aborted = par_map(failed, IO_THREADS, |(o, txn, why)| {
+        let aborted = par::map(failed, IO_THREADS, |(o, txn, why)| {
             let r = recover::put_back(txn, after_reload);
             (o, why, r)
         });
@@ -1227,13 +1237,16 @@ fn conflicts(items: &[Item<'_>], accepted: &[bool]) -> Vec<(usize, String)> {
 struct BeforeProbe {
     /// (site's outcome index, endpoint), in probe order.
     targets: Vec<(usize, Target)>,
+    /// The handshakes to make, until [`BeforeProbe::start`].
+    jobs: Vec<(probe::Prober, Target)>,
     thread: Option<std::thread::JoinHandle<Vec<Result<probe::Served, probe::ProbeError>>>>,
 }
 
 type Probed = HashMap<usize, Vec<(Target, Result<probe::Served, probe::ProbeError>)>>;
 
 impl BeforeProbe {
-    fn start(env: &Env<'_>, staging: &[Staging<'_>]) -> BeforeProbe {
+    /// The probe of the endpoints of `staging`, not started yet.
+    fn plan(env: &Env<'_>, staging: &[Staging<'_>]) -> BeforeProbe {
         let targets: Vec<(usize, Target)> = staging
             .iter()
             .flat_map(|s| s.site.endpoints.iter().map(move |t| (s.idx, t.clone())))
@@ -1245,17 +1258,27 @@ impl BeforeProbe {
                 s.site.endpoints.iter().map(|t| (prober.clone(), t.clone()))
             })
             .collect();
-        let thread = std::thread::spawn(move || {
-            probe::block_on(probe::probe_each(&jobs, PROBE_CONCURRENCY))
-        });
         BeforeProbe {
             targets,
-            thread: Some(thread),
+            jobs,
+            thread: None,
         }
+    }
+
+    /// Start the handshakes on their own thread (once).
+    fn start(&mut self) {
+        if self.thread.is_some() {
+            return;
+        }
+        let jobs = std::mem::take(&mut self.jobs);
+        self.thread = Some(std::thread::spawn(move || {
+            probe::block_on(probe::peek_each(&jobs, PROBE_CONCURRENCY))
+        }));
     }
 
     /// What each site's endpoints served, by outcome index.
     fn results(mut self) -> Probed {
+        self.start();
         let results = self.join();
         let mut per_site: Probed = HashMap::new();
         for ((idx, t), r) in std::mem::take(&mut self.targets).into_iter().zip(results) {
@@ -1455,50 +1478,6 @@ fn scan_dir<'c>(
         }
     }
     Ok((items, rejected))
-}
-
-/// Map `f` over `items` on up to `threads` threads; results in input order.
-fn par_map<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let n = items.len();
-    let threads = threads.min(n);
-    if threads <= 1 {
-        return items.into_iter().map(f).collect();
-    }
-    let queue = Mutex::new(items.into_iter().enumerate());
-    let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let next = lock(&queue).next();
-                        let Some((i, t)) = next else { break };
-                        done.push((i, f(t)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        for w in workers {
-            match w.join() {
-                Ok(done) => {
-                    for (i, r) in done {
-                        slots[i] = Some(r);
-                    }
-                }
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-    });
-    slots
-        .into_iter()
-        .map(|r| r.expect("every item was mapped by a worker that returned"))
-        .collect()
-}
-
-fn cpu_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn add_problem(out: &mut Outcome, why: String) {
@@ -1717,13 +1696,5 @@ mod tests {
         // A rejected a.test frees its files for shares.test.
         let refused = conflicts(&items[..4], &[false, false, false, true]);
         assert_eq!(refused.len(), 2, "{refused:?}");
-    }
-
-    #[test]
-    fn par_map_keeps_input_order() {
-        let input: Vec<usize> = (0..1000).collect();
-        let out = par_map(input.clone(), 8, |i| i * 2);
-        assert_eq!(out, input.iter().map(|i| i * 2).collect::<Vec<_>>());
-        assert!(par_map(Vec::<usize>::new(), 8, |i| i).is_empty());
     }
 }

@@ -57,6 +57,7 @@ pub mod manifest;
 pub mod matcher;
 pub mod metrics;
 pub mod owner;
+pub mod par;
 pub mod probe;
 pub mod prometheus;
 pub mod publish;

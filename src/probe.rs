@@ -200,6 +200,10 @@ struct ProberInner {
     /// Wraps the one shared `Arc<ClientConfig>` (the throughput measurement
     /// in DESIGN.md: building a config per probe costs real CPU).
     connector: TlsConnector,
+    /// That config, for [`Prober::peek`]'s per-connection copies.
+    config: Arc<ClientConfig>,
+    /// The provider's signature algorithms (its verifiers).
+    algorithms: WebPkiSupportedAlgorithms,
     /// The trust anchors the verdict is judged against.
     trust: TrustStore,
     timeout: Duration,
@@ -275,10 +279,8 @@ impl Prober {
         });
         let provider = Arc::new(provider);
 
-        let recorder = Arc::new(RecordingVerifier {
-            algorithms: provider.signature_verification_algorithms,
-            family,
-        });
+        let algorithms = provider.signature_verification_algorithms;
+        let recorder = Arc::new(RecordingVerifier { algorithms, family });
         // Safe default versions = TLS 1.3 and 1.2 (the `tls12` feature is on),
         // and the provider's default kx groups: X25519-only fails against
         // P-256 servers on TLS 1.2 (DESIGN.md, probe throughput).
@@ -293,10 +295,13 @@ impl Prober {
         // Every probe must be a fresh full handshake: a resumed session would
         // show the certificate of the session, not of the server as it is now.
         config.resumption = rustls::client::Resumption::disabled();
+        let config = Arc::new(config);
 
         Ok(Prober {
             inner: Arc::new(ProberInner {
-                connector: TlsConnector::from(Arc::new(config)),
+                connector: TlsConnector::from(config.clone()),
+                config,
+                algorithms,
                 trust,
                 timeout,
                 family,
@@ -335,17 +340,82 @@ impl Prober {
             .peer_certificates()
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
             .unwrap_or_default();
-        let protocol = match conn.protocol_version() {
+        let protocol = conn.protocol_version();
+        // Polite close (close_notify + FIN). Errors are irrelevant: we have
+        // what we came for; the bound keeps a stuck peer from holding us.
+        let _ = tokio::time::timeout(timeout, tls.shutdown()).await;
+        drop(tls);
+        self.served(target, &server_name, &certs, protocol)
+    }
+
+    /// What `target` serves, without proving that the server holds the
+    /// key: the handshake stops where the client would check the server's
+    /// signature (TLS 1.3: CertificateVerify; TLS 1.2: ServerKeyExchange,
+    /// before the key agreement). The chain, its trust verdict and the
+    /// protocol are those of [`Prober::probe`]; it saves that check, the
+    /// Finished messages and, on TLS 1.3, the server's session tickets —
+    /// about a third of a handshake's CPU on each side (docs/performance.md).
+    /// For a look at what is served (the state before a change), never for
+    /// a proof that a change is served.
+    pub async fn peek(&self, target: &Target) -> Result<Served, ProbeError> {
+        let server_name = server_name(target)?;
+        let timeout = self.inner.timeout;
+        let seen = Arc::new(std::sync::Mutex::new(Peeked::default()));
+        let mut config = (*self.inner.config).clone();
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(PeekingVerifier {
+                algorithms: self.inner.algorithms,
+                family: self.inner.family,
+                seen: seen.clone(),
+            }));
+        let connector = TlsConnector::from(Arc::new(config));
+        let done = tokio::time::timeout(
+            timeout,
+            self.connect(&connector, target, server_name.clone()),
+        )
+        .await
+        .map_err(|_| ProbeError::Timeout {
+            target: target.to_string(),
+            timeout,
+        })?;
+        let (certs, protocol) = match done {
+            // No signature to check (a TLS 1.2 key exchange without one):
+            // the handshake went through.
+            Ok(tls) => {
+                let (_, conn) = tls.get_ref();
+                let certs = conn
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+                    .unwrap_or_default();
+                (certs, conn.protocol_version())
+            }
+            Err(e) => {
+                let peeked = lock_peeked(&seen);
+                match (&peeked.protocol, peeked.certs.is_empty()) {
+                    (Some(p), false) => (peeked.certs.clone(), Some(*p)),
+                    // Stopped anywhere else: a real failure.
+                    _ => return Err(e),
+                }
+            }
+        };
+        self.served(target, &server_name, &certs, protocol)
+    }
+
+    /// The facts of a handshake with `target` that showed `certs`.
+    fn served(
+        &self,
+        target: &Target,
+        server_name: &ServerName<'static>,
+        certs: &[CertificateDer<'static>],
+        protocol: Option<ProtocolVersion>,
+    ) -> Result<Served, ProbeError> {
+        let protocol = match protocol {
             Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
             Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
             Some(other) => format!("{other:?}"),
             None => "unknown".to_string(),
         };
-        // Polite close (close_notify + FIN). Errors are irrelevant: we have
-        // what we came for; the bound keeps a stuck peer from holding us.
-        let _ = tokio::time::timeout(timeout, tls.shutdown()).await;
-        drop(tls);
-
         let (leaf_der, intermediates) = certs.split_first().ok_or(ProbeError::NoCertificate {
             target: target.to_string(),
         })?;
@@ -366,7 +436,7 @@ impl Prober {
         let verdict = self
             .inner
             .trust
-            .judge_der(leaf_der, intermediates, &server_name, &chain);
+            .judge_der(leaf_der, intermediates, server_name, &chain);
         let names_ok = chain[0].covers(target.sni.trim_start_matches('[').trim_end_matches(']'));
         Ok(Served {
             target: target.clone(),
@@ -383,6 +453,17 @@ impl Prober {
     /// Resolve, connect to the first address that answers, handshake.
     async fn handshake(
         &self,
+        target: &Target,
+        server_name: ServerName<'static>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProbeError> {
+        self.connect(&self.inner.connector, target, server_name)
+            .await
+    }
+
+    /// [`Prober::handshake`] through `connector`.
+    async fn connect(
+        &self,
+        connector: &TlsConnector,
         target: &Target,
         server_name: ServerName<'static>,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProbeError> {
@@ -420,8 +501,7 @@ impl Prober {
         };
         // The handshake is a few small flights: do not let Nagle hold them.
         let _ = tcp.set_nodelay(true);
-        self.inner
-            .connector
+        connector
             .connect(server_name, tcp)
             .await
             .map_err(|e| ProbeError::Handshake {
@@ -454,6 +534,76 @@ struct RecordingVerifier {
     algorithms: WebPkiSupportedAlgorithms,
     /// The schemes offered: the server picks its certificate by them.
     family: KeyFamily,
+}
+
+/// What a [`PeekingVerifier`] saw of one handshake.
+#[derive(Debug, Default)]
+struct Peeked {
+    certs: Vec<CertificateDer<'static>>,
+    protocol: Option<ProtocolVersion>,
+}
+
+fn lock_peeked(p: &std::sync::Mutex<Peeked>) -> std::sync::MutexGuard<'_, Peeked> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The verifier of one [`Prober::peek`]: records the chain, then ends the
+/// handshake at the server's signature, where the chain is known and the
+/// rest would only prove the key.
+#[derive(Debug)]
+struct PeekingVerifier {
+    algorithms: WebPkiSupportedAlgorithms,
+    family: KeyFamily,
+    seen: Arc<std::sync::Mutex<Peeked>>,
+}
+
+impl PeekingVerifier {
+    fn stop(&self, protocol: ProtocolVersion) -> Result<HandshakeSignatureValid, rustls::Error> {
+        lock_peeked(&self.seen).protocol = Some(protocol);
+        Err(rustls::Error::General("the peek has seen the chain".into()))
+    }
+}
+
+impl ServerCertVerifier for PeekingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut seen = lock_peeked(&self.seen);
+        seen.certs = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.stop(ProtocolVersion::TLSv1_2)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.stop(ProtocolVersion::TLSv1_3)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        let mut schemes = self.algorithms.supported_schemes();
+        schemes.retain(|s| self.family.allows(*s));
+        schemes
+    }
 }
 
 /// Which certificates a probe asks for, by the signature schemes it offers.
@@ -756,6 +906,7 @@ pub async fn probe_many(
     probe_jobs(
         targets.len(),
         concurrency,
+        Look::Handshake,
         |i| (prober, &targets[i]),
         |_, r| r,
     )
@@ -781,7 +932,39 @@ pub async fn probe_each_into<R>(
     concurrency: usize,
     keep: impl FnMut(usize, Result<Served, ProbeError>) -> R,
 ) -> Vec<R> {
-    probe_jobs(jobs.len(), concurrency, |i| (&jobs[i].0, &jobs[i].1), keep).await
+    probe_jobs(
+        jobs.len(),
+        concurrency,
+        Look::Handshake,
+        |i| (&jobs[i].0, &jobs[i].1),
+        keep,
+    )
+    .await
+}
+
+/// [`probe_each`] with [`Prober::peek`]: what every endpoint serves, with
+/// no proof that it holds the key (the look before a change).
+pub async fn peek_each(
+    jobs: &[(Prober, Target)],
+    concurrency: usize,
+) -> Vec<Result<Served, ProbeError>> {
+    probe_jobs(
+        jobs.len(),
+        concurrency,
+        Look::Peek,
+        |i| (&jobs[i].0, &jobs[i].1),
+        |_, r| r,
+    )
+    .await
+}
+
+/// How [`probe_jobs`] looks at a target.
+#[derive(Clone, Copy)]
+enum Look {
+    /// [`Prober::probe`].
+    Handshake,
+    /// [`Prober::peek`].
+    Peek,
 }
 
 /// The `n` probes `job(0..n)`, at most `concurrency` in flight, what
@@ -789,6 +972,7 @@ pub async fn probe_each_into<R>(
 async fn probe_jobs<'a, R>(
     n: usize,
     concurrency: usize,
+    look: Look,
     job: impl Fn(usize) -> (&'a Prober, &'a Target),
     mut keep: impl FnMut(usize, Result<Served, ProbeError>) -> R,
 ) -> Vec<R> {
@@ -805,7 +989,13 @@ async fn probe_jobs<'a, R>(
             };
             let (prober, target) = job(i);
             let (prober, target) = (prober.clone(), target.clone());
-            tasks.spawn(async move { (i, prober.probe(&target).await) });
+            tasks.spawn(async move {
+                let seen = match look {
+                    Look::Handshake => prober.probe(&target).await,
+                    Look::Peek => prober.peek(&target).await,
+                };
+                (i, seen)
+            });
         }
         let Some(joined) = tasks.join_next().await else {
             break;
@@ -1144,6 +1334,54 @@ mod tests {
         assert!(!served.trusted);
         let why = served.trust_error.expect("a reason");
         assert!(why.contains("expired"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_peek_sees_what_a_handshake_sees() {
+        let ca = Ca::new();
+        let leaf = ca.leaf(&["a.test"], 2020, 4000);
+        let (prober, _file) = prober_trusting(&ca);
+        for tls12 in [false, true] {
+            let config = leaf.config(tls12);
+            let server = TlsServer::start(move |_| config.clone()).await;
+            let target = server.target("a.test");
+            let full = prober.probe(&target).await.expect("probe");
+            let peeked = prober.peek(&target).await.expect("peek");
+            assert_eq!(peeked.to_json(), full.to_json(), "TLS 1.2 only: {tls12}");
+            assert_eq!(peeked.chain.len(), 2);
+            assert!(peeked.trusted, "{:?}", peeked.trust_error);
+            // Wrong name: judged the same way.
+            let other = server.target("b.test");
+            let peeked = prober.peek(&other).await.expect("peek");
+            assert_eq!(
+                peeked.to_json(),
+                prober.probe(&other).await.expect("probe").to_json()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peek_of_a_refused_or_silent_port_fails_as_a_probe_does() {
+        let prober = Prober::new(None, Duration::from_millis(300)).expect("prober");
+        let refused = Target::parse(&refused_addr().await, Some("a.test")).expect("target");
+        assert!(matches!(
+            prober.peek(&refused).await,
+            Err(ProbeError::Connect { .. })
+        ));
+        // Accepts TCP, never speaks TLS.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let _hold = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                kept.push(tcp);
+            }
+        });
+        let silent = Target::parse(&addr, Some("a.test")).expect("target");
+        assert!(matches!(
+            prober.peek(&silent).await,
+            Err(ProbeError::Timeout { .. })
+        ));
     }
 
     #[tokio::test]

@@ -24,11 +24,11 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{CommitFailed, NewFile, Op, SiteStore, StoreError, SyncMode, Txn, io_err};
 use crate::failpoint;
 use crate::fsio;
+use crate::par;
 
 /// One site's change for [`begin_all`].
 #[derive(Debug)]
@@ -42,12 +42,20 @@ pub struct Change {
 /// the syncs grouped (module docs). Results in the order of `changes`; a
 /// site that fails is taken back (nothing of it stays beside its targets)
 /// and does not stop the others, but a failed sync fails all of them.
-pub fn begin_all(changes: Vec<Change>, threads: usize) -> Vec<Result<Txn, StoreError>> {
+/// `written` runs once every file is written, before the syncs: from there
+/// on the stage mostly waits for the disk, and the caller may use the
+/// cores.
+pub fn begin_all(
+    changes: Vec<Change>,
+    threads: usize,
+    written: impl FnOnce(),
+) -> Vec<Result<Txn, StoreError>> {
     let mut clock = Steps::start(changes.len());
     // 1. Write, unsynced.
-    let mut staged = par_map(changes, threads, |c| {
+    let mut staged = par::map(changes, threads, |c| {
         c.store.begin_with(c.op, &c.files, SyncMode::Later)
     });
+    written();
     let mut roots: Vec<PathBuf> = Vec::new();
     let mut filesystems: Vec<PathBuf> = Vec::new();
     for txn in staged.iter().flatten() {
@@ -74,7 +82,7 @@ pub fn begin_all(changes: Vec<Change>, threads: usize) -> Vec<Result<Txn, StoreE
     clock.done("sync-data");
     // 3. The journals into place.
     let staged_len = staged.len();
-    staged = par_map(staged, threads, |r| {
+    staged = par::map(staged, threads, |r| {
         let txn = r?;
         let (tmp, path) = (txn.site.journal_tmp_path(), txn.site.journal_path());
         match std::fs::rename(&tmp, &path) {
@@ -125,7 +133,7 @@ pub fn commit_all(txns: Vec<Txn>, keep: usize, threads: usize) -> Vec<Result<(),
         Renamed(Txn),
     }
     let mut clock = Steps::start(txns.len());
-    let points = par_map(txns, threads, |txn| {
+    let points = par::map(txns, threads, |txn| {
         if txn.journal.flip.is_some() {
             return Point::Done(txn.try_commit(keep));
         }
@@ -163,7 +171,7 @@ pub fn commit_all(txns: Vec<Txn>, keep: usize, threads: usize) -> Vec<Result<(),
         failpoint::hit("after-commit");
     }
     clock.done("commit-sync");
-    let done = par_map(points, threads, |p| match p {
+    let done = par::map(points, threads, |p| match p {
         Point::Done(r) => r,
         Point::Renamed(txn) => txn
             .finish_commit(keep)
@@ -187,40 +195,4 @@ impl Steps {
         tracing::info!(step = %step, ms, sites = self.1, "store step");
         self.0 = std::time::Instant::now();
     }
-}
-
-/// Map `f` over `items` on up to `threads` threads; results in input order.
-fn par_map<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let n = items.len();
-    let threads = threads.clamp(1, n.max(1));
-    let cells: Vec<std::sync::Mutex<(Option<T>, Option<R>)>> = items
-        .into_iter()
-        .map(|t| std::sync::Mutex::new((Some(t), None)))
-        .collect();
-    let next = AtomicUsize::new(0);
-    let work = || {
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(cell) = cells.get(i) else { return };
-            let mut cell = cell.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(t) = cell.0.take() {
-                cell.1 = Some(f(t));
-            }
-        }
-    };
-    std::thread::scope(|s| {
-        for _ in 1..threads {
-            s.spawn(work);
-        }
-        work();
-    });
-    cells
-        .into_iter()
-        .map(|c| {
-            c.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .1
-                .expect("every item was mapped before the scope ended")
-        })
-        .collect()
 }

@@ -1401,7 +1401,7 @@ mod tests {
                 }],
             },
         ];
-        let mut staged = begin_all(changes, 4).into_iter();
+        let mut staged = begin_all(changes, 4, || ()).into_iter();
         let mut txn = staged.next().expect("a").expect("a stages");
         assert!(matches!(
             staged.next().expect("b"),
