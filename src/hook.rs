@@ -293,6 +293,30 @@ pub fn read_failure(state_dir: &std::path::Path, site: &str) -> Option<HookFailu
     serde_json::from_slice(&bytes).ok()
 }
 
+/// The recorded failures of the sites named `sites`, in that order: one
+/// listing of the record directory, then a read of each record in it,
+/// instead of an open per site (10,000 failed opens on a 10,000-site host
+/// without a record, a tenth of `status`).
+pub fn read_failures<'a>(
+    state_dir: &std::path::Path,
+    sites: impl Iterator<Item = &'a str>,
+) -> Vec<HookFailure> {
+    let dir = state_dir.join("hook");
+    let present: std::collections::HashSet<std::ffi::OsString> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries.filter_map(|e| Some(e.ok()?.file_name())).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        // Not listable (but perhaps searchable): the records one by one.
+        Err(_) => return sites.filter_map(|s| read_failure(state_dir, s)).collect(),
+    };
+    if present.is_empty() {
+        return Vec::new();
+    }
+    sites
+        .filter(|s| present.contains(std::ffi::OsStr::new(&format!("{s}.json"))))
+        .filter_map(|s| read_failure(state_dir, s))
+        .collect()
+}
+
 /// Forget `site`'s failure (a later install of it succeeded).
 pub fn clear_failure(state_dir: &std::path::Path, site: &str) {
     let path = failure_path(state_dir, site);
@@ -439,6 +463,44 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn failures_of_many_sites_are_read_from_one_listing() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let names = ["a.test", "b.test", "c.test", "d.test"];
+        // No record directory: nothing, without an open per site.
+        assert!(read_failures(state.path(), names.iter().copied()).is_empty());
+        let dir = state.path().join("hook");
+        crate::fsio::mkdir_private_all(&dir).expect("mkdir");
+        assert!(read_failures(state.path(), names.iter().copied()).is_empty());
+        for site in ["c.test", "a.test"] {
+            let record = HookFailure {
+                site: site.into(),
+                at: "2027-01-01T11:00:00Z".into(),
+                client: Client::Certbot,
+                dir: format!("/etc/letsencrypt/live/{site}").into(),
+                leaf_sha256: "ab".repeat(32),
+                reason: format!("{site}: nginx config test failed"),
+            };
+            let bytes = serde_json::to_vec_pretty(&record).expect("json");
+            crate::fsio::write_atomic(
+                &failure_path(state.path(), site),
+                &bytes,
+                crate::fsio::Perms::own(0o600),
+            )
+            .expect("write");
+        }
+        // Not a record of a configured site: ignored as before.
+        std::fs::write(dir.join("other.test.json"), b"{}").expect("write");
+        let got = read_failures(state.path(), names.iter().copied());
+        let sites: Vec<&str> = got.iter().map(|f| f.site.as_str()).collect();
+        assert_eq!(sites, ["a.test", "c.test"], "in the order of the names");
+        let one_by_one: Vec<HookFailure> = names
+            .iter()
+            .filter_map(|s| read_failure(state.path(), s))
+            .collect();
+        assert_eq!(got, one_by_one);
     }
 
     #[test]

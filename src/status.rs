@@ -41,8 +41,8 @@ use rustls_pki_types::pem::{PemObject, SectionKind};
 use time::OffsetDateTime;
 
 use crate::bundle::MAX_FILE_BYTES;
-use crate::cert::{CertInfo, DomainType, Validation, rfc3339};
-use crate::config::{Config, Site};
+use crate::cert::{DomainType, LeafFacts, Validation, rfc3339};
+use crate::config::Config;
 use crate::probe::{self, KeyFamily, ProbeError, Prober, Probers, Served, Target};
 
 /// At this many days left or fewer a site is `expiring`: the vendors open
@@ -342,25 +342,68 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
     } else {
         None
     };
+    let now = OffsetDateTime::now_utc();
+    let files = cert_files(cfg);
 
-    // 1. Disk.
-    let mut rows = disk_rows(cfg, OffsetDateTime::now_utc());
+    let (installed, waiting, served) = match &prober {
+        // 1. Disk on every core (at 10,000 sites the reads and parses are
+        //    most of `status`), 4. waiting.
+        None => (
+            read_installed(&files, now, cores()),
+            crate::source::acme::waiting(cfg),
+            None,
+        ),
+        // 2. Probe on this thread while 1 and 4 read the files on another:
+        //    the probe needs only the config (endpoints, key types), so the
+        //    disk work hides in the handshakes' time instead of adding to it.
+        Some(probers) => {
+            let jobs = jobs_of(cfg, probers);
+            std::thread::scope(|s| {
+                let disk = std::thread::Builder::new()
+                    .name("certswap-status-disk".into())
+                    .spawn_scoped(s, || {
+                        (
+                            read_installed(&files, now, 1),
+                            crate::source::acme::waiting(cfg),
+                        )
+                    });
+                let served = probe_jobs(&jobs, PROBE_CONCURRENCY);
+                let (installed, waiting) = match disk {
+                    Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                    // No thread to be had: read them here, after the probe.
+                    Err(_) => (
+                        read_installed(&files, now, 1),
+                        crate::source::acme::waiting(cfg),
+                    ),
+                };
+                (installed, waiting, Some(served))
+            })
+        }
+    };
 
-    // 4. Waiting (before the probe: it reads files only). On the site's
-    //    first row, its `cert`'s.
-    for w in crate::source::acme::waiting(cfg) {
-        if let Some(status) = rows.iter_mut().find(|r| r.status.name == w.site) {
-            status.status.waiting = Some(w);
+    // 3. Drift, per row.
+    let mut sites = rows_of(cfg, installed, served);
+
+    // 4. Waiting, on the site's first row (its `cert`'s).
+    if !waiting.is_empty() {
+        let mut first: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(sites.len());
+        for (i, s) in sites.iter().enumerate() {
+            first.entry(s.name.as_str()).or_insert(i);
+        }
+        let at: Vec<Option<usize>> = waiting
+            .iter()
+            .map(|w| first.get(w.site.as_str()).copied())
+            .collect();
+        for (w, i) in waiting.into_iter().zip(at) {
+            if let Some(i) = i {
+                sites[i].waiting = Some(w);
+            }
         }
     }
 
-    // 2. Probe and 3. drift.
-    if let Some(prober) = prober {
-        probe_into(&mut rows, &prober, PROBE_CONCURRENCY);
-    }
-
     Ok(StatusReport {
-        sites: rows.into_iter().map(|r| r.status).collect(),
+        sites,
         probed: probe,
     })
 }
@@ -368,115 +411,171 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
 /// Steps 1–3 without the ACME stores: one row per slot of every site of
 /// `cfg`, each probed with its own key type through `prober` with
 /// `concurrency` handshakes in flight, and its drift. The agent's drift
-/// check is this.
+/// check is this. One thread reads the files: the agent keeps its passes
+/// on one thread, so one malloc arena holds their working set
+/// (docs/performance.md, "Agent RSS").
 pub fn probe_rows(cfg: &Config, probers: &Probers, concurrency: usize) -> Vec<SiteStatus> {
-    let mut rows = disk_rows(cfg, OffsetDateTime::now_utc());
-    probe_into(&mut rows, probers, concurrency);
-    rows.into_iter().map(|r| r.status).collect()
+    let installed = read_installed(&cert_files(cfg), OffsetDateTime::now_utc(), 1);
+    let served = probe_jobs(&jobs_of(cfg, probers), concurrency);
+    rows_of(cfg, installed, Some(served))
 }
 
-/// A row and what its probe needs.
-struct Row<'c> {
-    status: SiteStatus,
-    endpoints: &'c [Target],
+/// Below this many cert files per thread, another thread is not worth
+/// its start.
+const FILES_PER_THREAD: usize = 256;
+
+/// The cores this process may run on (1 when unknown).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
-/// 1. Disk: one row per slot, one read per file into one reused buffer.
-fn disk_rows(cfg: &Config, now: OffsetDateTime) -> Vec<Row<'_>> {
-    let mut buf = Vec::new();
-    let mut rows = Vec::with_capacity(cfg.sites.len());
+/// Every slot's cert file, in row order (site by site, slot by slot).
+fn cert_files(cfg: &Config) -> Vec<&Path> {
+    cfg.sites
+        .iter()
+        .flat_map(|s| s.slots.iter().map(|slot| slot.cert.as_path()))
+        .collect()
+}
+
+/// Step 1, disk: the installed leaf of each of `files`, in order, read on up to
+/// `threads` threads, each with one reused buffer. Each thread keeps only
+/// a leaf's [`Installed`] facts: the parsed certificate is freed where it
+/// was made.
+fn read_installed(
+    files: &[&Path],
+    now: OffsetDateTime,
+    threads: usize,
+) -> Vec<Result<Installed, CertFileError>> {
+    let read = |part: &[&Path]| -> Vec<Result<Installed, CertFileError>> {
+        let mut buf = Vec::new();
+        part.iter()
+            .map(|p| read_leaf(p, &mut buf).map(|info| installed_of(info, now)))
+            .collect()
+    };
+    let threads = threads.min(files.len() / FILES_PER_THREAD).max(1);
+    if threads == 1 {
+        return read(files);
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let mut parts = files.chunks(chunk);
+        // This thread reads the first part itself.
+        let mine = parts.next().unwrap_or_default();
+        let others: Vec<_> = parts
+            .map(|part| {
+                let handle = std::thread::Builder::new()
+                    .name("certswap-status-disk".into())
+                    .spawn_scoped(s, move || read(part));
+                (part, handle)
+            })
+            .collect();
+        let mut out = read(mine);
+        for (part, handle) in others {
+            match handle {
+                Ok(h) => out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                // The OS gave no thread: read that part here.
+                Err(_) => out.extend(read(part)),
+            }
+        }
+        out
+    })
+}
+
+/// The handshakes of every row, rows in config order (site by site, slot
+/// by slot), each row's endpoints in order: one job per endpoint, probed
+/// with the slot's key type — a dual site's slot gets its own (resolved
+/// when the config was read), or the server may show the other slot's leaf.
+fn jobs_of(cfg: &Config, probers: &Probers) -> Vec<(Prober, Target)> {
+    cfg.sites
+        .iter()
+        .flat_map(|site| {
+            site.slots.iter().flat_map(move |slot| {
+                let prober = probers.of(slot.key_family);
+                site.endpoints
+                    .iter()
+                    .map(move |t| (prober.clone(), t.clone()))
+            })
+        })
+        .collect()
+}
+
+/// Step 2, the probe: every job in one go, results in order.
+fn probe_jobs(jobs: &[(Prober, Target)], concurrency: usize) -> Vec<ServedStatus> {
+    // Each answer becomes its row's few fields as soon as it arrives: the
+    // parsed chains of 10,000 handshakes are never held at once.
+    probe::block_on(probe::probe_each_into(jobs, concurrency, |i, seen| {
+        served_status(&jobs[i].1, seen)
+    }))
+}
+
+/// The rows of `cfg` from each slot's `installed` leaf (in
+/// [`cert_files`] order) and, after a probe, the `served` answers (in
+/// [`jobs_of`] order); then step 3, drift.
+fn rows_of(
+    cfg: &Config,
+    installed: Vec<Result<Installed, CertFileError>>,
+    served: Option<Vec<ServedStatus>>,
+) -> Vec<SiteStatus> {
+    let mut installed = installed.into_iter();
+    let mut served = served.map(Vec::into_iter);
+    let mut rows = Vec::with_capacity(installed.len());
     for site in &cfg.sites {
         let dual = !site.pairs.is_empty();
         for slot in &site.slots {
-            let leaf = read_leaf(&slot.cert, &mut buf);
-            let mut status = site_from_disk(site, leaf, now);
-            status.file = slot.cert.clone();
-            status.dual = dual;
-            // A dual site's slot is probed with its own key type (resolved
-            // when the config was read), or the server may show the other
-            // slot's leaf.
-            status.family = slot.key_family;
-            rows.push(Row {
-                status,
-                endpoints: &site.endpoints,
-            });
+            // As many as there are slots: both were made from this config.
+            let Some(leaf) = installed.next() else {
+                return rows;
+            };
+            let state = match &leaf {
+                Ok(i) => state_of(i.days_left),
+                Err(_) => State::Error,
+            };
+            let mut row = SiteStatus {
+                name: site.name.clone(),
+                file: slot.cert.clone(),
+                dual,
+                family: slot.key_family,
+                state,
+                installed: leaf,
+                served: Vec::new(),
+                drift: None,
+                waiting: None,
+            };
+            if let Some(served) = served.as_mut() {
+                row.served = served.by_ref().take(site.endpoints.len()).collect();
+                row.drift = drift_of(&row);
+            }
+            rows.push(row);
         }
     }
     rows
 }
 
-/// Step 2, the probe: every endpoint of every row in one go, results in
-/// order; then step 3, drift.
-fn probe_into(rows: &mut [Row<'_>], probers: &Probers, concurrency: usize) {
-    let jobs: Vec<(Prober, Target)> = rows
-        .iter()
-        .flat_map(|r| {
-            let prober = probers.of(r.status.family);
-            r.endpoints.iter().map(|t| (prober.clone(), t.clone()))
-        })
-        .collect();
-    // Each answer becomes its row's few fields as soon as it arrives: the
-    // parsed chains of 10,000 handshakes are never held at once.
-    let mut served = probe::block_on(probe::probe_each_into(&jobs, concurrency, |i, seen| {
-        served_status(jobs[i].1.clone(), seen)
-    }))
-    .into_iter();
-    for row in rows.iter_mut() {
-        row.status.served = served.by_ref().take(row.endpoints.len()).collect();
-        row.status.drift = drift_of(&row.status);
-    }
-}
-
-fn site_from_disk(
-    site: &Site,
-    leaf: Result<CertInfo, CertFileError>,
-    now: OffsetDateTime,
-) -> SiteStatus {
-    let installed = leaf.map(|info| installed_of(info, now));
-    let state = match &installed {
-        Ok(i) => state_of(i.days_left),
-        Err(_) => State::Error,
-    };
-    SiteStatus {
-        name: site.name.clone(),
-        file: site.cert.clone(),
-        dual: false,
-        family: site.key_family,
-        state,
-        installed,
-        served: Vec::new(),
-        drift: None,
-        waiting: None,
-    }
-}
-
-fn installed_of(info: CertInfo, now: OffsetDateTime) -> Installed {
+fn installed_of(info: LeafFacts, now: OffsetDateTime) -> Installed {
     // Move the strings out: no copies per site.
-    let CertInfo {
+    let LeafFacts {
         sha256,
         issuer,
-        issuer_org,
         not_after,
         domain_type,
         validation,
         key_kind,
-        ..
     } = info;
     Installed {
         not_after,
         days_left: days_left(not_after, now),
         sha256,
-        issuer: issuer_org.unwrap_or(issuer),
+        issuer,
         domain_type,
         validation,
         key_family: KeyFamily::of(&key_kind),
     }
 }
 
-fn served_status(target: Target, seen: Result<Served, ProbeError>) -> ServedStatus {
+fn served_status(target: &Target, seen: Result<Served, ProbeError>) -> ServedStatus {
     ServedStatus {
-        endpoint: target.addr,
-        sni: target.sni,
+        endpoint: target.addr.clone(),
+        sni: target.sni.clone(),
         seen: seen.map(|s| ServedLeaf {
             sha256: s.leaf.sha256,
             not_after: s.leaf.not_after,
@@ -509,7 +608,7 @@ pub fn key_type_word(k: KeyFamily) -> Option<&'static str> {
 /// The first certificate of a cert file (PEM or DER), read with `buf` as
 /// scratch space. Later certificates (the chain) are not decoded: the first
 /// is what the server serves as its leaf.
-pub fn read_leaf(path: &Path, buf: &mut Vec<u8>) -> Result<CertInfo, CertFileError> {
+pub fn read_leaf(path: &Path, buf: &mut Vec<u8>) -> Result<LeafFacts, CertFileError> {
     let file = File::open(path).map_err(CertFileError::Read)?;
     let meta = file.metadata().map_err(CertFileError::Read)?;
     if meta.len() > MAX_FILE_BYTES {
@@ -528,12 +627,12 @@ pub fn read_leaf(path: &Path, buf: &mut Vec<u8>) -> Result<CertInfo, CertFileErr
 
 /// The first certificate in `bytes` (PEM: the first CERTIFICATE block;
 /// otherwise one DER certificate).
-fn leaf_of(bytes: &[u8]) -> Result<CertInfo, CertFileError> {
+fn leaf_of(bytes: &[u8]) -> Result<LeafFacts, CertFileError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(CertFileError::Empty);
     }
     if !contains(bytes, b"-----BEGIN ") {
-        return CertInfo::from_der(bytes).map_err(|e| {
+        return LeafFacts::from_der(bytes).map_err(|e| {
             // Every DER certificate starts with a SEQUENCE tag.
             if bytes.first() == Some(&0x30) {
                 CertFileError::Malformed(format!("not a valid DER certificate ({e})"))
@@ -558,7 +657,7 @@ fn leaf_of(bytes: &[u8]) -> Result<CertInfo, CertFileError> {
         })?;
         match kind {
             SectionKind::Certificate => {
-                return CertInfo::from_der(&der)
+                return LeafFacts::from_der(&der)
                     .map_err(|e| CertFileError::Malformed(format!("first certificate: {e}")));
             }
             SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey => {

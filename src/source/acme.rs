@@ -378,11 +378,8 @@ pub fn waiting(cfg: &Config) -> Vec<Waiting> {
             _ => None,
         })
         .collect();
-    let failures: Vec<crate::hook::HookFailure> = cfg
-        .sites
-        .iter()
-        .filter_map(|s| crate::hook::read_failure(&cfg.state_dir, &s.name))
-        .collect();
+    let failures =
+        crate::hook::read_failures(&cfg.state_dir, cfg.sites.iter().map(|s| s.name.as_str()));
     for f in &failures {
         if let Some(store) = f.store()
             && !stores.contains(&store)
