@@ -8,6 +8,8 @@
 //! - [`Prober`]: the shared rustls client config (ring provider, resumption
 //!   off, a verifier that accepts any chain but still checks the handshake
 //!   signatures) plus the trust anchors the verdict is judged against;
+//!   [`Prober::peek`], the same facts from a handshake stopped at the
+//!   server's signature (a look at what is served, never a proof);
 //! - [`wait_until_served`]: N consecutive matching fresh handshakes per
 //!   target, with backoff, within a deadline;
 //! - [`probe_many`]: bounded-concurrency bulk probing, results in input order;
