@@ -1635,11 +1635,7 @@ impl PassThread {
         });
         // A send fails only when the thread is gone (a pass panicked):
         // then the receiver reports it.
-        let _ = thread
-            .jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job);
+        let _ = crate::par::lock(&thread.jobs).send(job);
         Ok(rx)
     }
 }

@@ -276,10 +276,7 @@ impl Metrics {
         };
         let key = (site.to_string(), endpoint.to_string());
         // A poisoned lock only means a panic elsewhere; the map is still whole.
-        let mut shown = self
-            .served_leaf_shown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shown = crate::par::lock(&self.served_leaf_shown);
         if let Some(old) = shown.insert(key, sha256.to_string())
             && old != sha256
         {

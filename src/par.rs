@@ -2,10 +2,11 @@
 //! steps (check, repair, stage, swap, commit) use to spread per-site file
 //! work over the cores and over the waits of the disk.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
-/// Map `f` over `items` on up to `threads` threads; results in input
-/// order. A panic in `f` is raised again here.
+/// Map `f` over `items` on up to `threads` threads (this one among them);
+/// results in input order. A thread the OS refuses leaves its share to the
+/// others. A panic in `f` is raised again here.
 pub fn map<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     let n = items.len();
     let threads = threads.min(n);
@@ -13,36 +14,42 @@ pub fn map<T: Send, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(T) -> R +
         return items.into_iter().map(f).collect();
     }
     let queue = Mutex::new(items.into_iter().enumerate());
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let next = lock(&queue).next();
+            let Some((i, t)) = next else { break };
+            done.push((i, f(t)));
+        }
+        done
+    };
     let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
-                        let Some((i, t)) = next else { break };
-                        done.push((i, f(t)));
-                    }
-                    done
-                })
-            })
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, work).ok())
             .collect();
-        for w in workers {
-            match w.join() {
-                Ok(done) => {
-                    for (i, r) in done {
-                        slots[i] = Some(r);
-                    }
-                }
+        let mut done = work();
+        for h in helpers {
+            match h.join() {
+                Ok(d) => done.extend(d),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
+        }
+        for (i, r) in done {
+            slots[i] = Some(r);
         }
     });
     slots
         .into_iter()
         .map(|r| r.expect("every item was mapped by a worker that returned"))
         .collect()
+}
+
+/// Lock `m`. A poisoned lock only means another thread panicked while it
+/// held it (that panic is raised again where it is joined); the data
+/// behind it is still whole for what certswap keeps there.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The cores this process may run on.

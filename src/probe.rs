@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::cert::CertInfo;
+use crate::par::lock;
 use crate::trust::TrustStore;
 
 /// Why a probe or a wait failed.
@@ -329,23 +330,13 @@ impl Prober {
     /// One fresh TCP connect + TLS handshake (connect and handshake bounded by the timeout).
     pub async fn probe(&self, target: &Target) -> Result<Served, ProbeError> {
         let server_name = server_name(target)?;
-        let timeout = self.inner.timeout;
-        let mut tls = tokio::time::timeout(timeout, self.handshake(target, server_name.clone()))
-            .await
-            .map_err(|_| ProbeError::Timeout {
-                target: target.to_string(),
-                timeout,
-            })??;
-
-        let (_, conn) = tls.get_ref();
-        let certs: Vec<CertificateDer<'static>> = conn
-            .peer_certificates()
-            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-            .unwrap_or_default();
-        let protocol = conn.protocol_version();
+        let mut tls = self
+            .connect(&self.inner.connector, target, server_name.clone())
+            .await??;
+        let (certs, protocol) = shown(&tls);
         // Polite close (close_notify + FIN). Errors are irrelevant: we have
         // what we came for; the bound keeps a stuck peer from holding us.
-        let _ = tokio::time::timeout(timeout, tls.shutdown()).await;
+        let _ = tokio::time::timeout(self.inner.timeout, tls.shutdown()).await;
         drop(tls);
         self.served(target, &server_name, &certs, protocol)
     }
@@ -361,7 +352,6 @@ impl Prober {
     /// a proof that a change is served.
     pub async fn peek(&self, target: &Target) -> Result<Served, ProbeError> {
         let server_name = server_name(target)?;
-        let timeout = self.inner.timeout;
         let seen = Arc::new(std::sync::Mutex::new(Peeked::default()));
         let mut config = (*self.inner.config).clone();
         config
@@ -372,30 +362,17 @@ impl Prober {
                 seen: seen.clone(),
             }));
         let connector = TlsConnector::from(Arc::new(config));
-        let done = tokio::time::timeout(
-            timeout,
-            self.connect(&connector, target, server_name.clone()),
-        )
-        .await
-        .map_err(|_| ProbeError::Timeout {
-            target: target.to_string(),
-            timeout,
-        })?;
-        let (certs, protocol) = match done {
+        let (certs, protocol) = match self
+            .connect(&connector, target, server_name.clone())
+            .await?
+        {
             // No signature to check (a TLS 1.2 key exchange without one):
             // the handshake went through.
-            Ok(tls) => {
-                let (_, conn) = tls.get_ref();
-                let certs = conn
-                    .peer_certificates()
-                    .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-                    .unwrap_or_default();
-                (certs, conn.protocol_version())
-            }
+            Ok(tls) => shown(&tls),
             Err(e) => {
-                let peeked = lock_peeked(&seen);
-                match (&peeked.protocol, peeked.certs.is_empty()) {
-                    (Some(p), false) => (peeked.certs.clone(), Some(*p)),
+                let mut peeked = lock(&seen);
+                match (peeked.protocol, peeked.certs.is_empty()) {
+                    (Some(p), false) => (std::mem::take(&mut peeked.certs), Some(p)),
                     // Stopped anywhere else: a real failure.
                     _ => return Err(e),
                 }
@@ -452,23 +429,31 @@ impl Prober {
         })
     }
 
-    /// Resolve, connect to the first address that answers, handshake.
-    async fn handshake(
-        &self,
-        target: &Target,
-        server_name: ServerName<'static>,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProbeError> {
-        self.connect(&self.inner.connector, target, server_name)
-            .await
-    }
-
-    /// [`Prober::handshake`] through `connector`.
+    /// [`Prober::handshake`] bounded by the timeout
+    /// (the outer error); the inner one is the handshake's own.
     async fn connect(
         &self,
         connector: &TlsConnector,
         target: &Target,
         server_name: ServerName<'static>,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProbeError> {
+    ) -> Result<Result<TlsStream, ProbeError>, ProbeError> {
+        let timeout = self.inner.timeout;
+        tokio::time::timeout(timeout, self.handshake(connector, target, server_name))
+            .await
+            .map_err(|_| ProbeError::Timeout {
+                target: target.to_string(),
+                timeout,
+            })
+    }
+
+    /// Resolve, connect to the first address that answers, handshake
+    /// through `connector`.
+    async fn handshake(
+        &self,
+        connector: &TlsConnector,
+        target: &Target,
+        server_name: ServerName<'static>,
+    ) -> Result<TlsStream, ProbeError> {
         let addrs = tokio::net::lookup_host(target.addr.as_str())
             .await
             .map_err(|e| ProbeError::Address {
@@ -513,6 +498,18 @@ impl Prober {
     }
 }
 
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// The chain a finished handshake showed, and its protocol.
+fn shown(tls: &TlsStream) -> (Vec<CertificateDer<'static>>, Option<ProtocolVersion>) {
+    let (_, conn) = tls.get_ref();
+    let certs = conn
+        .peer_certificates()
+        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+        .unwrap_or_default();
+    (certs, conn.protocol_version())
+}
+
 /// The SNI name as rustls wants it: an IP text becomes `ServerName::IpAddress`
 /// (no SNI is sent, the verdict checks IP SANs), anything else must be a DNS name.
 fn server_name(target: &Target) -> Result<ServerName<'static>, ProbeError> {
@@ -545,10 +542,6 @@ struct Peeked {
     protocol: Option<ProtocolVersion>,
 }
 
-fn lock_peeked(p: &std::sync::Mutex<Peeked>) -> std::sync::MutexGuard<'_, Peeked> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The verifier of one [`Prober::peek`]: records the chain, then ends the
 /// handshake at the server's signature, where the chain is known and the
 /// rest would only prove the key.
@@ -561,7 +554,7 @@ struct PeekingVerifier {
 
 impl PeekingVerifier {
     fn stop(&self, protocol: ProtocolVersion) -> Result<HandshakeSignatureValid, rustls::Error> {
-        lock_peeked(&self.seen).protocol = Some(protocol);
+        lock(&self.seen).protocol = Some(protocol);
         Err(rustls::Error::General("the peek has seen the chain".into()))
     }
 }
@@ -575,7 +568,7 @@ impl ServerCertVerifier for PeekingVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut seen = lock_peeked(&self.seen);
+        let mut seen = lock(&self.seen);
         seen.certs = std::iter::once(end_entity)
             .chain(intermediates)
             .map(|c| c.clone().into_owned())
@@ -602,9 +595,7 @@ impl ServerCertVerifier for PeekingVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        let mut schemes = self.algorithms.supported_schemes();
-        schemes.retain(|s| self.family.allows(*s));
-        schemes
+        self.family.schemes(&self.algorithms)
     }
 }
 
@@ -624,6 +615,14 @@ impl KeyFamily {
             crate::cert::KeyKind::Ec { .. } => KeyFamily::Ecdsa,
             _ => KeyFamily::Any,
         }
+    }
+
+    /// The schemes of `algorithms` a client of this family offers: the
+    /// server picks its certificate by them.
+    fn schemes(self, algorithms: &WebPkiSupportedAlgorithms) -> Vec<SignatureScheme> {
+        let mut schemes = algorithms.supported_schemes();
+        schemes.retain(|s| self.allows(*s));
+        schemes
     }
 
     fn allows(self, scheme: SignatureScheme) -> bool {
@@ -715,9 +714,7 @@ impl ServerCertVerifier for RecordingVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        let mut schemes = self.algorithms.supported_schemes();
-        schemes.retain(|s| self.family.allows(*s));
-        schemes
+        self.family.schemes(&self.algorithms)
     }
 }
 

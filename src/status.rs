@@ -349,7 +349,7 @@ pub fn collect(cfg: &Config, probe: bool) -> Result<StatusReport, StatusError> {
         // 1. Disk on every core (at 10,000 sites the reads and parses are
         //    most of `status`), 4. waiting.
         None => (
-            read_installed(&files, now, cores()),
+            read_installed(&files, now, crate::par::cpu_threads()),
             crate::source::acme::waiting(cfg),
             None,
         ),
@@ -424,11 +424,6 @@ pub fn probe_rows(cfg: &Config, probers: &Probers, concurrency: usize) -> Vec<Si
 /// its start.
 const FILES_PER_THREAD: usize = 256;
 
-/// The cores this process may run on (1 when unknown).
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-}
-
 /// Every slot's cert file, in row order (site by site, slot by slot).
 fn cert_files(cfg: &Config) -> Vec<&Path> {
     cfg.sites
@@ -457,28 +452,10 @@ fn read_installed(
         return read(files);
     }
     let chunk = files.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let mut parts = files.chunks(chunk);
-        // This thread reads the first part itself.
-        let mine = parts.next().unwrap_or_default();
-        let others: Vec<_> = parts
-            .map(|part| {
-                let handle = std::thread::Builder::new()
-                    .name("certswap-status-disk".into())
-                    .spawn_scoped(s, move || read(part));
-                (part, handle)
-            })
-            .collect();
-        let mut out = read(mine);
-        for (part, handle) in others {
-            match handle {
-                Ok(h) => out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-                // The OS gave no thread: read that part here.
-                Err(_) => out.extend(read(part)),
-            }
-        }
-        out
-    })
+    crate::par::map(files.chunks(chunk).collect(), threads, read)
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The handshakes of every row, rows in config order (site by site, slot

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::cert;
 use crate::config::ProbeConfig;
 use crate::failpoint;
+use crate::par::lock;
 use crate::probe::{self, Served, Target};
 use crate::report::ServedRow;
 use crate::server::WebServer;
@@ -375,11 +376,6 @@ async fn first_new_answer(waits: &[Wait], until: Instant) -> bool {
         tokio::time::sleep(GATE_EVERY).await;
     }
     false
-}
-
-/// A poisoned lock only means another worker panicked, which is re-raised.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(crate) fn ms(since: Instant) -> u64 {
