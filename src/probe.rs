@@ -25,7 +25,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -330,13 +329,17 @@ impl Prober {
     /// One fresh TCP connect + TLS handshake (connect and handshake bounded by the timeout).
     pub async fn probe(&self, target: &Target) -> Result<Served, ProbeError> {
         let server_name = server_name(target)?;
-        let mut tls = self
+        let tls = self
             .connect(&self.inner.connector, target, server_name.clone())
             .await??;
         let (certs, protocol) = shown(&tls);
-        // Polite close (close_notify + FIN). Errors are irrelevant: we have
-        // what we came for; the bound keeps a stuck peer from holding us.
-        let _ = tokio::time::timeout(self.inner.timeout, tls.shutdown()).await;
+        // An abortive close (RST, no close_notify or FIN exchange). The
+        // polite close ended in a reset on 959 of 1000 handshakes anyway
+        // (nstat, nginx: its session tickets and close_notify reach a
+        // socket we have closed), so servers already see resets; this one
+        // saves them and us the last flights: 30 % fewer segments, ~6 %
+        // less CPU on each side, ~7 % faster (docs/performance.md).
+        let _ = tls.get_ref().0.set_zero_linger();
         drop(tls);
         self.served(target, &server_name, &certs, protocol)
     }
