@@ -366,8 +366,9 @@ async fn first_new_answer(waits: &[Wait], until: Instant) -> bool {
     // server is loading its config on one core meanwhile, and the gate
     // only needs to see which leaf is served (every site is still proven
     // by full handshakes after it). A sample that does not answer holds
-    // up only its own turn: up to one look per sample is in flight.
-    let mut turns = sample.iter().cycle();
+    // up only its own turn: a sample with a look in flight is skipped.
+    let mut busy = vec![false; sample.len()];
+    let mut next = 0;
     let mut tick = tokio::time::interval(GATE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut looks = tokio::task::JoinSet::new();
@@ -375,22 +376,27 @@ async fn first_new_answer(waits: &[Wait], until: Instant) -> bool {
     tokio::pin!(end);
     loop {
         tokio::select! {
-            _ = tick.tick(), if looks.len() < sample.len() => {
-                let Some((t, sha, prober)) = turns.next() else { return false };
-                let (t, sha, prober) = (t.clone(), sha.clone(), prober.clone());
+            _ = tick.tick(), if busy.contains(&false) => {
+                let mut turn = (0..sample.len()).map(|k| (next + k) % sample.len());
+                let Some(i) = turn.find(|&i| !busy[i]) else { continue };
+                next = i + 1;
+                busy[i] = true;
+                let (t, sha, prober) = sample[i].clone();
                 looks.spawn(async move {
                     let left = until.saturating_duration_since(Instant::now());
-                    matches!(
+                    let new = matches!(
                         tokio::time::timeout(left, prober.peek(&t)).await,
                         Ok(Ok(s)) if s.leaf.sha256.eq_ignore_ascii_case(&sha)
-                    )
+                    );
+                    (i, new)
                 });
             }
-            Some(r) = looks.join_next(), if !looks.is_empty() => {
-                if matches!(r, Ok(true)) {
-                    return true;
-                }
-            }
+            Some(r) = looks.join_next(), if !looks.is_empty() => match r {
+                Ok((_, true)) => return true,
+                Ok((i, false)) => busy[i] = false,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            },
             () = &mut end => return false,
         }
     }
