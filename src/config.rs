@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 use crate::probe::{KeyFamily, Target};
 
+mod split;
+
 /// Where the config is read from when neither `--config` nor
 /// `CERTSWAP_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/certswap/certswap.toml";
@@ -471,7 +473,7 @@ impl Config {
 
     /// Validate config text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let raw: RawConfig = split::parse(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
             message: one_line(&e),
         })?;
