@@ -51,6 +51,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::bundle::{Bundle, Files};
@@ -59,6 +60,7 @@ use crate::failpoint;
 use crate::install::{self, Env, InstallError};
 use crate::matcher::{self, Hint, MatchError};
 use crate::par;
+use crate::priority::Background;
 use crate::probe::{self, Target};
 pub use crate::recover::recover_host;
 pub use crate::recover::stored_sites;
@@ -1240,6 +1242,9 @@ struct BeforeProbe {
     /// The handshakes to make, until [`BeforeProbe::start`].
     jobs: Vec<(probe::Prober, Target)>,
     thread: Option<std::thread::JoinHandle<Vec<Result<probe::Served, probe::ProbeError>>>>,
+    /// The thread's priority: lowest while the stage's syncs, the swap and
+    /// the config test run beside it, normal once the batch waits for it.
+    priority: Arc<Background>,
 }
 
 type Probed = HashMap<usize, Vec<(Target, Result<probe::Served, probe::ProbeError>)>>;
@@ -1262,22 +1267,28 @@ impl BeforeProbe {
             targets,
             jobs,
             thread: None,
+            priority: Arc::default(),
         }
     }
 
-    /// Start the handshakes on their own thread (once).
+    /// Start the handshakes on their own thread (once), at the lowest
+    /// priority until [`BeforeProbe::results`]: the config test beside
+    /// them is the critical path (crate::priority).
     fn start(&mut self) {
         if self.thread.is_some() {
             return;
         }
         let jobs = std::mem::take(&mut self.jobs);
+        let priority = self.priority.clone();
         self.thread = Some(std::thread::spawn(move || {
+            priority.lower();
             probe::block_on(probe::peek_each(&jobs, PROBE_CONCURRENCY))
         }));
     }
 
     /// What each site's endpoints served, by outcome index.
     fn results(mut self) -> Probed {
+        self.priority.restore();
         self.start();
         let results = self.join();
         let mut per_site: Probed = HashMap::new();

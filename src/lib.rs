@@ -14,11 +14,13 @@
 //! - [`prometheus`] a small client of Prometheus's HTTP query API.
 //! - [`matcher`]   which site (and dual-site pair) a bundle is for, for every source.
 //! - [`fsio`]      durable file primitives: create-exclusive, fsync, rename.
+//! - [`priority`]  a background thread's CPU priority, lowered beside the critical path.
 //! - [`owner`]     who may have written a path: owner/mode checks before trust.
 //! - [`store`]     stage / swap / backup versions / journal / recovery.
 //! - [`server`]    the web servers behind one trait: config test and reload.
 //! - [`service`]   the server steps of a change, in one place: config test, reload, restore.
 //! - [`probe`]     TLS handshake probe, served-chain facts, wait-until-served.
+//! - [`handshake`] one probe's client handshake, stopped once the server is judged.
 //! - [`trust`]     trust anchors and the verdict on a chain (trusted, complete).
 //! - [`wait`]      step 7's wait: many endpoints until each serves its leaf.
 //! - [`install`]   steps 1–2 of the pipeline for one change; [`install::Env`].
@@ -50,6 +52,7 @@ pub mod discover;
 pub mod failpoint;
 pub mod fleet_cmd;
 pub mod fsio;
+pub mod handshake;
 pub mod hook;
 pub mod host;
 pub mod install;
@@ -58,6 +61,7 @@ pub mod matcher;
 pub mod metrics;
 pub mod owner;
 pub mod par;
+pub mod priority;
 pub mod probe;
 pub mod prometheus;
 pub mod publish;
