@@ -6,10 +6,10 @@
 //! that install, roll back, adopt or probe and for the agent (at start and
 //! on SIGHUP) alike.
 
-use crate::config::{Config, ConfigError, ServerConfig, Site};
+use crate::config::{Config, ConfigError, ServerConfig, ServerKind, Site};
 use crate::discover;
 use crate::install::Env;
-use crate::probe::{ProbeError, Prober, Probers, Target};
+use crate::probe::{Ending, ProbeError, Prober, Probers, Target};
 use crate::server::{self, WebServer};
 use crate::store::{Store, StoreError};
 use crate::trust::TrustStore;
@@ -67,16 +67,23 @@ pub fn probers(cfg: &Config) -> Result<Probers, ProbeError> {
 }
 
 /// The prober a config asks for: `probe.ca_file` alone when set, else
-/// the public roots plus `[trust] extra_roots`.
+/// the public roots plus `[trust] extra_roots`. On a host with an HAProxy
+/// its connections end politely ([`Ending::Polite`]): HAProxy logs every
+/// other ending as a failed handshake.
 fn prober(cfg: &Config) -> Result<Prober, ProbeError> {
-    if cfg.probe.ca_file.is_some() {
-        return Prober::new(cfg.probe.ca_file.as_deref(), cfg.probe.timeout);
+    let prober = if cfg.probe.ca_file.is_some() {
+        Prober::new(cfg.probe.ca_file.as_deref(), cfg.probe.timeout)?
+    } else {
+        let trust = TrustStore::public(&cfg.extra_roots).map_err(|e| ProbeError::CaFile {
+            path: "trust.extra_roots".into(),
+            reason: e.to_string(),
+        })?;
+        Prober::with_trust(trust, cfg.probe.timeout)?
+    };
+    if cfg.servers.iter().any(|s| s.kind == ServerKind::Haproxy) {
+        return prober.ending(Ending::Polite);
     }
-    let trust = TrustStore::public(&cfg.extra_roots).map_err(|e| ProbeError::CaFile {
-        path: "trust.extra_roots".into(),
-        reason: e.to_string(),
-    })?;
-    Prober::with_trust(trust, cfg.probe.timeout)
+    Ok(prober)
 }
 
 /// Sites without `endpoints` get the ones their server's own config
@@ -135,4 +142,33 @@ fn discover_endpoints_of(cfg: &mut Config, server: &ServerConfig) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::KeyFamily;
+
+    fn config(kinds: &[&str]) -> Config {
+        let mut t = String::new();
+        for (i, k) in kinds.iter().enumerate() {
+            t.push_str(&format!("[[server]]\nname = \"s{i}\"\nkind = \"{k}\"\n"));
+        }
+        Config::parse(&t, std::path::Path::new("/etc/certswap/test.toml")).expect("config")
+    }
+
+    #[test]
+    fn a_host_with_an_haproxy_probes_politely() {
+        for (kinds, ending) in [
+            (&["nginx"][..], Ending::Abrupt),
+            (&["apache", "nginx"][..], Ending::Abrupt),
+            (&["haproxy"][..], Ending::Polite),
+            (&["nginx", "haproxy"][..], Ending::Polite),
+        ] {
+            let probers = probers(&config(kinds)).expect("probers");
+            for family in [KeyFamily::Any, KeyFamily::Rsa, KeyFamily::Ecdsa] {
+                assert_eq!(probers.of(family).ending_of(), ending, "{kinds:?}");
+            }
+        }
+    }
 }

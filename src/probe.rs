@@ -28,7 +28,6 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
 use crate::cert::CertInfo;
 use crate::par::lock;
@@ -199,10 +198,9 @@ pub struct Prober {
 }
 
 struct ProberInner {
-    /// Wraps the one shared `Arc<ClientConfig>` (the throughput measurement
-    /// in DESIGN.md: building a config per probe costs real CPU).
-    connector: TlsConnector,
-    /// That config, for [`Prober::peek`]'s per-connection copies.
+    /// The one shared client config (the throughput measurement in
+    /// DESIGN.md: building a config per probe costs real CPU);
+    /// [`Prober::peek`] makes per-connection copies.
     config: Arc<ClientConfig>,
     /// The provider's signature algorithms (its verifiers).
     algorithms: WebPkiSupportedAlgorithms,
@@ -211,6 +209,25 @@ struct ProberInner {
     timeout: Duration,
     /// The key type whose signature schemes it offers.
     family: KeyFamily,
+    /// How a connection ends ([`Ending`]).
+    ending: Ending,
+}
+
+/// How a probe's connection ends once the client has judged the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Nothing more is sent (no client Finished on TLS 1.3) and the
+    /// connection is reset: the cheapest for both sides; nginx and apache
+    /// log it only at `info`.
+    Abrupt,
+    /// The client's side of the handshake is sent to the end and the
+    /// connection closed with a FIN, as a browser that leaves without a
+    /// request would. For servers that log every connection that ends
+    /// inside the handshake as a failure: HAProxy writes "SSL handshake
+    /// failure" for each abrupt one (and for some resets that overtake
+    /// the client's Finished), which the agent's passes would turn into
+    /// thousands of lines. Its peek is a full probe too.
+    Polite,
 }
 
 impl std::fmt::Debug for Prober {
@@ -239,20 +256,28 @@ impl Prober {
 
     /// A prober judging trust against `trust`.
     pub fn with_trust(trust: TrustStore, timeout: Duration) -> Result<Prober, ProbeError> {
-        Prober::build(trust, timeout, KeyFamily::Any)
+        Prober::build(trust, timeout, KeyFamily::Any, Ending::Abrupt)
+    }
+
+    /// The same prober, ending its connections as `ending` says.
+    pub fn ending(&self, ending: Ending) -> Result<Prober, ProbeError> {
+        let i = &self.inner;
+        Prober::build(i.trust.clone(), i.timeout, i.family, ending)
     }
 
     /// The same prober, but offering only the signature schemes (and TLS 1.2
     /// suites) of `family`: a server with an RSA and an ECDSA certificate on
     /// one vhost must then show the leaf of that family.
     pub fn for_key_family(&self, family: KeyFamily) -> Result<Prober, ProbeError> {
-        Prober::build(self.inner.trust.clone(), self.inner.timeout, family)
+        let i = &self.inner;
+        Prober::build(i.trust.clone(), i.timeout, family, i.ending)
     }
 
     fn build(
         trust: TrustStore,
         timeout: Duration,
         family: KeyFamily,
+        ending: Ending,
     ) -> Result<Prober, ProbeError> {
         // The provider is passed explicitly so the probe does not depend on a
         // process-wide default having been installed (tests, library users).
@@ -301,12 +326,12 @@ impl Prober {
 
         Ok(Prober {
             inner: Arc::new(ProberInner {
-                connector: TlsConnector::from(config.clone()),
                 config,
                 algorithms,
                 trust,
                 timeout,
                 family,
+                ending,
             }),
         })
     }
@@ -321,26 +346,32 @@ impl Prober {
         &self.inner.trust
     }
 
+    /// How its connections end.
+    pub fn ending_of(&self) -> Ending {
+        self.inner.ending
+    }
+
     /// The per-probe bound on connect + handshake.
     pub fn timeout(&self) -> Duration {
         self.inner.timeout
     }
 
-    /// One fresh TCP connect + TLS handshake (connect and handshake bounded by the timeout).
+    /// One fresh TCP connect + TLS handshake (connect and handshake bounded
+    /// by the timeout), complete on the client's side: the chain, the
+    /// server's signature and its Finished are checked ([`crate::handshake`]).
     pub async fn probe(&self, target: &Target) -> Result<Served, ProbeError> {
         let server_name = server_name(target)?;
-        let tls = self
-            .connect(&self.inner.connector, target, server_name.clone())
+        let completed = self
+            .connect(&self.inner.config, target, server_name.clone())
             .await??;
-        let (certs, protocol) = shown(&tls);
+        let (certs, protocol) = completed.shown();
         // An abortive close (RST, no close_notify or FIN exchange). The
         // polite close ended in a reset on 959 of 1000 handshakes anyway
         // (nstat, nginx: its session tickets and close_notify reach a
         // socket we have closed), so servers already see resets; this one
         // saves them and us the last flights: 30 % fewer segments, ~6 %
         // less CPU on each side, ~7 % faster (docs/performance.md).
-        let _ = tls.get_ref().0.set_zero_linger();
-        drop(tls);
+        drop(completed);
         self.served(target, &server_name, &certs, protocol)
     }
 
@@ -354,6 +385,9 @@ impl Prober {
     /// For a look at what is served (the state before a change), never for
     /// a proof that a change is served.
     pub async fn peek(&self, target: &Target) -> Result<Served, ProbeError> {
+        if self.inner.ending == Ending::Polite {
+            return self.probe(target).await;
+        }
         let server_name = server_name(target)?;
         let seen = Arc::new(std::sync::Mutex::new(Peeked::default()));
         let mut config = (*self.inner.config).clone();
@@ -364,14 +398,13 @@ impl Prober {
                 family: self.inner.family,
                 seen: seen.clone(),
             }));
-        let connector = TlsConnector::from(Arc::new(config));
         let (certs, protocol) = match self
-            .connect(&connector, target, server_name.clone())
+            .connect(&Arc::new(config), target, server_name.clone())
             .await?
         {
             // No signature to check (a TLS 1.2 key exchange without one):
             // the handshake went through.
-            Ok(tls) => shown(&tls),
+            Ok(completed) => completed.shown(),
             Err(e) => {
                 let mut peeked = lock(&seen);
                 match (peeked.protocol, peeked.certs.is_empty()) {
@@ -436,12 +469,12 @@ impl Prober {
     /// (the outer error); the inner one is the handshake's own.
     async fn connect(
         &self,
-        connector: &TlsConnector,
+        config: &Arc<ClientConfig>,
         target: &Target,
         server_name: ServerName<'static>,
-    ) -> Result<Result<TlsStream, ProbeError>, ProbeError> {
+    ) -> Result<Result<Completed, ProbeError>, ProbeError> {
         let timeout = self.inner.timeout;
-        tokio::time::timeout(timeout, self.handshake(connector, target, server_name))
+        tokio::time::timeout(timeout, self.handshake(config, target, server_name))
             .await
             .map_err(|_| ProbeError::Timeout {
                 target: target.to_string(),
@@ -450,13 +483,13 @@ impl Prober {
     }
 
     /// Resolve, connect to the first address that answers, handshake
-    /// through `connector`.
+    /// with `config`.
     async fn handshake(
         &self,
-        connector: &TlsConnector,
+        config: &Arc<ClientConfig>,
         target: &Target,
         server_name: ServerName<'static>,
-    ) -> Result<TlsStream, ProbeError> {
+    ) -> Result<Completed, ProbeError> {
         let addrs = tokio::net::lookup_host(target.addr.as_str())
             .await
             .map_err(|e| ProbeError::Address {
@@ -491,26 +524,47 @@ impl Prober {
         };
         // The handshake is a few small flights: do not let Nagle hold them.
         let _ = tcp.set_nodelay(true);
-        connector
-            .connect(server_name, tcp)
+        let failed = |reason: String| ProbeError::Handshake {
+            target: target.to_string(),
+            reason,
+        };
+        let mut conn = rustls::ClientConnection::new(config.clone(), server_name)
+            .map_err(|e| failed(e.to_string()))?;
+        let polite = self.inner.ending == Ending::Polite;
+        crate::handshake::complete(&mut conn, &tcp, polite)
             .await
-            .map_err(|e| ProbeError::Handshake {
-                target: target.to_string(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(Completed { tcp, conn, polite })
     }
 }
 
-type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// A connection whose handshake is complete on the client's side. Dropping
+/// it resets the connection (see [`Prober::probe`]).
+struct Completed {
+    tcp: TcpStream,
+    conn: rustls::ClientConnection,
+    /// [`Ending::Polite`]: closed with a FIN, not reset.
+    polite: bool,
+}
 
-/// The chain a finished handshake showed, and its protocol.
-fn shown(tls: &TlsStream) -> (Vec<CertificateDer<'static>>, Option<ProtocolVersion>) {
-    let (_, conn) = tls.get_ref();
-    let certs = conn
-        .peer_certificates()
-        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-        .unwrap_or_default();
-    (certs, conn.protocol_version())
+impl Completed {
+    /// The chain the handshake showed, and its protocol.
+    fn shown(&self) -> (Vec<CertificateDer<'static>>, Option<ProtocolVersion>) {
+        let conn = &self.conn;
+        let certs = conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default();
+        (certs, conn.protocol_version())
+    }
+}
+
+impl Drop for Completed {
+    fn drop(&mut self) {
+        if !self.polite {
+            let _ = self.tcp.set_zero_linger();
+        }
+    }
 }
 
 /// The SNI name as rustls wants it: an IP text becomes `ServerName::IpAddress`
@@ -1147,6 +1201,9 @@ mod tests {
     struct TlsServer {
         addr: String,
         handshakes: Arc<AtomicUsize>,
+        /// Handshakes the server completed / that ended either way.
+        completed: Arc<AtomicUsize>,
+        ended: Arc<AtomicUsize>,
         task: tokio::task::JoinHandle<()>,
     }
 
@@ -1157,7 +1214,10 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr").to_string();
             let handshakes = Arc::new(AtomicUsize::new(0));
+            let completed = Arc::new(AtomicUsize::new(0));
+            let ended = Arc::new(AtomicUsize::new(0));
             let count = handshakes.clone();
+            let (done, over) = (completed.clone(), ended.clone());
             let task = tokio::spawn(async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
@@ -1165,8 +1225,12 @@ mod tests {
                     };
                     let n = count.fetch_add(1, Ordering::SeqCst);
                     let acceptor = TlsAcceptor::from(pick(n));
+                    let (done, over) = (done.clone(), over.clone());
                     tokio::spawn(async move {
-                        if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let accepted = acceptor.accept(tcp).await;
+                        over.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(mut tls) = accepted {
+                            done.fetch_add(1, Ordering::SeqCst);
                             let mut buf = [0u8; 64];
                             let _ = tls.read(&mut buf).await;
                         }
@@ -1176,6 +1240,8 @@ mod tests {
             TlsServer {
                 addr,
                 handshakes,
+                completed,
+                ended,
                 task,
             }
         }
@@ -1384,6 +1450,44 @@ mod tests {
             prober.peek(&silent).await,
             Err(ProbeError::Timeout { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_client_sends_nothing_once_it_has_judged_the_server() {
+        let ca = Ca::new();
+        let leaf = ca.leaf(&["a.test"], 2020, 4000);
+        let (prober, _file) = prober_trusting(&ca);
+        // TLS 1.3: chain, signature and Finished all come from the server
+        // first; the client's Finished is never sent, so the server's side
+        // never completes. TLS 1.2: the client's Finished comes first, and
+        // the server completes. A polite ending sends the client's Finished on TLS 1.3 too.
+        for (tls12, polite, completes) in [(false, false, 0), (true, false, 1), (false, true, 1)] {
+            let config = leaf.config(tls12);
+            let server = TlsServer::start(move |_| config.clone()).await;
+            let tcp = TcpStream::connect(&server.addr).await.expect("connect");
+            let name = ServerName::try_from("a.test").expect("name");
+            let mut conn =
+                rustls::ClientConnection::new(prober.inner.config.clone(), name).expect("client");
+            crate::handshake::complete(&mut conn, &tcp, polite)
+                .await
+                .expect("handshake");
+            assert!(!conn.is_handshaking());
+            let shown = conn.peer_certificates().map(|c| c.len());
+            assert_eq!(shown, Some(2), "the chain was seen");
+            // The connection stays open while the server gets the chance
+            // to complete: it does only if the client's Finished reached it.
+            let mut done = 0;
+            for _ in 0..50 {
+                done = server.completed.load(Ordering::SeqCst);
+                if done > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(done, completes, "TLS 1.2 only: {tls12}, polite: {polite}");
+            assert_eq!(server.ended.load(Ordering::SeqCst), completes);
+            drop(tcp);
+        }
     }
 
     #[tokio::test]

@@ -116,6 +116,17 @@ impl World {
         pki::write(&d, name, leaf)
     }
 
+    /// Install a renewal (valid for 385 days); it must verify.
+    fn renew(&self) -> (Leaf, serde_json::Value) {
+        let new = self.ca.leaf(&[SITE]).days(-1, 385).build();
+        let (cert, key) = self.bundle("new", &new);
+        let out = self.install(&cert, &key);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(v["result"], "verified", "{v}");
+        (new, v)
+    }
+
     fn install(&self, cert: &Path, key: &Path) -> Output {
         self.install_env(cert, key, &[])
     }
@@ -153,13 +164,7 @@ fn install_is_verified_with_no_reload_and_survives_a_restart() {
     let mut w = World::new();
     assert_eq!(w.served(), w.old.sha256);
     let (master, workers) = (w.proxy.master_pid(), w.proxy.worker_pids());
-    let new = w.ca.leaf(&[SITE]).days(-1, 385).build();
-    let (cert, key) = w.bundle("new", &new);
-
-    let out = w.install(&cert, &key);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(v["result"], "verified", "{v}");
+    let (new, v) = w.renew();
     assert_eq!(v["served"][0]["sha256"], new.sha256.as_str());
 
     // No reload at all: the same master, the same workers.
@@ -646,4 +651,64 @@ fn a_stats_socket_another_user_could_have_placed_refuses_the_change() {
     assert_eq!(pki::sha256_file(&w.pem), before, "not a byte changed");
     w.assert_in_step(&w.old, "after the refusal");
     assert_eq!(w.proxy.reloads(), 0);
+}
+
+/// HAProxy's log lines, received on a Unix datagram socket.
+fn drain(log: &std::os::unix::net::UnixDatagram) -> String {
+    let mut lines = String::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = log.recv(&mut buf) {
+        lines.push_str(&String::from_utf8_lossy(&buf[..n]));
+        lines.push('\n');
+    }
+    lines
+}
+
+#[test]
+fn its_looks_and_proofs_leave_no_failed_handshake_in_haproxys_log() {
+    let w = World::new();
+    // Logging as Debian's haproxy.cfg does: connections that carried no
+    // request are not logged, failed handshakes are.
+    let sock = w.proxy.dir().join("log.sock");
+    let log = std::os::unix::net::UnixDatagram::bind(&sock).expect("bind log socket");
+    log.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let conf = fs::read_to_string(w.proxy.conf_path()).expect("haproxy.cfg");
+    let conf = conf
+        .replacen(
+            "global\n",
+            &format!("global\n  log {} local0 info\n", sock.display()),
+            1,
+        )
+        .replacen(
+            "defaults\n",
+            "defaults\n  log global\n  option httplog\n  option dontlognull\n",
+            1,
+        );
+    w.proxy.set_config(&conf);
+    w.proxy.reload_and_wait();
+    // The control: a probe with no config behind it ends abruptly, which
+    // HAProxy logs.
+    let out = run(
+        &w.config,
+        &["probe", &format!("{SITE}@{}", w.proxy.endpoint())],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let control = drain(&log);
+    assert!(
+        control.contains("SSL handshake failure"),
+        "HAProxy logs: {control}"
+    );
+
+    w.renew();
+    let status = w.run(&["status", "--probe"]);
+    assert!(!status.stdout.is_empty(), "{}", text(&status));
+    // The install's look, its gate and its proof, and status's probe: each
+    // ended as a visitor's connection does.
+    let after = drain(&log);
+    assert!(
+        !after.contains("SSL handshake failure"),
+        "HAProxy logs: {after}"
+    );
 }
