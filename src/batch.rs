@@ -1309,6 +1309,8 @@ impl BeforeProbe {
 
 impl Drop for BeforeProbe {
     fn drop(&mut self) {
+        // The batch now waits for it: no longer background work.
+        self.priority.restore();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -365,12 +365,7 @@ impl Prober {
             .connect(&self.inner.config, target, server_name.clone())
             .await??;
         let (certs, protocol) = completed.shown();
-        // An abortive close (RST, no close_notify or FIN exchange). The
-        // polite close ended in a reset on 959 of 1000 handshakes anyway
-        // (nstat, nginx: its session tickets and close_notify reach a
-        // socket we have closed), so servers already see resets; this one
-        // saves them and us the last flights: 30 % fewer segments, ~6 %
-        // less CPU on each side, ~7 % faster (docs/performance.md).
+        // The connection ends here, before the chain is judged.
         drop(completed);
         self.served(target, &server_name, &certs, protocol)
     }
@@ -539,7 +534,7 @@ impl Prober {
 }
 
 /// A connection whose handshake is complete on the client's side. Dropping
-/// it resets the connection (see [`Prober::probe`]).
+/// it ends the connection as the prober's [`Ending`] says.
 struct Completed {
     tcp: TcpStream,
     conn: rustls::ClientConnection,
@@ -561,6 +556,12 @@ impl Completed {
 
 impl Drop for Completed {
     fn drop(&mut self) {
+        // Abrupt: a reset (no close_notify, no FIN exchange). The polite
+        // close ended in a reset on 959 of 1000 handshakes with nginx
+        // anyway (nstat: its session tickets and close_notify reach a
+        // socket we have closed); this one saves both sides the last
+        // flights: 30 % fewer segments, ~6 % less CPU on each side, ~7 %
+        // faster (docs/performance.md).
         if !self.polite {
             let _ = self.tcp.set_zero_linger();
         }
