@@ -81,7 +81,7 @@ fn prober(cfg: &Config) -> Result<Prober, ProbeError> {
         Prober::with_trust(trust, cfg.probe.timeout)?
     };
     if cfg.servers.iter().any(|s| s.kind == ServerKind::Haproxy) {
-        return prober.ending(Ending::Polite);
+        return prober.with_ending(Ending::Polite);
     }
     Ok(prober)
 }
@@ -167,7 +167,7 @@ mod tests {
         ] {
             let probers = probers(&config(kinds)).expect("probers");
             for family in [KeyFamily::Any, KeyFamily::Rsa, KeyFamily::Ecdsa] {
-                assert_eq!(probers.of(family).ending_of(), ending, "{kinds:?}");
+                assert_eq!(probers.of(family).ending(), ending, "{kinds:?}");
             }
         }
     }

@@ -260,7 +260,7 @@ impl Prober {
     }
 
     /// The same prober, ending its connections as `ending` says.
-    pub fn ending(&self, ending: Ending) -> Result<Prober, ProbeError> {
+    pub fn with_ending(&self, ending: Ending) -> Result<Prober, ProbeError> {
         let i = &self.inner;
         Prober::build(i.trust.clone(), i.timeout, i.family, ending)
     }
@@ -347,7 +347,7 @@ impl Prober {
     }
 
     /// How its connections end.
-    pub fn ending_of(&self) -> Ending {
+    pub fn ending(&self) -> Ending {
         self.inner.ending
     }
 

@@ -22,10 +22,9 @@ const GROUP: usize = 256;
 
 /// `text` as [`RawConfig`], as `toml::from_str` reads it.
 pub(super) fn parse(text: &str) -> Result<RawConfig, toml::de::Error> {
-    match cut(text) {
-        Some((rest, groups)) => parse_parts(rest, groups).map_or_else(|| toml::from_str(text), Ok),
-        None => toml::from_str(text),
-    }
+    cut(text)
+        .and_then(|(rest, groups)| parse_parts(rest, groups))
+        .map_or_else(|| toml::from_str(text), Ok)
 }
 
 /// One group of `[[site]]` sections, parsed on its own.
@@ -195,9 +194,9 @@ mod tests {
                 String::new()
             }
         });
-        let (_, groups) = cut(&text).expect("a plain config of 1000 sites is cut");
+        let (rest, groups) = cut(&text).expect("a plain config of 1000 sites is cut");
         assert_eq!(groups.len(), 1000usize.div_ceil(GROUP));
-        let parallel = parse_parts(cut(&text).unwrap().0, groups).expect("every part parses");
+        let parallel = parse_parts(rest, groups).expect("every part parses");
         assert_eq!(parallel.sites.len(), 1000);
         assert_eq!(
             format!("{parallel:?}"),
