@@ -945,7 +945,7 @@ pub fn apply(env: &Env<'_>, site: &Site, managed: bool) -> Result<AdoptReport, A
     let mut report = AdoptReport::of(&plan, AdoptResult::Adopted);
 
     // 2. What is served must be what the lineage holds.
-    let results = probe::block_on(probe::probe_many(env.prober(), &site.endpoints, 64));
+    let results = crate::engines::probe_all(env.prober(), &site.endpoints, 64);
     for (t, r) in site.endpoints.iter().zip(results) {
         match r {
             Err(e) => {

@@ -1123,7 +1123,7 @@ fn already_installed(
             site.endpoints.iter().map(|t| (prober.clone(), t.clone()))
         })
         .collect();
-    let mut first = probe::block_on(probe::probe_each(&jobs, PROBE_CONCURRENCY)).into_iter();
+    let mut first = crate::engines::probe_each(&jobs, PROBE_CONCURRENCY).into_iter();
     let mut found: Vec<Option<Result<Vec<ServedRow>, InstallError>>> = Vec::new();
     let mut waits = Vec::new();
     let mut waiting = Vec::new();

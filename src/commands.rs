@@ -130,7 +130,7 @@ fn probe_targets_cmd(a: &ProbeArgs, file: &Path, timeout: Duration) -> CmdResult
         targets.push(t);
     }
     let prober = probe_prober(a, timeout)?;
-    let results = probe::block_on(probe::probe_many(&prober, &targets, a.concurrency.max(1)));
+    let results = crate::engines::probe_all(&prober, &targets, a.concurrency.max(1));
     let mut failed = 0usize;
     let mut out = String::new();
     for (t, r) in targets.iter().zip(&results) {

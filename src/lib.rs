@@ -49,6 +49,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod discover;
+pub mod engines;
 pub mod failpoint;
 pub mod fleet_cmd;
 pub mod fsio;

@@ -12,7 +12,9 @@
 //!   server's signature (a look at what is served, never a proof);
 //! - [`wait_until_served`]: N consecutive matching fresh handshakes per
 //!   target, with backoff, within a deadline;
-//! - [`probe_many`]: bounded-concurrency bulk probing, results in input order;
+//! - [`probe_each`] / [`peek_each`]: bounded-concurrency looks at many
+//!   targets on one engine (one current-thread runtime), results in input
+//!   order; [`crate::engines`] runs one such engine per core;
 //! - [`runtime`] / [`block_on`]: the current-thread runtime the probe engine
 //!   runs on.
 
@@ -952,91 +954,54 @@ fn normalize_sha256(s: &str) -> String {
         .collect()
 }
 
-/// Probe every target once, with at most `concurrency` handshakes in flight
-/// (~64 was the sweet spot measured in DESIGN.md; 0 is taken as 1). The
-/// results are in the order of `targets`.
-pub async fn probe_many(
-    prober: &Prober,
-    targets: &[Target],
-    concurrency: usize,
-) -> Vec<Result<Served, ProbeError>> {
-    probe_jobs(
-        targets.len(),
-        concurrency,
-        Look::Handshake,
-        |i| (prober, &targets[i]),
-        |_, r| r,
-    )
-    .await
-}
-
-/// [`probe_many`] with a prober per target (each site's own key type,
-/// [`Probers`]), so one bulk probe also covers the pairs of
-/// dual-certificate sites.
+/// Probe every job once on this thread's runtime, with at most
+/// `concurrency` handshakes in flight; the results in the order of `jobs`.
+/// One engine: what the wait runs beside its other work ([`crate::engines`]
+/// spreads a bulk look over the cores).
 pub async fn probe_each(
     jobs: &[(Prober, Target)],
     concurrency: usize,
 ) -> Vec<Result<Served, ProbeError>> {
-    probe_each_into(jobs, concurrency, |_, r| r).await
-}
-
-/// [`probe_each`], each result handed to `keep` (with its index) as soon
-/// as its handshake ends: what the caller keeps of it, in input order. A
-/// caller that needs a few fields of 10,000 answers then never holds
-/// 10,000 parsed chains at once (the agent's drift check).
-pub async fn probe_each_into<R>(
-    jobs: &[(Prober, Target)],
-    concurrency: usize,
-    keep: impl FnMut(usize, Result<Served, ProbeError>) -> R,
-) -> Vec<R> {
-    probe_jobs(
-        jobs.len(),
-        concurrency,
-        Look::Handshake,
-        |i| (&jobs[i].0, &jobs[i].1),
-        keep,
-    )
-    .await
+    let job = |i: usize| (&jobs[i].0, &jobs[i].1);
+    let done = probe_jobs(0..jobs.len(), concurrency, Look::Handshake, job, |_, r| r).await;
+    in_order(jobs.len(), done, job, |_, r| r)
 }
 
 /// [`probe_each`] with [`Prober::peek`]: what every endpoint serves, with
-/// no proof that it holds the key (the look before a change).
+/// no proof that it holds the key (the look before a change, which stays
+/// on one engine: it runs at a low priority beside the config test).
 pub async fn peek_each(
     jobs: &[(Prober, Target)],
     concurrency: usize,
 ) -> Vec<Result<Served, ProbeError>> {
-    probe_jobs(
-        jobs.len(),
-        concurrency,
-        Look::Peek,
-        |i| (&jobs[i].0, &jobs[i].1),
-        |_, r| r,
-    )
-    .await
+    let job = |i: usize| (&jobs[i].0, &jobs[i].1);
+    let done = probe_jobs(0..jobs.len(), concurrency, Look::Peek, job, |_, r| r).await;
+    in_order(jobs.len(), done, job, |_, r| r)
 }
 
 /// How [`probe_jobs`] looks at a target.
 #[derive(Clone, Copy)]
-enum Look {
+pub(crate) enum Look {
     /// [`Prober::probe`].
     Handshake,
     /// [`Prober::peek`].
     Peek,
 }
 
-/// The `n` probes `job(0..n)`, at most `concurrency` in flight, what
-/// `keep` makes of each result in index order.
-async fn probe_jobs<'a, R>(
-    n: usize,
+/// The probes `job(i)` for each `i` that `pending` yields, at most
+/// `concurrency` in flight: what `keep` makes of each result, with its
+/// index, in the order they end. `pending` is pulled one index at a time,
+/// as a slot frees, so engines sharing one source split the work by speed.
+pub(crate) async fn probe_jobs<'a, R>(
+    mut pending: impl Iterator<Item = usize>,
     concurrency: usize,
     look: Look,
     job: impl Fn(usize) -> (&'a Prober, &'a Target),
     mut keep: impl FnMut(usize, Result<Served, ProbeError>) -> R,
-) -> Vec<R> {
+) -> Vec<(usize, R)> {
     let concurrency = concurrency.max(1);
-    let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    let mut done = Vec::new();
     let mut tasks = JoinSet::new();
-    let mut pending = 0..n;
 
     // Keep the set filled up to `concurrency`: one finished, one started.
     loop {
@@ -1058,12 +1023,27 @@ async fn probe_jobs<'a, R>(
             break;
         };
         match joined {
-            Ok((i, result)) => slots[i] = Some(keep(i, result)),
+            Ok((i, result)) => done.push((i, keep(i, result))),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => {}
         }
     }
+    done
+}
 
+/// The `n` results of `done` in index order; a job that never ended
+/// (its task cancelled by a runtime shutting down) is
+/// [`ProbeError::Cancelled`], through `keep` like the rest.
+pub(crate) fn in_order<'a, R>(
+    n: usize,
+    done: impl IntoIterator<Item = (usize, R)>,
+    job: impl Fn(usize) -> (&'a Prober, &'a Target),
+    keep: impl Fn(usize, Result<Served, ProbeError>) -> R,
+) -> Vec<R> {
+    let mut slots: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    for (i, r) in done {
+        slots[i] = Some(r);
+    }
     slots
         .into_iter()
         .enumerate()
@@ -1695,7 +1675,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn probe_many_keeps_input_order() {
+    async fn a_bulk_look_keeps_input_order_over_every_engine() {
         let a = Leaf::self_signed(&["a.test"]);
         let b = Leaf::self_signed(&["b.test"]);
         let server_a = TlsServer::serving(&a).await;
@@ -1703,29 +1683,54 @@ mod tests {
         let refused = Target::parse(&refused_addr().await, Some("a.test")).expect("target");
         let prober = Prober::new(None, Duration::from_secs(5)).expect("prober");
 
-        let targets = vec![
-            server_a.target("a.test"),
-            refused.clone(),
-            server_b.target("b.test"),
+        // Enough targets for every engine this box runs, in a pattern that
+        // a merge of the engines' results out of order would break.
+        let pattern = [
             server_a.target("a.test"),
             refused,
             server_b.target("b.test"),
         ];
-        let results = probe_many(&prober, &targets, 2).await;
-        assert_eq!(results.len(), targets.len());
-        let seen: Vec<Option<String>> = results
-            .iter()
-            .map(|r| r.as_ref().ok().map(|s| s.leaf.sha256.clone()))
-            .collect();
+        let targets: Vec<Target> = pattern.iter().cycle().take(300).cloned().collect();
         let (ha, hb) = (Some(a.sha256()), Some(b.sha256()));
-        assert_eq!(seen, vec![ha.clone(), None, hb.clone(), ha, None, hb]);
-        assert!(matches!(results[1], Err(ProbeError::Connect { .. })));
-        for (r, t) in results.iter().zip(&targets) {
-            if let Ok(s) = r {
-                assert_eq!(&s.target, t);
+        let want: Vec<Option<String>> = [ha, None, hb].into_iter().cycle().take(300).collect();
+        for concurrency in [2, 64] {
+            let (p, t) = (prober.clone(), targets.clone());
+            let results =
+                tokio::task::spawn_blocking(move || crate::engines::probe_all(&p, &t, concurrency))
+                    .await
+                    .expect("bulk look");
+            let seen: Vec<Option<String>> = results
+                .iter()
+                .map(|r| r.as_ref().ok().map(|s| s.leaf.sha256.clone()))
+                .collect();
+            assert_eq!(seen, want, "concurrency {concurrency}");
+            assert!(matches!(results[1], Err(ProbeError::Connect { .. })));
+            for (r, t) in results.iter().zip(&targets) {
+                if let Ok(s) = r {
+                    assert_eq!(&s.target, t);
+                }
             }
         }
-        assert!(probe_many(&prober, &[], 64).await.is_empty());
+        let none = tokio::task::spawn_blocking(move || crate::engines::probe_all(&prober, &[], 64));
+        assert!(none.await.expect("empty look").is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_engine_keeps_input_order() {
+        let a = Leaf::self_signed(&["a.test"]);
+        let server_a = TlsServer::serving(&a).await;
+        let refused = Target::parse(&refused_addr().await, Some("a.test")).expect("target");
+        let prober = Prober::new(None, Duration::from_secs(5)).expect("prober");
+        let jobs: Vec<(Prober, Target)> = [refused, server_a.target("a.test")]
+            .into_iter()
+            .cycle()
+            .take(6)
+            .map(|t| (prober.clone(), t))
+            .collect();
+        let results = probe_each(&jobs, 2).await;
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, [false, true, false, true, false, true]);
+        assert!(probe_each(&[], 64).await.is_empty());
     }
 
     #[tokio::test]

@@ -43,7 +43,7 @@ use time::OffsetDateTime;
 use crate::bundle::MAX_FILE_BYTES;
 use crate::cert::{DomainType, LeafFacts, Validation, rfc3339};
 use crate::config::Config;
-use crate::probe::{self, KeyFamily, ProbeError, Prober, Probers, Served, Target};
+use crate::probe::{KeyFamily, ProbeError, Prober, Probers, Served, Target};
 
 /// At this many days left or fewer a site is `expiring`: the vendors open
 /// renewal 30 days before expiry.
@@ -480,9 +480,7 @@ fn jobs_of(cfg: &Config, probers: &Probers) -> Vec<(Prober, Target)> {
 fn probe_jobs(jobs: &[(Prober, Target)], concurrency: usize) -> Vec<ServedStatus> {
     // Each answer becomes its row's few fields as soon as it arrives: the
     // parsed chains of 10,000 handshakes are never held at once.
-    probe::block_on(probe::probe_each_into(jobs, concurrency, |i, seen| {
-        served_status(&jobs[i].1, seen)
-    }))
+    crate::engines::probe_each_into(jobs, concurrency, |i, seen| served_status(&jobs[i].1, seen))
 }
 
 /// The rows of `cfg` from each slot's `installed` leaf (in
