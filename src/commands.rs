@@ -130,36 +130,37 @@ fn probe_targets_cmd(a: &ProbeArgs, file: &Path, timeout: Duration) -> CmdResult
         targets.push(t);
     }
     let prober = probe_prober(a, timeout)?;
-    let results = crate::engines::probe_all(&prober, &targets, a.concurrency.max(1));
-    let mut failed = 0usize;
-    let mut out = String::new();
-    for (t, r) in targets.iter().zip(&results) {
-        match r {
+    // Each row is rendered on its engine as its handshake ends: the
+    // chains are dropped there, and no serial pass over 10,000 answers
+    // follows the last handshake.
+    let rows = crate::engines::probe_all_into(&prober, &targets, a.concurrency.max(1), |i, r| {
+        let t = &targets[i];
+        let row = match &r {
             Ok(s) if a.json => {
                 let mut v = s.to_json();
                 if let Some(obj) = v.as_object_mut() {
                     obj.insert("target".into(), t.to_string().into());
                 }
-                out.push_str(&v.to_string());
+                v.to_string()
             }
-            Ok(s) => out.push_str(&format!(
+            Ok(s) => format!(
                 "{t}  notAfter={}  sha256={}  trusted={}",
                 crate::cert::openssl_date(s.leaf.not_after),
                 s.leaf.sha256,
                 if s.trusted { "yes" } else { "no" }
-            )),
-            Err(e) => {
-                failed += 1;
-                if a.json {
-                    out.push_str(
-                        &serde_json::json!({"target": t.to_string(), "error": e.to_string()})
-                            .to_string(),
-                    );
-                } else {
-                    out.push_str(&format!("{t}  error: {e}"));
-                }
+            ),
+            Err(e) if a.json => {
+                serde_json::json!({"target": t.to_string(), "error": e.to_string()}).to_string()
             }
-        }
+            Err(e) => format!("{t}  error: {e}"),
+        };
+        (row, r.is_err())
+    });
+    let mut failed = 0usize;
+    let mut out = String::with_capacity(rows.iter().map(|(row, _)| row.len() + 1).sum());
+    for (row, error) in rows {
+        failed += usize::from(error);
+        out.push_str(&row);
         out.push('\n');
     }
     print!("{out}");

@@ -37,12 +37,19 @@ pub fn probe_all(
     targets: &[Target],
     concurrency: usize,
 ) -> Vec<Result<Served, ProbeError>> {
-    run(
-        targets.len(),
-        concurrency,
-        |i| (prober, &targets[i]),
-        |_, r| r,
-    )
+    probe_all_into(prober, targets, concurrency, |_, r| r)
+}
+
+/// [`probe_all`], each result handed to `keep` on its engine as soon as
+/// its handshake ends (as [`probe_each_into`]): `probe --targets` renders
+/// its rows there, beside the handshakes, instead of after the last one.
+pub fn probe_all_into<R: Send>(
+    prober: &Prober,
+    targets: &[Target],
+    concurrency: usize,
+    keep: impl Fn(usize, Result<Served, ProbeError>) -> R + Sync,
+) -> Vec<R> {
+    run(targets.len(), concurrency, |i| (prober, &targets[i]), keep)
 }
 
 /// [`probe_all`] with a prober per target (each site's own key type,

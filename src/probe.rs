@@ -23,6 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, SignatureScheme};
@@ -1001,38 +1002,35 @@ pub(crate) async fn probe_jobs<'a, R>(
 ) -> Vec<(usize, R)> {
     let concurrency = concurrency.max(1);
     let mut done = Vec::new();
-    let mut tasks = JoinSet::new();
+    // Polled in place, not spawned: a look borrows its prober and target,
+    // and costs no task, no scheduler queue and no join notification.
+    let mut in_flight = FuturesUnordered::new();
 
     // Keep the set filled up to `concurrency`: one finished, one started.
     loop {
-        while tasks.len() < concurrency {
+        while in_flight.len() < concurrency {
             let Some(i) = pending.next() else {
                 break;
             };
             let (prober, target) = job(i);
-            let (prober, target) = (prober.clone(), target.clone());
-            tasks.spawn(async move {
+            in_flight.push(async move {
                 let seen = match look {
-                    Look::Handshake => prober.probe(&target).await,
-                    Look::Peek => prober.peek(&target).await,
+                    Look::Handshake => prober.probe(target).await,
+                    Look::Peek => prober.peek(target).await,
                 };
                 (i, seen)
             });
         }
-        let Some(joined) = tasks.join_next().await else {
+        let Some((i, result)) = in_flight.next().await else {
             break;
         };
-        match joined {
-            Ok((i, result)) => done.push((i, keep(i, result))),
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => {}
-        }
+        done.push((i, keep(i, result)));
     }
     done
 }
 
-/// The `n` results of `done` in index order; a job that never ended
-/// (its task cancelled by a runtime shutting down) is
+/// The `n` results of `done` in index order; an index `done` lacks (its
+/// look never ended: cut short with the engine) is
 /// [`ProbeError::Cancelled`], through `keep` like the rest.
 pub(crate) fn in_order<'a, R>(
     n: usize,
