@@ -136,13 +136,7 @@ fn probe_targets_cmd(a: &ProbeArgs, file: &Path, timeout: Duration) -> CmdResult
     let rows = crate::engines::probe_all_into(&prober, &targets, a.concurrency.max(1), |i, r| {
         let t = &targets[i];
         let row = match &r {
-            Ok(s) if a.json => {
-                let mut v = s.to_json();
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("target".into(), t.to_string().into());
-                }
-                v.to_string()
-            }
+            Ok(s) if a.json => s.json_line(t),
             Ok(s) => format!(
                 "{t}  notAfter={}  sha256={}  trusted={}",
                 crate::cert::openssl_date(s.leaf.not_after),
