@@ -7,7 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::nginx::Nginx;
@@ -445,17 +445,11 @@ fn a_thousand_sites_without_probe() {
     let config = dir.path().join("certswap.toml");
     std::fs::write(&config, cfg).expect("write config");
 
-    let started = Instant::now();
     let out = run_status(&config, &["--json"]);
-    let took = started.elapsed();
     let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(json["sites"].as_array().expect("sites").len(), SITES);
     // 40 days: ok, 50.. ok, so all ok.
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    eprintln!("status of {SITES} sites took {took:?}");
-    assert!(
-        took < Duration::from_secs(5),
-        "status of {SITES} sites took {took:?}"
-    );
+    // How long it takes is scripts/bench's (f), not a test's.
     assert!(!dir.path().join("state").exists());
 }
