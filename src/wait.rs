@@ -35,6 +35,25 @@ pub(crate) const PROBE_CONCURRENCY: usize = 64;
 /// (apache) ends the wait within this time, not at the deadline.
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
+/// One handshake per target, on one engine per core ([`crate::engines`])
+/// beside the gate's own checks on this runtime: this is a bulk probe of
+/// every site on the critical path, and on a busy host one engine gets
+/// one thread's share of the cores (docs/performance.md, "Fifth pass").
+/// The engines run on the runtime's blocking pool, so the runtime (and
+/// the wait) does not end before their handshakes do.
+async fn first_looks_of(
+    all: Vec<(probe::Prober, Target)>,
+) -> Vec<Result<Served, probe::ProbeError>> {
+    let looks =
+        tokio::task::spawn_blocking(move || crate::engines::probe_each(&all, PROBE_CONCURRENCY));
+    match looks.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled with the runtime: no looks, every site gets the full rule.
+        Err(_) => Vec::new(),
+    }
+}
+
 /// What a wait saw: the rows of the last handshakes, and why it failed.
 pub(crate) struct Waited {
     pub(crate) rows: Vec<ServedRow>,
@@ -138,7 +157,7 @@ pub(crate) fn wait_all(
                 .collect();
             tokio::join!(
                 settled_addrs(waits, consecutive, gate_until),
-                probe::probe_each(&all, PROBE_CONCURRENCY)
+                first_looks_of(all)
             )
         } else {
             (HashSet::new(), Vec::new())
