@@ -484,10 +484,13 @@ impl Prober {
         }
         let leaf = chain[0].clone();
 
-        let verdict = self
-            .inner
-            .trust
-            .judge_der(leaf_der, intermediates, server_name, &chain);
+        let verdict = self.inner.trust.judge_der(
+            leaf_der,
+            intermediates,
+            server_name,
+            &chain,
+            UnixTime::now(),
+        );
         let names_ok = chain[0].covers(target.sni.trim_start_matches('[').trim_end_matches(']'));
         Ok(Served {
             target: target.clone(),

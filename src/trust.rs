@@ -8,9 +8,19 @@
 //! internal PKI — or, with `--ca` / `probe.ca_file`, only the given file.
 //! Path building is rustls-webpki's; no AIA fetching, no local
 //! intermediates: a chain is judged on what it carries.
+//!
+//! A store remembers its verdicts (`Verdicts`): a batch judges each new
+//! chain when it checks the bundle and again in every handshake that
+//! proves it served, and the agent judges the same served chains every
+//! pass. A verdict is a function of the chain's bytes, the name, the
+//! anchors and the time, and the time only matters at the validity
+//! boundaries of the chain's certificates: a remembered verdict is reused
+//! until the next of them, never across one.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
@@ -19,6 +29,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::cert::CertInfo;
+use crate::par::lock;
 
 /// Why trust anchors could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +41,61 @@ pub enum TrustError {
     Empty { path: PathBuf },
 }
 
-/// A set of trust anchors and the verifier built on them.
+/// A set of trust anchors and the verifier built on them. Clones share
+/// the verifier and the verdicts it reached.
 #[derive(Clone)]
 pub struct TrustStore {
     verifier: Option<Arc<WebPkiServerVerifier>>,
     anchors: usize,
     describe: String,
+    verdicts: Arc<Verdicts>,
+}
+
+/// At most this many verdicts are remembered (a host's chains, new and
+/// old, for 10,000 sites, with room); past it they are all forgotten.
+const VERDICTS_KEPT: usize = 1 << 16;
+
+/// The verdicts a store reached, by chain and name.
+#[derive(Default)]
+struct Verdicts {
+    by_chain: Mutex<HashMap<[u8; 32], Remembered>>,
+    /// How many verdicts were reached by verifying, not remembered.
+    verified: AtomicUsize,
+}
+
+impl Verdicts {
+    /// The verdict on `key` reached at or before `now` that still stands.
+    fn recall(&self, key: &[u8; 32], now: UnixTime) -> Option<Verdict> {
+        let t = now.as_secs();
+        let kept = lock(&self.by_chain);
+        let r = kept.get(key)?;
+        (r.at <= t && t < r.until).then(|| r.verdict.clone())
+    }
+
+    /// Remember `verdict` on `key` (the chain `parsed`), reached at `now`.
+    fn keep(&self, key: [u8; 32], verdict: &Verdict, parsed: &[CertInfo], now: UnixTime) {
+        self.verified.fetch_add(1, Ordering::Relaxed);
+        let t = now.as_secs();
+        let remembered = Remembered {
+            verdict: verdict.clone(),
+            at: t,
+            until: next_boundary(parsed, t),
+        };
+        let mut kept = lock(&self.by_chain);
+        if kept.len() >= VERDICTS_KEPT {
+            kept.clear();
+        }
+        kept.insert(key, remembered);
+    }
+}
+
+struct Remembered {
+    verdict: Verdict,
+    /// When it was reached (UNIX seconds) …
+    at: u64,
+    /// … and the first second it may be different: the next validity
+    /// boundary of one of the chain's certificates.
+    until: u64,
 }
 
 impl std::fmt::Debug for TrustStore {
@@ -91,6 +151,7 @@ impl TrustStore {
             verifier,
             anchors,
             describe: describe.to_string(),
+            verdicts: Arc::default(),
         }
     }
 
@@ -114,48 +175,65 @@ impl TrustStore {
         let inter: Vec<CertificateDer<'_>> = chain.iter().map(|c| c.der.clone()).collect();
         let mut all = vec![leaf.clone()];
         all.extend(chain.iter().cloned());
-        self.judge_der(&leaf.der, &inter, &server_name, &all)
+        self.judge_der(&leaf.der, &inter, &server_name, &all, UnixTime::now())
     }
 
-    /// Judge DER as a server sent it; `parsed` is the same chain, leaf first.
+    /// Judge DER as a server sent it at `now`; `parsed` is the same chain,
+    /// leaf first. Remembered when this chain was judged for this name
+    /// before and no certificate of it has become valid or expired since
+    /// (module docs).
     pub fn judge_der(
         &self,
         leaf: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         name: &ServerName<'_>,
         parsed: &[CertInfo],
+        now: UnixTime,
     ) -> Verdict {
-        let Some(v) = &self.verifier else {
-            return Verdict {
-                trusted: false,
-                error: Some("no trust anchors".into()),
-                chain_complete: true,
-                missing_issuer: None,
-            };
+        let key = chain_key(leaf, intermediates, name);
+        if let Some(v) = self.verdicts.recall(&key, now) {
+            return v;
+        }
+        let verified = match &self.verifier {
+            Some(v) => v.verify_server_cert(leaf, intermediates, name, &[], now),
+            None => Err(rustls::Error::General("no trust anchors".into())),
         };
-        match v.verify_server_cert(leaf, intermediates, name, &[], UnixTime::now()) {
+        let verdict = match verified {
             Ok(_) => Verdict {
                 trusted: true,
                 error: None,
                 chain_complete: true,
                 missing_issuer: None,
             },
-            Err(e) => {
-                let unknown = matches!(
-                    e,
-                    rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
-                );
-                let (error, missing_issuer) = match parsed.last() {
-                    Some(last) if unknown => self.no_path(last, parsed.len()),
-                    _ => (reason(&e), None),
-                };
-                Verdict {
-                    trusted: false,
-                    error: Some(error),
-                    chain_complete: missing_issuer.is_none(),
-                    missing_issuer,
-                }
-            }
+            Err(e) => self.why_not(&e, parsed),
+        };
+        self.verdicts.keep(key, &verdict, parsed, now);
+        verdict
+    }
+
+    /// The verdict on a chain (`parsed`) the verifier refused with `e`.
+    fn why_not(&self, e: &rustls::Error, parsed: &[CertInfo]) -> Verdict {
+        if self.verifier.is_none() {
+            return Verdict {
+                trusted: false,
+                error: Some("no trust anchors".into()),
+                chain_complete: true,
+                missing_issuer: None,
+            };
+        }
+        let unknown = matches!(
+            e,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
+        );
+        let (error, missing_issuer) = match parsed.last() {
+            Some(last) if unknown => self.no_path(last, parsed.len()),
+            _ => (reason(e), None),
+        };
+        Verdict {
+            trusted: false,
+            error: Some(error),
+            chain_complete: missing_issuer.is_none(),
+            missing_issuer,
         }
     }
 
@@ -195,6 +273,44 @@ impl TrustStore {
             Some(issuer.clone()),
         )
     }
+}
+
+/// What a verdict depends on besides the anchors and the time: the name
+/// and every certificate's bytes, in order.
+fn chain_key(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    name: &ServerName<'_>,
+) -> [u8; 32] {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    let name = name.to_str();
+    h.update(&(name.len() as u64).to_be_bytes());
+    h.update(name.as_bytes());
+    for der in std::iter::once(leaf).chain(intermediates) {
+        h.update(&(der.len() as u64).to_be_bytes());
+        h.update(der);
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(h.finish().as_ref());
+    key
+}
+
+/// The first second after `t` at which a certificate of `chain` becomes
+/// valid (its notBefore) or stops being valid (the second after its
+/// notAfter): until then a verdict reached at `t` stands.
+fn next_boundary(chain: &[CertInfo], t: u64) -> u64 {
+    chain
+        .iter()
+        .flat_map(|c| {
+            [
+                c.not_before.unix_timestamp(),
+                c.not_after.unix_timestamp().saturating_add(1),
+            ]
+        })
+        .filter_map(|b| u64::try_from(b).ok())
+        .filter(|&b| b > t)
+        .min()
+        .unwrap_or(u64::MAX)
 }
 
 fn add_file(roots: &mut RootCertStore, path: &Path) -> Result<(), TrustError> {
@@ -320,5 +436,80 @@ mod tests {
             why.contains("is self-signed and not in the trust store"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_verdict_is_remembered_until_a_certificate_of_the_chain_changes_validity() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = testpki::root("the trusted root");
+        let store = TrustStore::only(&pem_file(tmp.path(), &[&root.cert])).expect("store");
+
+        // Valid from 100 s after `t0`, on whole seconds as X.509 has them.
+        let t0 = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+        let mut params = testpki::leaf_params(&["a.test"]);
+        params.not_before =
+            time::OffsetDateTime::from_unix_timestamp(t0 as i64 + 100).expect("time");
+        let leaf = testpki::sign_leaf(&params, &testpki::p256(), &root);
+        let chain = [leaf.clone()];
+        let name = ServerName::try_from("a.test").expect("name");
+        let at = |t: u64| {
+            store.judge_der(
+                &leaf.der,
+                &[],
+                &name,
+                &chain,
+                UnixTime::since_unix_epoch(std::time::Duration::from_secs(t)),
+            )
+        };
+        let verified = || store.verdicts.verified.load(Ordering::Relaxed);
+
+        let early = at(t0);
+        assert!(!early.trusted, "{early:?}");
+        assert!(
+            early
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("not valid yet")),
+            "{early:?}"
+        );
+        assert_eq!(verified(), 1);
+        // Before the boundary: the same verdict, not verified again.
+        assert_eq!(at(t0 + 99), early);
+        assert_eq!(verified(), 1);
+        // At it: verified again, and now trusted.
+        let valid = at(t0 + 100);
+        assert!(valid.trusted, "{valid:?}");
+        assert_eq!(verified(), 2);
+        assert_eq!(at(t0 + 200), valid);
+        assert_eq!(verified(), 2);
+        // A clock that went back is not trusted to the old verdict.
+        let back = at(t0 + 50);
+        assert!(!back.trusted, "{back:?}");
+        assert_eq!(verified(), 3);
+
+        // Another name, another verdict; a clone shares what was reached.
+        let other = ServerName::try_from("b.test").expect("name");
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(t0 + 300));
+        let wrong = store.clone().judge_der(&leaf.der, &[], &other, &chain, now);
+        assert!(!wrong.trusted, "{wrong:?}");
+        assert_eq!(verified(), 4);
+        assert_eq!(
+            store.clone().judge_der(&leaf.der, &[], &other, &chain, now),
+            wrong
+        );
+        assert_eq!(verified(), 4);
+
+        // The same leaf with a different chain is judged on its own.
+        let inter = testpki::intermediate("an intermediate", &root);
+        let with = store.judge_der(
+            &leaf.der,
+            std::slice::from_ref(&inter.cert.der),
+            &name,
+            &chain,
+            now,
+        );
+        assert!(with.trusted, "{with:?}");
+        assert_eq!(verified(), 5);
     }
 }
