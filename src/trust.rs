@@ -194,18 +194,22 @@ impl TrustStore {
         if let Some(v) = self.verdicts.recall(&key, now) {
             return v;
         }
-        let verified = match &self.verifier {
-            Some(v) => v.verify_server_cert(leaf, intermediates, name, &[], now),
-            None => Err(rustls::Error::General("no trust anchors".into())),
-        };
-        let verdict = match verified {
-            Ok(_) => Verdict {
-                trusted: true,
-                error: None,
+        let verdict = match &self.verifier {
+            None => Verdict {
+                trusted: false,
+                error: Some("no trust anchors".into()),
                 chain_complete: true,
                 missing_issuer: None,
             },
-            Err(e) => self.why_not(&e, parsed),
+            Some(v) => match v.verify_server_cert(leaf, intermediates, name, &[], now) {
+                Ok(_) => Verdict {
+                    trusted: true,
+                    error: None,
+                    chain_complete: true,
+                    missing_issuer: None,
+                },
+                Err(e) => self.why_not(&e, parsed),
+            },
         };
         self.verdicts.keep(key, &verdict, parsed, now);
         verdict
@@ -213,14 +217,6 @@ impl TrustStore {
 
     /// The verdict on a chain (`parsed`) the verifier refused with `e`.
     fn why_not(&self, e: &rustls::Error, parsed: &[CertInfo]) -> Verdict {
-        if self.verifier.is_none() {
-            return Verdict {
-                trusted: false,
-                error: Some("no trust anchors".into()),
-                chain_complete: true,
-                missing_issuer: None,
-            };
-        }
         let unknown = matches!(
             e,
             rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
