@@ -222,6 +222,9 @@ struct Agent {
     inbox_failures: HashMap<String, u32>,
     /// `certswap_bundle_waiting` rows set per source, to clear them later.
     waiting_shown: HashMap<String, Vec<WaitingLabel>>,
+    /// The last pass's probers: the next one carries over the trust
+    /// verdicts it used ([`crate::host::probers_after`]).
+    probers: Option<crate::probe::Probers>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +267,7 @@ impl Agent {
             pass_failures: 0,
             inbox_failures: HashMap::new(),
             waiting_shown: HashMap::new(),
+            probers: None,
         };
         a.apply(cfg);
         a
@@ -345,10 +349,11 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return self.pass_failed(report, &e.to_string()),
         };
-        let probers = match crate::host::probers(&cfg) {
+        let probers = match crate::host::probers_after(&cfg, self.probers.as_ref()) {
             Ok(p) => p,
             Err(e) => return self.pass_failed(report, &e.to_string()),
         };
+        self.probers = Some(probers.clone());
         let server = server::from_config(&cfg.server);
         let env = Env {
             config: &cfg,

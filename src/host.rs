@@ -9,7 +9,7 @@
 use crate::config::{Config, ConfigError, ServerConfig, ServerKind, Site};
 use crate::discover;
 use crate::install::Env;
-use crate::probe::{Ending, ProbeError, Prober, Probers, Target};
+use crate::probe::{Ending, KeyFamily, ProbeError, Prober, Probers, Target};
 use crate::server::{self, WebServer};
 use crate::store::{Store, StoreError};
 use crate::trust::TrustStore;
@@ -63,23 +63,36 @@ impl Host {
 /// A prober per key type for `cfg` ([`prober`]), built once: what a run
 /// gets a slot's prober from ([`Env::prober_for`]).
 pub fn probers(cfg: &Config) -> Result<Probers, ProbeError> {
-    Probers::new(&prober(cfg)?)
+    probers_after(cfg, None)
+}
+
+/// [`probers`] built again for the next agent pass: the anchors are read
+/// again, and the trust verdicts of `previous` that its pass used are
+/// carried over when they are the same anchors ([`TrustStore::carry_over`]).
+pub fn probers_after(cfg: &Config, previous: Option<&Probers>) -> Result<Probers, ProbeError> {
+    Probers::new(&prober(cfg, previous)?)
 }
 
 /// The prober a config asks for: `probe.ca_file` alone when set, else
 /// the public roots plus `[trust] extra_roots`. On a host with an HAProxy
 /// its connections end politely ([`Ending::Polite`]): HAProxy logs every
 /// other ending as a failed handshake.
-fn prober(cfg: &Config) -> Result<Prober, ProbeError> {
-    let prober = if cfg.probe.ca_file.is_some() {
-        Prober::new(cfg.probe.ca_file.as_deref(), cfg.probe.timeout)?
-    } else {
-        let trust = TrustStore::public(&cfg.extra_roots).map_err(|e| ProbeError::CaFile {
-            path: "trust.extra_roots".into(),
-            reason: e.to_string(),
-        })?;
-        Prober::with_trust(trust, cfg.probe.timeout)?
+fn prober(cfg: &Config, previous: Option<&Probers>) -> Result<Prober, ProbeError> {
+    let (trust, path) = match cfg.probe.ca_file.as_deref() {
+        Some(ca) => (TrustStore::only(ca), ca.display().to_string()),
+        None => (
+            TrustStore::public(&cfg.extra_roots),
+            "trust.extra_roots".to_string(),
+        ),
     };
+    let mut trust = trust.map_err(|e| ProbeError::CaFile {
+        path,
+        reason: e.to_string(),
+    })?;
+    if let Some(p) = previous {
+        trust.carry_over(p.of(KeyFamily::Any).trust());
+    }
+    let prober = Prober::with_trust(trust, cfg.probe.timeout)?;
     if cfg.servers.iter().any(|s| s.kind == ServerKind::Haproxy) {
         return prober.with_ending(Ending::Polite);
     }

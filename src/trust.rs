@@ -15,7 +15,11 @@
 //! pass. A verdict is a function of the chain's bytes, the name, the
 //! anchors and the time, and the time only matters at the validity
 //! boundaries of the chain's certificates: a remembered verdict is reused
-//! until the next of them, never across one.
+//! until the next of them, never across one. The agent's next pass
+//! builds its store again (the CA file and the system's store may have
+//! changed) and carries the verdicts over when the anchors are the same
+//! ones ([`TrustStore::carry_over`]), keeping only those the pass before
+//! used.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +52,9 @@ pub struct TrustStore {
     verifier: Option<Arc<WebPkiServerVerifier>>,
     anchors: usize,
     describe: String,
+    /// A SHA-256 of every anchor: stores with the same anchors reach the
+    /// same verdicts.
+    anchors_id: [u8; 32],
     verdicts: Arc<Verdicts>,
 }
 
@@ -67,9 +74,20 @@ impl Verdicts {
     /// The verdict on `key` reached at or before `now` that still stands.
     fn recall(&self, key: &[u8; 32], now: UnixTime) -> Option<Verdict> {
         let t = now.as_secs();
-        let kept = lock(&self.by_chain);
-        let r = kept.get(key)?;
-        (r.at <= t && t < r.until).then(|| r.verdict.clone())
+        let mut kept = lock(&self.by_chain);
+        let r = kept.get_mut(key)?;
+        if !(r.at <= t && t < r.until) {
+            return None;
+        }
+        r.used = true;
+        Some(r.verdict.clone())
+    }
+
+    /// Forget every verdict not used since the last prune: what a pass did
+    /// not look at (a chain no longer served) is not kept for ever.
+    fn prune(&self) {
+        let mut kept = lock(&self.by_chain);
+        kept.retain(|_, r| std::mem::replace(&mut r.used, false));
     }
 
     /// Remember `verdict` on `key` (the chain `parsed`), reached at `now`.
@@ -78,6 +96,7 @@ impl Verdicts {
         let t = now.as_secs();
         let remembered = Remembered {
             verdict: verdict.clone(),
+            used: true,
             at: t,
             until: next_boundary(parsed, t),
         };
@@ -91,6 +110,8 @@ impl Verdicts {
 
 struct Remembered {
     verdict: Verdict,
+    /// Recalled or reached since the last [`Verdicts::prune`].
+    used: bool,
     /// When it was reached (UNIX seconds) …
     at: u64,
     /// … and the first second it may be different: the next validity
@@ -142,6 +163,21 @@ impl TrustStore {
 
     fn build(roots: RootCertStore, describe: &str) -> TrustStore {
         let anchors = roots.len();
+        let mut id = ring::digest::Context::new(&ring::digest::SHA256);
+        for a in &roots.roots {
+            let constraints = a.name_constraints.as_ref().map(|c| c.as_ref());
+            for part in [
+                a.subject.as_ref(),
+                a.subject_public_key_info.as_ref(),
+                constraints.unwrap_or_default(),
+            ] {
+                id.update(&(part.len() as u64).to_be_bytes());
+                id.update(part);
+            }
+            id.update(&[u8::from(constraints.is_some())]);
+        }
+        let mut anchors_id = [0u8; 32];
+        anchors_id.copy_from_slice(id.finish().as_ref());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         // Fails only on an empty store: then nothing is trusted, honestly.
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -151,7 +187,19 @@ impl TrustStore {
             verifier,
             anchors,
             describe: describe.to_string(),
+            anchors_id,
             verdicts: Arc::default(),
+        }
+    }
+
+    /// Take over the verdicts `older` reached and used since it last took
+    /// some over, when it judged against the same anchors (a store built
+    /// again for the next pass); with other anchors this store starts
+    /// afresh.
+    pub fn carry_over(&mut self, older: &TrustStore) {
+        if older.anchors_id == self.anchors_id {
+            older.verdicts.prune();
+            self.verdicts = older.verdicts.clone();
         }
     }
 
@@ -507,5 +555,50 @@ mod tests {
         );
         assert!(with.trusted, "{with:?}");
         assert_eq!(verified(), 5);
+    }
+
+    #[test]
+    fn verdicts_carry_over_to_a_store_with_the_same_anchors_and_only_the_used_ones() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = testpki::root("the trusted root");
+        let roots = pem_file(tmp.path(), &[&root.cert]);
+        let leaf = |name: &str| {
+            testpki::sign_leaf(&testpki::leaf_params(&[name]), &testpki::p256(), &root)
+        };
+        let (a, b) = (leaf("a.test"), leaf("b.test"));
+        let judge = |store: &TrustStore, l: &CertInfo, name: &str| store.judge(l, &[], name);
+        let verified = |store: &TrustStore| store.verdicts.verified.load(Ordering::Relaxed);
+
+        let first = TrustStore::only(&roots).expect("store");
+        assert!(judge(&first, &a, "a.test").trusted);
+        assert!(judge(&first, &b, "b.test").trusted);
+        assert_eq!(verified(&first), 2);
+
+        // The next pass: both remembered, then only `a` looked at.
+        let mut second = TrustStore::only(&roots).expect("store");
+        second.carry_over(&first);
+        assert!(judge(&second, &a, "a.test").trusted);
+        assert_eq!(verified(&second), 2, "a is remembered");
+
+        // The pass after: `b` went unused for a pass and is forgotten.
+        let mut third = TrustStore::only(&roots).expect("store");
+        third.carry_over(&second);
+        assert!(judge(&third, &b, "b.test").trusted);
+        assert_eq!(verified(&third), 3, "b was verified again");
+        assert!(judge(&third, &a, "a.test").trusted);
+        assert_eq!(
+            verified(&third),
+            3,
+            "a, used in the pass before, is still remembered"
+        );
+
+        // Other anchors: nothing is carried over.
+        let other = testpki::root("another root");
+        let mut elsewhere = TrustStore::only(&pem_file(tmp.path(), &[&other.cert])).expect("store");
+        elsewhere.carry_over(&third);
+        assert!(!judge(&elsewhere, &a, "a.test").trusted);
+        assert_eq!(verified(&elsewhere), 1);
+        assert_eq!(verified(&third), 3);
     }
 }
