@@ -163,21 +163,15 @@ impl TrustStore {
 
     fn build(roots: RootCertStore, describe: &str) -> TrustStore {
         let anchors = roots.len();
-        let mut id = ring::digest::Context::new(&ring::digest::SHA256);
-        for a in &roots.roots {
+        let anchors_id = digest_parts(roots.roots.iter().flat_map(|a| {
             let constraints = a.name_constraints.as_ref().map(|c| c.as_ref());
-            for part in [
+            [
                 a.subject.as_ref(),
                 a.subject_public_key_info.as_ref(),
                 constraints.unwrap_or_default(),
-            ] {
-                id.update(&(part.len() as u64).to_be_bytes());
-                id.update(part);
-            }
-            id.update(&[u8::from(constraints.is_some())]);
-        }
-        let mut anchors_id = [0u8; 32];
-        anchors_id.copy_from_slice(id.finish().as_ref());
+                if constraints.is_some() { b"c" } else { b"" },
+            ]
+        }));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         // Fails only on an empty store: then nothing is trusted, honestly.
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -326,17 +320,24 @@ fn chain_key(
     intermediates: &[CertificateDer<'_>],
     name: &ServerName<'_>,
 ) -> [u8; 32] {
-    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     let name = name.to_str();
-    h.update(&(name.len() as u64).to_be_bytes());
-    h.update(name.as_bytes());
-    for der in std::iter::once(leaf).chain(intermediates) {
-        h.update(&(der.len() as u64).to_be_bytes());
-        h.update(der);
+    let certs = std::iter::once(leaf)
+        .chain(intermediates)
+        .map(|d| d.as_ref());
+    digest_parts(std::iter::once(name.as_bytes()).chain(certs))
+}
+
+/// SHA-256 of `parts`, each prefixed with its length, so that no two
+/// different lists of parts hash alike.
+fn digest_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> [u8; 32] {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part);
     }
-    let mut key = [0u8; 32];
-    key.copy_from_slice(h.finish().as_ref());
-    key
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.finish().as_ref());
+    out
 }
 
 /// The first second after `t` at which a certificate of `chain` becomes
