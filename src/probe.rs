@@ -377,6 +377,12 @@ impl Prober {
         })
     }
 
+    /// The rustls config of its handshakes: for `examples/bare_probe`,
+    /// which makes the same handshakes with nothing after them.
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.inner.config.clone()
+    }
+
     /// The key type whose signature schemes this prober offers.
     pub fn key_family(&self) -> KeyFamily {
         self.inner.family
