@@ -3,10 +3,11 @@
 //! cipher-suite order and verifier), its handshake loop
 //! ([`certswap::handshake::complete`]) and abrupt ending, on one engine
 //! per core as it runs, but with nothing after the handshake: no
-//! certificate parsed, no trust verdict, no row. What `scripts/bench` prints beside (c) as the
-//! best a rustls + tokio client reaches here, so the gap between (c) and
-//! the zero-overhead floor splits into certswap's share and the stack's
-//! (kernel TCP, the TLS 1.3 key schedule, rustls's own buffers).
+//! certificate parsed, no trust verdict, no row. What `scripts/bench`
+//! prints beside (c) as the best a rustls + tokio client reaches here, so
+//! the gap between (c) and the zero-overhead floor splits into certswap's
+//! share and the stack's (kernel TCP, the TLS 1.3 key schedule, rustls's
+//! own buffers).
 //!
 //! Usage: `bare_probe TARGETS_FILE [CONCURRENCY]` (default 64, as `probe`).
 //! Each line is `SNI@HOST:PORT` with a literal IP address. Prints one line:
@@ -51,6 +52,9 @@ fn main() {
 
 type Job = (ServerName<'static>, SocketAddr);
 
+/// `probe`'s default bound on one handshake.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn run(file: &str, concurrency: usize) -> Result<(usize, usize), Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
     let mut jobs: Vec<Job> = Vec::new();
@@ -61,12 +65,8 @@ fn run(file: &str, concurrency: usize) -> Result<(usize, usize), Box<dyn std::er
         let name = ServerName::try_from(sni.to_string())?;
         jobs.push((name, addr.parse()?));
     }
-    let config = Prober::new(None, std::time::Duration::from_secs(5))?.client_config();
-    let engines = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(jobs.len().div_ceil(64))
-        .max(1);
+    let config = Prober::new(None, TIMEOUT)?.client_config();
+    let engines = certswap::engines::count(jobs.len(), concurrency);
     let each = concurrency.div_ceil(engines);
     let next = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
@@ -114,7 +114,15 @@ async fn engine(
     }
 }
 
-async fn one((name, addr): &Job, config: &Arc<ClientConfig>) -> bool {
+/// One handshake, bounded as the probe's: a server that stops
+/// answering fails it instead of holding the run.
+async fn one(job: &Job, config: &Arc<ClientConfig>) -> bool {
+    tokio::time::timeout(TIMEOUT, handshake(job, config))
+        .await
+        .unwrap_or(false)
+}
+
+async fn handshake((name, addr): &Job, config: &Arc<ClientConfig>) -> bool {
     let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
         return false;
     };
