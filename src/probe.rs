@@ -18,6 +18,7 @@
 //! - [`runtime`] / [`block_on`]: the current-thread runtime the probe engine
 //!   runs on.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -243,6 +244,11 @@ struct ProberInner {
     /// DESIGN.md: building a config per probe costs real CPU);
     /// [`Prober::peek`] makes per-connection copies.
     config: Arc<ClientConfig>,
+    /// The same, offering TLS 1.2 only: [`Prober::peek`]'s first try.
+    config_tls12: Arc<ClientConfig>,
+    /// The addresses (`host:port`) that refused a peek's TLS 1.2: peeked
+    /// at with both versions from then on.
+    refuses_tls12: std::sync::Mutex<HashSet<String>>,
     /// The provider's signature algorithms (its verifiers).
     algorithms: WebPkiSupportedAlgorithms,
     /// The trust anchors the verdict is judged against.
@@ -352,22 +358,14 @@ impl Prober {
         // Safe default versions = TLS 1.3 and 1.2 (the `tls12` feature is on),
         // and the provider's default kx groups: X25519-only fails against
         // P-256 servers on TLS 1.2 (DESIGN.md, probe throughput).
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ProbeError::Config {
-                reason: e.to_string(),
-            })?
-            .dangerous()
-            .with_custom_certificate_verifier(recorder)
-            .with_no_client_auth();
-        // Every probe must be a fresh full handshake: a resumed session would
-        // show the certificate of the session, not of the server as it is now.
-        config.resumption = rustls::client::Resumption::disabled();
-        let config = Arc::new(config);
+        let config = build_client_config(&provider, recorder.clone(), rustls::DEFAULT_VERSIONS)?;
+        let config_tls12 = build_client_config(&provider, recorder, &[&rustls::version::TLS12])?;
 
         Ok(Prober {
             inner: Arc::new(ProberInner {
                 config,
+                config_tls12,
+                refuses_tls12: std::sync::Mutex::default(),
                 algorithms,
                 trust,
                 timeout,
@@ -419,20 +417,53 @@ impl Prober {
 
     /// What `target` serves, without proving that the server holds the
     /// key: the handshake stops where the client would check the server's
-    /// signature (TLS 1.3: CertificateVerify; TLS 1.2: ServerKeyExchange,
-    /// before the key agreement). The chain, its trust verdict and the
-    /// protocol are those of [`Prober::probe`]; it saves that check, the
-    /// Finished messages and, on TLS 1.3, the server's session tickets —
-    /// about a third of a handshake's CPU on each side (docs/performance.md).
-    /// For a look at what is served (the state before a change), never for
-    /// a proof that a change is served.
+    /// signature (TLS 1.2: ServerKeyExchange, before the key agreement;
+    /// TLS 1.3: CertificateVerify). It offers TLS 1.2 alone first, then
+    /// both versions when the server refuses that. The chain and its trust
+    /// verdict are those of [`Prober::probe`]; the protocol is the one the
+    /// peek spoke. On TLS 1.2 the client does no crypto and the server
+    /// only its key share and signature: against nginx, half the CPU of a
+    /// full handshake on both sides together and 60 % of a TLS 1.3 peek
+    /// (docs/performance.md). For a look at what is served (the state
+    /// before a change), never for a proof that a change is served.
     pub async fn peek(&self, target: &Target) -> Result<Served, ProbeError> {
         if self.inner.ending == Ending::Polite {
             return self.probe(target).await;
         }
         let server_name = server_name(target)?;
+        // TLS 1.2 first: its certificate comes in the clear, before any key
+        // agreement, so the client does no crypto at all and the server
+        // only its key share and signature (TLS 1.3 adds a key agreement
+        // and the key schedule on both sides). A server that refuses TLS
+        // 1.2 refuses it at its ClientHello, before any crypto: then both
+        // versions are offered, as a probe does.
+        let both = || self.peek_with(&self.inner.config, target, &server_name);
+        let shown = if lock(&self.inner.refuses_tls12).contains(&target.addr) {
+            both().await?
+        } else {
+            match self
+                .peek_with(&self.inner.config_tls12, target, &server_name)
+                .await
+            {
+                Err(ProbeError::Handshake { .. }) => {
+                    lock(&self.inner.refuses_tls12).insert(target.addr.clone());
+                    both().await?
+                }
+                shown => shown?,
+            }
+        };
+        self.served(target, &server_name, &shown.0, shown.1)
+    }
+
+    /// The chain and protocol a peek with `base`'s versions is shown.
+    async fn peek_with(
+        &self,
+        base: &ClientConfig,
+        target: &Target,
+        server_name: &ServerName<'static>,
+    ) -> Result<(Vec<CertificateDer<'static>>, Option<ProtocolVersion>), ProbeError> {
         let seen = Arc::new(std::sync::Mutex::new(Peeked::default()));
-        let mut config = (*self.inner.config).clone();
+        let mut config = base.clone();
         config
             .dangerous()
             .set_certificate_verifier(Arc::new(PeekingVerifier {
@@ -440,23 +471,22 @@ impl Prober {
                 family: self.inner.family,
                 seen: seen.clone(),
             }));
-        let (certs, protocol) = match self
+        match self
             .connect(&Arc::new(config), target, server_name.clone())
             .await?
         {
             // No signature to check (a TLS 1.2 key exchange without one):
             // the handshake went through.
-            Ok(completed) => completed.shown(),
+            Ok(completed) => Ok(completed.shown()),
             Err(e) => {
                 let mut peeked = lock(&seen);
                 match (peeked.protocol, peeked.certs.is_empty()) {
-                    (Some(p), false) => (std::mem::take(&mut peeked.certs), Some(p)),
+                    (Some(p), false) => Ok((std::mem::take(&mut peeked.certs), Some(p))),
                     // Stopped anywhere else: a real failure.
-                    _ => return Err(e),
+                    _ => Err(e),
                 }
             }
-        };
-        self.served(target, &server_name, &certs, protocol)
+        }
     }
 
     /// The facts of a handshake with `target` that showed `certs`.
@@ -616,6 +646,26 @@ impl Drop for Completed {
             let _ = self.tcp.set_zero_linger();
         }
     }
+}
+
+/// A probe's client config: `versions`, verified by `verifier`, and every
+/// handshake a fresh full one (a resumed session would show the
+/// certificate of the session, not of the server as it is now).
+fn build_client_config(
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<RecordingVerifier>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, ProbeError> {
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map_err(|e| ProbeError::Config {
+            reason: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
 }
 
 /// The SNI name as rustls wants it: an IP text becomes `ServerName::IpAddress`
@@ -1204,14 +1254,25 @@ mod tests {
         }
 
         fn config(&self, tls12_only: bool) -> Arc<ServerConfig> {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let builder = ServerConfig::builder_with_provider(provider);
-            let builder = if tls12_only {
-                builder.with_protocol_versions(&[&rustls::version::TLS12])
+            if tls12_only {
+                self.config_of(&[&rustls::version::TLS12])
             } else {
-                builder.with_safe_default_protocol_versions()
+                self.config_of(rustls::DEFAULT_VERSIONS)
             }
-            .expect("versions");
+        }
+
+        fn config_tls13_only(&self) -> Arc<ServerConfig> {
+            self.config_of(&[&rustls::version::TLS13])
+        }
+
+        fn config_of(
+            &self,
+            versions: &[&'static rustls::SupportedProtocolVersion],
+        ) -> Arc<ServerConfig> {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let builder = ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .expect("versions");
             let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()));
             Arc::new(
                 builder
@@ -1435,21 +1496,43 @@ mod tests {
         let ca = Ca::new();
         let leaf = ca.leaf(&["a.test"], 2020, 4000);
         let (prober, _file) = prober_trusting(&ca);
-        for tls12 in [false, true] {
-            let config = leaf.config(tls12);
+        // The protocol aside (the peek asks for TLS 1.2 first, and falls
+        // back to both versions on a server that refuses it).
+        let facts = |s: &Served| {
+            let mut json = s.to_json();
+            json.as_object_mut().map(|o| o.remove("protocol"));
+            json
+        };
+        // Connections: a probe and two peeks, then a probe of the other
+        // name; a server refusing TLS 1.2 refuses only the first peek's try
+        // (the prober remembers the address).
+        let servers = [
+            ("both versions", leaf.config(false), "TLSv1.2", 4),
+            ("TLS 1.2 only", leaf.config(true), "TLSv1.2", 4),
+            ("TLS 1.3 only", leaf.config_tls13_only(), "TLSv1.3", 5),
+        ];
+        for (what, config, protocol, connections) in servers {
             let server = TlsServer::start(move |_| config.clone()).await;
             let target = server.target("a.test");
             let full = prober.probe(&target).await.expect("probe");
             let peeked = prober.peek(&target).await.expect("peek");
-            assert_eq!(peeked.to_json(), full.to_json(), "TLS 1.2 only: {tls12}");
+            assert_eq!(facts(&peeked), facts(&full), "{what}");
+            assert_eq!(peeked.protocol, protocol, "{what}");
             assert_eq!(peeked.chain.len(), 2);
             assert!(peeked.trusted, "{:?}", peeked.trust_error);
             // Wrong name: judged the same way.
             let other = server.target("b.test");
             let peeked = prober.peek(&other).await.expect("peek");
             assert_eq!(
-                peeked.to_json(),
-                prober.probe(&other).await.expect("probe").to_json()
+                facts(&peeked),
+                facts(&prober.probe(&other).await.expect("probe")),
+                "{what}"
+            );
+            assert!(!peeked.names_ok, "{what}");
+            assert_eq!(
+                server.handshakes.load(Ordering::SeqCst),
+                connections,
+                "{what}"
             );
         }
     }
