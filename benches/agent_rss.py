@@ -45,7 +45,12 @@ def last_pass(port):
 def main():
     pid, port, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
     started = time.monotonic()
+    # The pass that has ended last, as the agent says it now: an answer
+    # that failed is no value to wait for a change from.
     first = last_pass(port)
+    while first is None and time.monotonic() - started < timeout:
+        time.sleep(0.1)
+        first = last_pass(port)
     ended_at = None
     readings = []
     next_poll = 0.0
