@@ -793,6 +793,13 @@ fn apply_staged(
         return Ok(batch.finish());
     }
     failpoint::hit("after-reload");
+    // The versions beyond keep that earlier batches left go while the
+    // server loads its new config (store::commit_all keeps one more).
+    let pruning = store::Pruning::start(
+        batch.open.iter().map(|(o, _)| o.store.clone()).collect(),
+        store::KEEP_VERSIONS,
+        IO_THREADS,
+    );
 
     // 7. ONE wait over every endpoint of every site (invariant 5).
     let waits: Vec<Wait> = batch
@@ -806,6 +813,7 @@ fn apply_staged(
         .collect();
     let waited = wait_all(env.server, &env.config.probe, &waits, true);
     clock.done("wait", waits.len());
+    pruning.join();
 
     // 8. commit the sites that verified; restore the others. (Committing
     //    each site while the wait goes on was measured slower: the commits'

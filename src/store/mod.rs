@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 mod bulk;
 mod managed;
 
-pub use bulk::{Change, begin_all, commit_all};
+pub use bulk::{Change, Pruning, begin_all, commit_all};
 
 use crate::cert::sha256_hex;
 use crate::failpoint;
@@ -655,6 +655,18 @@ impl SiteStore {
         }
     }
 
+    /// Remove the saved versions beyond the newest `keep`, oldest first.
+    /// No fsync: a pruned version that comes back after a power loss goes
+    /// at the next prune.
+    pub fn prune_versions(&self, keep: usize) -> Result<(), StoreError> {
+        let dir = self.versions_dir();
+        let ids = version_ids(&dir)?;
+        for id in &ids[..ids.len().saturating_sub(keep)] {
+            remove_dir(&dir.join(id))?;
+        }
+        Ok(())
+    }
+
     /// Saved versions, oldest first.
     pub fn versions(&self) -> Result<Vec<Version>, StoreError> {
         let dir = self.versions_dir();
@@ -960,12 +972,7 @@ impl Txn {
             // earlier one.
             remove_dir_durable(&site.versions_dir().join(version))?;
         }
-        // Pruning needs no fsync: a pruned version that comes back after a
-        // power loss goes at the next commit.
-        let ids = version_ids(&site.versions_dir())?;
-        for id in &ids[..ids.len().saturating_sub(keep)] {
-            remove_dir(&site.versions_dir().join(id))?;
-        }
+        site.prune_versions(keep)?;
         // The journal goes last and needs no fsync either: a journal that
         // comes back finds undo/ gone and makes recovery run this again.
         let j = site.journal_path();
@@ -1673,6 +1680,52 @@ mod tests {
             .map(|v| v.id)
             .collect();
         assert_eq!(ids, vec!["000003", "000004", "000005"]);
+    }
+
+    #[test]
+    fn a_batch_leaves_one_more_version_for_the_next_batch_to_prune() {
+        let f = fixture();
+        let site = f.store.site("a.test");
+        let ids = |site: &SiteStore| -> Vec<String> {
+            site.versions()
+                .expect("versions")
+                .into_iter()
+                .map(|v| v.id)
+                .collect()
+        };
+        let batch = |i: usize| {
+            let change = Change {
+                store: site.clone(),
+                op: Op::Install,
+                files: new_files(&f, &format!("v{i}")),
+            };
+            let mut txn = begin_all(vec![change], 4, || ())
+                .pop()
+                .expect("one")
+                .expect("stages");
+            fsync_dirs(&txn.swap_unsynced().expect("swap")).expect("fsync");
+            txn
+        };
+        for i in 0..5 {
+            let txn = batch(i);
+            assert!(commit_all(vec![txn], KEEP_VERSIONS, 4)[0].is_ok());
+        }
+        // keep + 1: the oldest waits for the next batch.
+        assert_eq!(ids(&site), ["000002", "000003", "000004", "000005"]);
+
+        // The next batch prunes while it waits for the server: only what
+        // is beyond keep already, so a change that fails keeps all three.
+        let txn = batch(5);
+        Pruning::start(vec![site.clone()], KEEP_VERSIONS, 4).join();
+        assert_eq!(ids(&site), ["000003", "000004", "000005"]);
+        txn.abort().expect("abort");
+        assert_eq!(ids(&site), ["000003", "000004", "000005"]);
+        assert_eq!(read(&f.cert), "v4 cert");
+
+        // A site with nothing beyond keep loses nothing, and a missing
+        // versions dir is no error.
+        Pruning::start(vec![site.clone(), f.store.site("b.test")], KEEP_VERSIONS, 4).join();
+        assert_eq!(ids(&site), ["000003", "000004", "000005"]);
     }
 
     #[test]
