@@ -73,6 +73,8 @@ pub const STAGED_SUFFIX: &str = ".certswap-new";
 const RESTORE_SUFFIX: &str = ".certswap-restore";
 /// Where a committed change's undo copy goes when it is not kept.
 const UNDO_DONE: &str = "undo.done";
+/// A version being removed (`versions/.pruned-NNNNNN`), out of every listing.
+const PRUNED_PREFIX: &str = ".pruned-";
 /// Suffix of the managed journal's `committed` record, written before the
 /// flip and renamed over the journal at the commit point.
 const COMMIT_SUFFIX: &str = ".commit";
@@ -656,13 +658,22 @@ impl SiteStore {
     }
 
     /// Remove the saved versions beyond the newest `keep`, oldest first.
-    /// No fsync: a pruned version that comes back after a power loss goes
-    /// at the next prune.
+    /// Each leaves the list by one rename before its files go: a removal
+    /// cut short (a crash; a batch prunes for seconds) leaves a directory
+    /// no listing reads, not a version without its record, which would
+    /// fail every `rollback` of the site. No fsync: a version that comes
+    /// back after a power loss goes at the next prune, as do leftovers.
     pub fn prune_versions(&self, keep: usize) -> Result<(), StoreError> {
         let dir = self.versions_dir();
-        let ids = version_ids(&dir)?;
+        let names = dir_names(&dir)?;
+        for name in names.iter().filter(|n| n.starts_with(PRUNED_PREFIX)) {
+            remove_dir(&dir.join(name))?;
+        }
+        let ids = sorted_ids(names);
         for id in &ids[..ids.len().saturating_sub(keep)] {
-            remove_dir(&dir.join(id))?;
+            let (from, gone) = (dir.join(id), dir.join(format!("{PRUNED_PREFIX}{id}")));
+            std::fs::rename(&from, &gone).map_err(io_err(&from, "remove"))?;
+            remove_dir(&gone)?;
         }
         Ok(())
     }
@@ -1149,18 +1160,27 @@ fn next_version_id(dir: &Path) -> Result<String, StoreError> {
 }
 
 fn version_ids(dir: &Path) -> Result<Vec<String>, StoreError> {
+    dir_names(dir).map(sorted_ids)
+}
+
+/// Every entry's name in `dir`; none when `dir` does not exist.
+fn dir_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err(dir, "list versions")(e)),
     };
-    let mut ids: Vec<String> = entries
+    Ok(entries
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| is_version_id(n))
-        .collect();
+        .collect())
+}
+
+/// The version ids among `names`, oldest first.
+fn sorted_ids(names: Vec<String>) -> Vec<String> {
+    let mut ids: Vec<String> = names.into_iter().filter(|n| is_version_id(n)).collect();
     ids.sort();
-    Ok(ids)
+    ids
 }
 
 fn current_sha256(path: &Path) -> Result<Option<String>, StoreError> {
@@ -1725,6 +1745,17 @@ mod tests {
         // A site with nothing beyond keep loses nothing, and a missing
         // versions dir is no error.
         Pruning::start(vec![site.clone(), f.store.site("b.test")], KEEP_VERSIONS, 4).join();
+        assert_eq!(ids(&site), ["000003", "000004", "000005"]);
+
+        // A removal cut short (its record gone first) is out of the list,
+        // so rollback still reads every version, and the next prune ends it.
+        let cut = site.versions_dir().join(".pruned-000002");
+        std::fs::create_dir(&cut).expect("mkdir");
+        std::fs::write(cut.join("cert"), "v1 cert").expect("write");
+        assert_eq!(ids(&site), ["000003", "000004", "000005"]);
+        assert!(site.previous(&targets(&f)).is_ok());
+        site.prune_versions(KEEP_VERSIONS).expect("prune");
+        assert!(!cut.exists());
         assert_eq!(ids(&site), ["000003", "000004", "000005"]);
     }
 
