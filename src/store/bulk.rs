@@ -127,7 +127,7 @@ fn fail_all(
 /// points (module docs). Results in the order of `txns`. An in-place site
 /// keeps `keep + 1` earlier versions here, not `keep`: removing the one
 /// beyond costs ~0.2 ms of the disk per site (~2 s at 10,000 sites, at
-/// the end of the batch), so it waits for the next batch's [`prune_all`],
+/// the end of the batch), so it waits for the next batch's [`Pruning`],
 /// which runs while the server loads its new config.
 pub fn commit_all(txns: Vec<Txn>, keep: usize, threads: usize) -> Vec<Result<(), CommitFailed>> {
     enum Point {
