@@ -10,7 +10,10 @@ use serde::Deserialize;
 
 use crate::probe::{KeyFamily, Target};
 
+mod names;
 mod split;
+
+pub use names::stem_form;
 
 /// Where the config is read from when neither `--config` nor
 /// `CERTSWAP_CONFIG` says otherwise.
@@ -217,6 +220,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// `[trust] extra_roots`: internal CAs trusted besides the public roots.
     pub extra_roots: Vec<PathBuf>,
+    /// `sites` by name, built on the first lookup.
+    names: names::Index,
 }
 
 /// `[agent]`.
@@ -630,6 +635,7 @@ impl Config {
             agent,
             sources,
             extra_roots,
+            names: names::Index::default(),
         })
     }
 
@@ -655,9 +661,7 @@ impl Config {
 
     /// The site called `name`, or an error listing the known ones.
     pub fn site(&self, name: &str) -> Result<&Site, ConfigError> {
-        self.sites
-            .iter()
-            .find(|s| s.name == name)
+        self.find_site(name)
             .ok_or_else(|| ConfigError::UnknownSite {
                 path: self.path.clone(),
                 name: name.to_string(),
