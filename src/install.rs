@@ -206,8 +206,22 @@ pub(crate) fn check_full(
     // 2. validate against what is installed now.
     let (installed, installed_chain, names) = match site {
         Some(site) => {
-            let (installed, chain, read_warnings) = read_installed_with_chain(site);
+            let (mut installed, chain, read_warnings) = read_installed_with_chain(site);
             out.warnings.extend(read_warnings);
+            // The installed key matters for an own-CSR renewal and to tell
+            // the installed bundle offered again; otherwise the bundle's
+            // key replaces it unread (its parse is a P-256 point
+            // multiplication, a tenth of a batch's check).
+            let same_leaf = installed
+                .leaf
+                .as_ref()
+                .is_some_and(|l| l.sha256 == bundle.leaf.sha256);
+            if bundle.key.is_none() || same_leaf {
+                match read_installed_key(site) {
+                    Ok(key) => installed.key = key,
+                    Err(why) => out.warnings.push(why),
+                }
+            }
             (installed, chain, site.all_names())
         }
         None => (Installed::default(), Vec::new(), Vec::new()),
@@ -446,8 +460,9 @@ pub(crate) fn site_targets(site: &Site) -> Vec<(Role, PathBuf)> {
     t
 }
 
-/// What the site's files hold now, for validation. Unreadable installed
-/// files are not fatal (the new bundle may be the repair), but said.
+/// What the site's certificate files hold now (not its key: that is
+/// [`read_installed_key`]), for validation. Unreadable installed files are
+/// not fatal (the new bundle may be the repair), but said.
 pub(crate) fn read_installed(site: &Site) -> (Installed, Vec<String>) {
     let (installed, _, warnings) = read_installed_with_chain(site);
     (installed, warnings)
@@ -483,13 +498,18 @@ fn read_installed_with_chain(site: &Site) -> (Installed, Vec<CertInfo>, Vec<Stri
             Err(e) => warnings.push(format!("the installed chain cannot be read: {e}")),
         }
     }
-    if site.key.exists() {
-        match bundle::read_key(&site.key) {
-            Ok(k) => installed.key = Some(k),
-            Err(e) => warnings.push(format!("the installed key cannot be read: {e}")),
-        }
-    }
     (installed, chain_certs, warnings)
+}
+
+/// The key the site's key file holds now; None when there is no file, a
+/// warning when it cannot be read.
+fn read_installed_key(site: &Site) -> Result<Option<bundle::KeyMaterial>, String> {
+    if !site.key.exists() {
+        return Ok(None);
+    }
+    bundle::read_key(&site.key)
+        .map(Some)
+        .map_err(|e| format!("the installed key cannot be read: {e}"))
 }
 
 /// The site's key lives in its cert file: one combined PEM (cert, chain,

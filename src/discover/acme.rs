@@ -64,13 +64,14 @@ impl AcmePath {
 
 /// The ACME client that owns `path`, if any (see the module comment).
 pub fn classify(path: &Path) -> Option<AcmePath> {
-    certbot(path)
-        .or_else(|| acme_sh(path))
+    // One lstat for both clients' rules: a batch asks this of every target.
+    let meta = std::fs::symlink_metadata(path).ok();
+    meta.as_ref()
+        .and_then(|m| certbot(path, m).or_else(|| acme_sh(path, m)))
         .or_else(|| by_default_root(path))
 }
 
-fn certbot(path: &Path) -> Option<AcmePath> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
+fn certbot(path: &Path, meta: &std::fs::Metadata) -> Option<AcmePath> {
     if !meta.file_type().is_symlink() {
         return None;
     }
@@ -103,8 +104,7 @@ fn certbot(path: &Path) -> Option<AcmePath> {
     })
 }
 
-fn acme_sh(path: &Path) -> Option<AcmePath> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
+fn acme_sh(path: &Path, meta: &std::fs::Metadata) -> Option<AcmePath> {
     if !meta.is_file() {
         return None;
     }
