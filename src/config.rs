@@ -13,7 +13,7 @@ use crate::probe::{KeyFamily, Target};
 mod names;
 mod split;
 
-pub use names::stem_form;
+pub use names::{host_form, stem_form};
 
 /// Where the config is read from when neither `--config` nor
 /// `CERTSWAP_CONFIG` says otherwise.

@@ -49,7 +49,7 @@ use std::path::Path;
 
 use crate::bundle;
 use crate::cert::CertInfo;
-use crate::config::{Config, Site, stem_form};
+use crate::config::{Config, Site, host_form, stem_form};
 use crate::probe::KeyFamily;
 
 /// Why no site (or no one site, or no pair) was found, as the sentence
@@ -164,10 +164,13 @@ pub fn one<'c>(
 /// The sites whose name `leaf` covers (wildcards included) or that the
 /// client named in `domains` (lowercase, no trailing dot). Config order.
 pub fn covered<'c>(cfg: &'c Config, leaf: &CertInfo, domains: &[String]) -> Vec<&'c Site> {
-    cfg.sites
-        .iter()
+    // The candidates from the config's index, not every site: the ACME
+    // stores ask this of every lineage, on hosts with thousands of both.
+    let names = leaf.names.iter().chain(domains).map(String::as_str);
+    cfg.sites_for_names(names)
+        .into_iter()
         .filter(|s| {
-            let name = s.name.trim().trim_end_matches('.').to_ascii_lowercase();
+            let name = host_form(&s.name);
             leaf.covers(&name) || domains.contains(&name)
         })
         .collect()
@@ -365,6 +368,46 @@ mod tests {
             names(sites(&c, Hint::Domains(&listed), Some(&one_name))),
             vec!["www.example.com", "other.test"]
         );
+    }
+
+    #[test]
+    fn the_index_finds_what_a_scan_of_every_site_finds() {
+        let c = cfg(&[
+            "WWW.Example.com",
+            "a.b.example.com",
+            "127.0.0.1",
+            "*.example.com",
+            "x.other.test",
+            "example.com",
+        ]);
+        let scan = |leaf: &CertInfo, domains: &[String]| -> Vec<String> {
+            let all = c.sites.iter().filter(|s| {
+                let name = host_form(&s.name);
+                leaf.covers(&name) || domains.contains(&name)
+            });
+            all.map(|s| s.name.clone()).collect()
+        };
+        let listed = ["x.other.test".to_string()];
+        for names in [
+            &["*.example.com"][..],
+            &["example.com", "www.example.com"],
+            &["*.b.example.com"],
+            &["other.test"],
+        ] {
+            let l = leaf(names);
+            for domains in [&[][..], &listed[..]] {
+                let got: Vec<String> = covered(&c, &l, domains)
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect();
+                assert_eq!(got, scan(&l, domains), "{names:?} {domains:?}");
+            }
+        }
+        let wild: Vec<String> = covered(&c, &leaf(&["*.example.com"]), &[])
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(wild, ["WWW.Example.com", "*.example.com"]);
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub fn stem_form(name: &str) -> String {
         .replace(['.', '-'], "_")
 }
 
+/// A site name as a certificate's names are compared with it: trimmed,
+/// without trailing dots, lowercase.
+pub fn host_form(name: &str) -> String {
+    name.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// Positions in `sites`, each list in config order.
 #[derive(Debug, Default)]
 struct SiteNames {
@@ -33,6 +39,12 @@ struct SiteNames {
     lowercase: HashMap<String, Vec<usize>>,
     stem_form: HashMap<String, Vec<usize>>,
     longest_stem_form: usize,
+    /// By [`host_form`], and by that without its first label (what
+    /// `*.` + it covers); sites named by an IP address apart (a name
+    /// compared as an address).
+    host: HashMap<String, Vec<usize>>,
+    parent: HashMap<String, Vec<usize>>,
+    ip: Vec<usize>,
 }
 
 impl SiteNames {
@@ -48,6 +60,14 @@ impl SiteNames {
             let form = stem_form(&s.name);
             names.longest_stem_form = names.longest_stem_form.max(form.len());
             names.stem_form.entry(form).or_default().push(i);
+            let host = host_form(&s.name);
+            if host.parse::<std::net::IpAddr>().is_ok() {
+                names.ip.push(i);
+            }
+            if let Some((_, parent)) = host.split_once('.') {
+                names.parent.entry(parent.to_string()).or_default().push(i);
+            }
+            names.host.entry(host).or_default().push(i);
         }
         names
     }
@@ -94,6 +114,26 @@ impl Config {
     /// The sites whose name has the [`stem_form`] `form`, config order.
     pub fn sites_of_stem_form(&self, form: &str) -> Vec<&Site> {
         self.with_names(|n| n.stem_form.get(form).cloned().unwrap_or_default())
+            .into_iter()
+            .filter_map(|i| self.sites.get(i))
+            .collect()
+    }
+
+    /// The sites a certificate with `names` (or an ACME client naming
+    /// them) may be for: those whose [`host_form`] is one of them, those
+    /// one label under a `*.` name, and those named by an IP address; in
+    /// config order, each once. A superset: the caller applies the rule.
+    pub fn sites_for_names<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> Vec<&Site> {
+        let positions = self.with_names(|n| {
+            let mut found: std::collections::BTreeSet<usize> = n.ip.iter().copied().collect();
+            for name in names {
+                let name = host_form(name);
+                let under = name.strip_prefix("*.").and_then(|p| n.parent.get(p));
+                found.extend(n.host.get(&name).into_iter().chain(under).flatten());
+            }
+            found
+        });
+        positions
             .into_iter()
             .filter_map(|i| self.sites.get(i))
             .collect()

@@ -23,6 +23,7 @@
 //!    against the leaf, and both written under fixed names into the pass's
 //!    work dir, so the install reads exactly the bytes that were checked.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::bundle::{self, BundleError, MAX_FILE_BYTES};
@@ -256,6 +257,8 @@ pub struct Newer<'a> {
 /// one cannot be read). Config order.
 pub fn newer_for_sites<'a>(cfg: &'a Config, lineages: &[Lineage]) -> Vec<Newer<'a>> {
     let mut out: Vec<Newer<'a>> = Vec::new();
+    // Site name → its entry in `out`: thousands of lineages on big hosts.
+    let mut at: HashMap<&str, usize> = HashMap::new();
     for l in lineages {
         for site in crate::matcher::covered(cfg, &l.leaf, &[]) {
             let installed = installed_like(site, &l.leaf);
@@ -266,18 +269,26 @@ pub fn newer_for_sites<'a>(cfg: &'a Config, lineages: &[Lineage]) -> Vec<Newer<'
             if !newer {
                 continue;
             }
-            match out.iter_mut().find(|n| n.site.name == site.name) {
+            match at.get(site.name.as_str()).map(|&i| &mut out[i]) {
                 Some(n) if n.lineage.leaf.not_after >= l.leaf.not_after => {}
                 Some(n) => n.lineage = l.clone(),
-                None => out.push(Newer {
-                    site,
-                    lineage: l.clone(),
-                }),
+                None => {
+                    at.insert(&site.name, out.len());
+                    out.push(Newer {
+                        site,
+                        lineage: l.clone(),
+                    });
+                }
             }
         }
     }
-    let order = |n: &Newer| cfg.sites.iter().position(|s| s.name == n.site.name);
-    out.sort_by_key(order);
+    let position: HashMap<&str, usize> = cfg
+        .sites
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    out.sort_by_key(|n| position.get(n.site.name.as_str()).copied());
     out
 }
 
