@@ -189,10 +189,13 @@ pub fn by_stem<'a>(cfg: &'a Config, stem: &str) -> Option<&'a Site> {
     let stem = stem_form(stem);
     let longest = cfg.longest_stem_form();
     let seps: Vec<usize> = stem.match_indices('_').map(|(i, _)| i).collect();
-    let starts = std::iter::once(0).chain(seps.iter().map(|i| i + 1));
     let mut best: (usize, Vec<&Site>) = (0, Vec::new());
-    for start in starts {
-        let ends = seps.iter().copied().filter(|&e| e >= start);
+    // Part j starts after the j-th `_` and ends at a later one or the end;
+    // parts longer than any site's name are not looked up, so a hostile
+    // stem of many `_` costs its length times that, not its square.
+    for j in 0..=seps.len() {
+        let start = if j == 0 { 0 } else { seps[j - 1] + 1 };
+        let ends = seps[j..].iter().copied();
         for end in ends.chain(std::iter::once(stem.len())) {
             let part = &stem[start..end];
             if part.len() > longest {
@@ -328,6 +331,12 @@ mod tests {
         assert!(by_stem(&two, "b_test_c_test").is_none());
         assert_eq!(
             by_stem(&two, "x_b_test_y").map(|s| s.name.as_str()),
+            Some("b.test")
+        );
+        // A stem of many `_` (a zip entry may be long) is still read.
+        let long = format!("{}b.test", "_".repeat(100_000));
+        assert_eq!(
+            by_stem(&two, &long).map(|s| s.name.as_str()),
             Some("b.test")
         );
         assert_eq!(name("nosuch.test"), None);
