@@ -212,11 +212,7 @@ pub(crate) fn check_full(
             // the installed bundle offered again; otherwise the bundle's
             // key replaces it unread (its parse is a P-256 point
             // multiplication, a tenth of a batch's check).
-            let same_leaf = installed
-                .leaf
-                .as_ref()
-                .is_some_and(|l| l.sha256 == bundle.leaf.sha256);
-            if bundle.key.is_none() || same_leaf {
+            if bundle.key.is_none() || holds_leaf(&installed, &bundle) {
                 match read_installed_key(site) {
                     Ok(key) => installed.key = key,
                     Err(why) => out.warnings.push(why),
@@ -293,6 +289,14 @@ pub(crate) fn check_full(
     checked
 }
 
+/// The site's certificate file holds the bundle's leaf already.
+fn holds_leaf(installed: &Installed, bundle: &Bundle) -> bool {
+    installed
+        .leaf
+        .as_ref()
+        .is_some_and(|l| l.sha256 == bundle.leaf.sha256)
+}
+
 /// Installing `bundle` on `site` would write what the site has now: the
 /// same leaf, the same chain (or a separate chain file left as it is), and
 /// an installed key that belongs to the leaf.
@@ -302,10 +306,7 @@ fn is_installed(
     installed_chain: &[CertInfo],
     bundle: &Bundle,
 ) -> bool {
-    let leaf_same = installed
-        .leaf
-        .as_ref()
-        .is_some_and(|l| l.sha256 == bundle.leaf.sha256);
+    let leaf_same = holds_leaf(installed, bundle);
     let key_same = installed
         .key
         .as_ref()
