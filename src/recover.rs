@@ -223,24 +223,21 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
     // repaired: a forged one stops the repair with nothing changed.
     // (Each site's check and repair touch only its own files: on all
     // cores, one store dir per thread; 10,000 sites took 0.4 s in one.)
-    let threads = if distinct_stores(sites) {
-        REPAIR_THREADS
-    } else {
-        1
-    };
+    let distinct = distinct_stores(sites);
+    let threads = if distinct { REPAIR_THREADS } else { 1 };
     let checked = par::map(sites.to_vec(), threads, |site| {
         env.store
             .site(&site.store_key)
             .check_journal(&targets_of(site))
     });
-    checked.into_iter().collect::<Result<(), StoreError>>()?;
+    let looked = checked
+        .into_iter()
+        .collect::<Result<Vec<_>, StoreError>>()?;
     // A repair may end in a reload (or a start): before it restores a
     // file, the pid file must not name another process. A server that is
     // not running is fine here: it may have died on the interrupted
     // change's reload, and is started once the old files are back.
-    if let Some(open) = sites
-        .iter()
-        .find(|s| env.store.site(&s.store_key).has_open_change())
+    if let Some((open, _)) = sites.iter().zip(&looked).find(|(_, l)| l.is_open())
         && let Err(e) = env.server.preflight()
         && !server::is_not_running(&e)
     {
@@ -251,8 +248,15 @@ pub fn recover_sites(env: &Env<'_>, sites: &[&Site]) -> Result<Vec<Recovery>, In
     }
     let mut found = Vec::with_capacity(sites.len());
     let mut reload = Vec::new();
-    let recovered = par::map(sites.to_vec(), threads, |site| {
-        env.store.site(&site.store_key).recover(&targets_of(site))
+    // What the check found still stands (the host lock), unless a store
+    // comes twice: then the first repair of it changed what the second
+    // must look at again.
+    let recovered = par::map(sites.iter().zip(looked).collect(), threads, |(site, l)| {
+        let store = env.store.site(&site.store_key);
+        match distinct {
+            true => store.recover_checked(&targets_of(site), l),
+            false => store.recover(&targets_of(site)),
+        }
     });
     for (site, r) in sites.iter().zip(recovered) {
         let r = r?;

@@ -270,6 +270,22 @@ pub struct Lock {
     _flock: Flock<File>,
 }
 
+/// What [`SiteStore::check_journal`] found of a site's open change.
+#[derive(Debug)]
+pub struct Looked {
+    /// The journal, checked against the site's targets.
+    journal: Option<Journal>,
+    /// `undo/`, `undo.tmp`, `undo.done` or a managed archive exists.
+    leftovers: bool,
+}
+
+impl Looked {
+    /// A change of the site is open (its journal exists).
+    pub fn is_open(&self) -> bool {
+        self.journal.is_some()
+    }
+}
+
 /// What recovery found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recovery {
@@ -401,14 +417,32 @@ impl SiteStore {
     /// `targets` (the site's configured files, [`SiteStore::check_journal`])
     /// and refused, with nothing changed, when it names anything else.
     pub fn recover(&self, targets: &[PathBuf]) -> Result<Recovery, StoreError> {
-        let journal = self.checked_journal(targets)?;
-        let outcome = match journal {
-            None => {
-                // No journal means no target was touched: drop any undo
-                // copy or staged file a crash before the journal left.
+        let looked = self.check_journal(targets)?;
+        self.recover_checked(targets, looked)
+    }
+
+    /// [`SiteStore::recover`] with what [`SiteStore::check_journal`] found
+    /// (the caller holds the host lock since, so it still stands).
+    pub fn recover_checked(
+        &self,
+        targets: &[PathBuf],
+        looked: Looked,
+    ) -> Result<Recovery, StoreError> {
+        let outcome = match looked.journal {
+            // No journal means no target was touched: drop any undo
+            // copy or staged file a crash before the journal left.
+            None if looked.leftovers => {
                 remove_dir_durable(&self.undo_dir())?;
                 remove_dir_durable(&self.dir.join("undo.tmp"))?;
                 remove_dir_durable(&self.dir.join(UNDO_DONE))?;
+                self.remove_managed_leftovers()?;
+                Recovery::Clean
+            }
+            // Nothing of a change in the store dir (the common case, ten
+            // thousand times a batch at 10,000 sites): only the staged
+            // link outside it, and the staged files beside the targets
+            // below.
+            None => {
                 self.remove_managed_leftovers()?;
                 Recovery::Clean
             }
@@ -480,21 +514,27 @@ impl SiteStore {
     /// each staged beside its target, and version ids of this store. Run
     /// for every site before any is repaired (`batch::recover_sites`), so a
     /// forged journal stops the repair before the first file moves.
-    pub fn check_journal(&self, targets: &[PathBuf]) -> Result<(), StoreError> {
-        self.checked_journal(targets).map(|_| ())
+    /// What it found goes to [`SiteStore::recover_checked`].
+    pub fn check_journal(&self, targets: &[PathBuf]) -> Result<Looked, StoreError> {
+        let mut leftovers = false;
+        for (dir, left) in [
+            (self.dir.clone(), false),
+            (self.undo_dir(), true),
+            (self.dir.join("undo.tmp"), true),
+            (self.dir.join(UNDO_DONE), true),
+            (self.versions_dir(), false),
+            (self.root.join("archive").join(&self.dir_name), true),
+        ] {
+            let exists = owner::trusted_subdir(STATE_DIR, &dir)?;
+            leftovers |= left && exists;
+        }
+        let journal = self.checked_journal(targets)?;
+        Ok(Looked { journal, leftovers })
     }
 
+    /// The journal, if any, checked against `targets` (once the site's
+    /// directories are: [`SiteStore::check_journal`]).
     fn checked_journal(&self, targets: &[PathBuf]) -> Result<Option<Journal>, StoreError> {
-        for dir in [
-            self.dir.clone(),
-            self.undo_dir(),
-            self.dir.join("undo.tmp"),
-            self.dir.join(UNDO_DONE),
-            self.versions_dir(),
-            self.root.join("archive").join(&self.dir_name),
-        ] {
-            owner::trusted_subdir(STATE_DIR, &dir)?;
-        }
         let Some(j) = self.read_journal()? else {
             return Ok(None);
         };
@@ -1656,6 +1696,40 @@ mod tests {
                 site.recover(&[f.cert.clone(), f.key.clone()])
                     .expect("again"),
                 Recovery::Clean
+            );
+        }
+    }
+
+    #[test]
+    fn recovery_without_a_journal_removes_staged_files_with_or_without_an_undo_copy() {
+        // A crash after the undo copy and a staged file, before the journal
+        // (the store dir has leftovers); and a staged file alone, as a
+        // crash of a repair between its two removals leaves it.
+        for undo in [true, false] {
+            let f = fixture();
+            let site = f.store.site("a.test");
+            let txn = site
+                .begin(Op::Install, new_files(&f, "new"))
+                .expect("begin");
+            let staged = fsio::sibling(&f.cert, STAGED_SUFFIX);
+            std::fs::write(&staged, "new cert").expect("stage");
+            std::fs::remove_file(site.journal_path()).expect("no journal");
+            drop(txn);
+            if !undo {
+                std::fs::remove_dir_all(site.undo_dir()).expect("no undo");
+            }
+            let targets = [f.cert.clone(), f.key.clone()];
+            let looked = site.check_journal(&targets).expect("check");
+            assert!(!looked.is_open() && looked.leftovers == undo, "{undo}");
+            assert_eq!(
+                site.recover_checked(&targets, looked).expect("recover"),
+                Recovery::Clean
+            );
+            assert!(leftovers(&f).is_empty(), "{undo}: {:?}", leftovers(&f));
+            assert!(!site.undo_dir().exists(), "{undo}");
+            assert_eq!(
+                (read(&f.cert), read(&f.key)),
+                ("old cert".into(), "old key".into())
             );
         }
     }
