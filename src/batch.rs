@@ -813,7 +813,7 @@ fn apply_staged(
         .collect();
     let waited = wait_all(env.server, &env.config.probe, &waits, true);
     clock.done("wait", waits.len());
-    pruning.join();
+    let pruned = pruning.join();
 
     // 8. commit the sites that verified; restore the others. (Committing
     //    each site while the wait goes on was measured slower: the commits'
@@ -838,10 +838,12 @@ fn apply_staged(
     }
     // One sync for all the commit points (store::commit_all).
     let (opens, txns): (Vec<_>, Vec<_>) = verified.into_iter().unzip();
-    let committed =
-        opens
-            .into_iter()
-            .zip(store::commit_all(txns, store::KEEP_VERSIONS, IO_THREADS));
+    let committed = opens.into_iter().zip(store::commit_all(
+        txns,
+        store::KEEP_VERSIONS,
+        IO_THREADS,
+        &pruned,
+    ));
     // A failed commit (the commit point allocates nothing, so not for want
     // of space): past the commit point the site stands; before it, its new
     // files join the restore and its old leaf is proven like any other

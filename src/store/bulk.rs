@@ -22,6 +22,7 @@
 //! [`Txn::try_commit`]. Managed changes (their own journal rename) take
 //! the one-site path inside the same calls.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
 
@@ -128,8 +129,15 @@ fn fail_all(
 /// keeps `keep + 1` earlier versions here, not `keep`: removing the one
 /// beyond costs ~0.2 ms of the disk per site (~2 s at 10,000 sites, at
 /// the end of the batch), so it waits for the next batch's [`Pruning`],
-/// which runs while the server loads its new config.
-pub fn commit_all(txns: Vec<Txn>, keep: usize, threads: usize) -> Vec<Result<(), CommitFailed>> {
+/// which runs while the server loads its new config. A site in `pruned`
+/// had at most `keep` before this commit, so its versions are not listed
+/// again; any other is pruned to `keep + 1` here.
+pub fn commit_all(
+    txns: Vec<Txn>,
+    keep: usize,
+    threads: usize,
+    pruned: &Pruned,
+) -> Vec<Result<(), CommitFailed>> {
     enum Point {
         /// Managed, or failed before its rename: settled.
         Done(Result<(), CommitFailed>),
@@ -177,9 +185,11 @@ pub fn commit_all(txns: Vec<Txn>, keep: usize, threads: usize) -> Vec<Result<(),
     clock.done("commit-sync");
     let done = par::map(points, threads, |p| match p {
         Point::Done(r) => r,
-        Point::Renamed(txn) => txn
-            .finish_commit(keep + 1)
-            .map_err(|error| CommitFailed { error, open: None }),
+        Point::Renamed(txn) => {
+            let pruned = pruned.0.contains(&txn.site.dir);
+            txn.finish_commit(keep + 1, pruned)
+                .map_err(|error| CommitFailed { error, open: None })
+        }
     });
     clock.done("commit-finish");
     done
@@ -194,7 +204,12 @@ pub fn commit_all(txns: Vec<Txn>, keep: usize, threads: usize) -> Vec<Result<(),
 /// already beyond `keep` go, so a change that fails after this loses none
 /// of the `keep` a site had. Best effort: a version that stays is logged
 /// and goes next time.
-pub struct Pruning(Option<std::thread::JoinHandle<()>>);
+pub struct Pruning(Option<std::thread::JoinHandle<Pruned>>);
+
+/// The sites a [`Pruning`] left with at most its `keep` versions (by store
+/// dir), for [`commit_all`].
+#[derive(Debug, Default)]
+pub struct Pruned(HashSet<PathBuf>);
 
 impl Pruning {
     pub fn start(sites: Vec<SiteStore>, keep: usize, threads: usize) -> Pruning {
@@ -203,12 +218,15 @@ impl Pruning {
             // starts them.
             crate::priority::Background::default().lower();
             let mut clock = Steps::start(sites.len());
-            par::map(sites, threads, |site| {
-                if let Err(e) = site.prune_versions(keep) {
+            let done = par::map(sites, threads, |site| match site.prune_versions(keep) {
+                Ok(()) => Some(site.dir),
+                Err(e) => {
                     tracing::warn!(site = %site.name, "old versions not removed: {e}");
+                    None
                 }
             });
             clock.done("prune");
+            Pruned(done.into_iter().flatten().collect())
         };
         Pruning(
             std::thread::Builder::new()
@@ -218,12 +236,13 @@ impl Pruning {
         )
     }
 
-    /// Wait for it to end.
-    pub fn join(mut self) {
-        if let Some(h) = self.0.take()
-            && let Err(panic) = h.join()
-        {
-            std::panic::resume_unwind(panic);
+    /// Wait for it to end: the sites it pruned (none if its thread could
+    /// not start).
+    pub fn join(mut self) -> Pruned {
+        match self.0.take().map(|h| h.join()) {
+            Some(Ok(pruned)) => pruned,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => Pruned::default(),
         }
     }
 }

@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 mod bulk;
 mod managed;
 
-pub use bulk::{Change, Pruning, begin_all, commit_all};
+pub use bulk::{Change, Pruned, Pruning, begin_all, commit_all};
 
 use crate::cert::sha256_hex;
 use crate::failpoint;
@@ -457,7 +457,7 @@ impl SiteStore {
                     site: self.clone(),
                     journal: j,
                 }
-                .finish_commit(KEEP_VERSIONS)?;
+                .finish_commit(KEEP_VERSIONS, false)?;
                 Recovery::Completed { op }
             }
             Some(j) => {
@@ -940,7 +940,7 @@ impl Txn {
             tracing::warn!("the commit point was reached despite: {error}");
         }
         failpoint::hit("after-commit");
-        self.finish_commit(keep)
+        self.finish_commit(keep, false)
             .map_err(|error| CommitFailed { error, open: None })
     }
 
@@ -1003,7 +1003,9 @@ impl Txn {
 
     /// Everything after the commit point; idempotent, as recovery may run
     /// it again.
-    fn finish_commit(self, keep: usize) -> Result<(), StoreError> {
+    /// `pruned`: the site has at most `keep` versions already (a batch's
+    /// [`Pruning`] ran before the commit added one), so no listing.
+    fn finish_commit(self, keep: usize, pruned: bool) -> Result<(), StoreError> {
         if let Some(flip) = &self.journal.flip {
             self.site
                 .finish_managed_commit(&self.journal.op, flip, keep)?;
@@ -1023,7 +1025,9 @@ impl Txn {
             // earlier one.
             remove_dir_durable(&site.versions_dir().join(version))?;
         }
-        site.prune_versions(keep)?;
+        if !pruned {
+            site.prune_versions(keep)?;
+        }
         // The journal goes last and needs no fsync either: a journal that
         // comes back finds undo/ gone and makes recovery run this again.
         let j = site.journal_path();
@@ -1482,7 +1486,7 @@ mod tests {
         let dirs = txn.swap_unsynced().expect("swap");
         fsync_dirs(&dirs).expect("fsync");
         assert_eq!(read(&f.cert), "new cert");
-        let done = commit_all(vec![txn], KEEP_VERSIONS, 4);
+        let done = commit_all(vec![txn], KEEP_VERSIONS, 4, &Pruned::default());
         assert!(done.into_iter().all(|r| r.is_ok()));
         assert!(!a.has_open_change());
         let versions = a.versions().expect("versions");
@@ -1802,7 +1806,7 @@ mod tests {
         };
         for i in 0..5 {
             let txn = batch(i);
-            assert!(commit_all(vec![txn], KEEP_VERSIONS, 4)[0].is_ok());
+            assert!(commit_all(vec![txn], KEEP_VERSIONS, 4, &Pruned::default())[0].is_ok());
         }
         // keep + 1: the oldest waits for the next batch.
         assert_eq!(ids(&site), ["000002", "000003", "000004", "000005"]);
@@ -1831,6 +1835,20 @@ mod tests {
         site.prune_versions(KEEP_VERSIONS).expect("prune");
         assert!(!cut.exists());
         assert_eq!(ids(&site), ["000003", "000004", "000005"]);
+
+        // A site the batch's Pruning left at keep is not listed again at
+        // its commit: keep + 1 after it, as without the Pruning.
+        let txn = batch(6);
+        let pruned = Pruning::start(vec![site.clone()], KEEP_VERSIONS, 4).join();
+        assert!(commit_all(vec![txn], KEEP_VERSIONS, 4, &pruned)[0].is_ok());
+        assert_eq!(ids(&site), ["000003", "000004", "000005", "000006"]);
+        // (Told so, it takes the word: the listing is what it skips.)
+        let txn = batch(7);
+        assert!(commit_all(vec![txn], KEEP_VERSIONS, 4, &pruned)[0].is_ok());
+        assert_eq!(ids(&site).len(), KEEP_VERSIONS + 2);
+        let txn = batch(8);
+        assert!(commit_all(vec![txn], KEEP_VERSIONS, 4, &Pruned::default())[0].is_ok());
+        assert_eq!(ids(&site), ["000005", "000006", "000007", "000008"]);
     }
 
     #[test]
